@@ -1,0 +1,137 @@
+"""Checkpoints: atomic save, safe load, a model rebuilt from the file alone.
+
+A checkpoint is a plain dict of tensors and primitive values (no pickled classes), so
+it loads with ``torch.load(weights_only=True)``: a file crafted to run code on load
+is refused. It is written to a temporary file in the same folder, flushed to disk and
+renamed over the target, so a crash mid-write never leaves a half-written checkpoint
+under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig, TrainConfig
+from .model import Transformer
+
+FORMAT = "moelab-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says why and what to do."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: Transformer,
+    *,
+    train_config: TrainConfig | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model (and optionally training state) so ``load_model(path)`` rebuilds it."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "torch_version": str(torch.__version__),
+        "model_config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "train_config": train_config.to_dict() if train_config is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": int(step),
+        "extra": extra or {},
+    }
+    try:
+        return atomic_torch_save(payload, path)
+    except OSError as err:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {err.strerror or err}. "
+            "Free disk space or choose a writable folder; any earlier checkpoint there is untouched."
+        ) from err
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint file; raises CheckpointError with a clear reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}; check the run name or train a model first")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it contains Python objects other than tensors and plain data, "
+            "which could run code when loaded. moelab checkpoints never do; only load files you trust, "
+            "and re-save them with moelab.save_checkpoint."
+        ) from err
+    except Exception as err:  # zip/CRC/EOF errors from a truncated or damaged file
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupted: {type(err).__name__}). "
+            "Delete it and use an earlier checkpoint, or re-train."
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a torch file but not a moelab checkpoint (no '{FORMAT}' marker)")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version!r}; this moelab reads versions up to "
+            f"{FORMAT_VERSION}. Update moelab to load it."
+        )
+    return payload
+
+
+def load_model(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    expect_config: ModelConfig | None = None,
+) -> Transformer:
+    """Rebuild the model stored in a checkpoint (its config comes from the file), in eval mode.
+
+    With ``expect_config``, a checkpoint of a different architecture is an error that
+    names the fields that differ.
+    """
+    payload = load_checkpoint(path, map_location)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} carries an invalid model config: {err}") from err
+    if expect_config is not None:
+        ours, theirs = expect_config.to_dict(), config.to_dict()
+        diff = [f"{k}: checkpoint {theirs[k]!r} vs expected {ours[k]!r}" for k in ours if ours[k] != theirs.get(k)]
+        if diff:
+            raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
+    model = Transformer(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match its own config ({err})") from err
+    return model.to(map_location).eval()

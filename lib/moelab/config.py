@@ -1,0 +1,401 @@
+"""Configuration: ModelConfig, TrainConfig and the named presets.
+
+Names follow the seed repository where it had one (``context_window``,
+``current_context_window``, ``context_window_step``, ``num_embeds`` as an alias of
+``n_embd``). Every config validates itself on construction and raises a
+``ValueError`` that names the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import InitVar, asdict, dataclass, field
+from typing import Any
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+BATCH_KEEPS = ("sequences", "tokens")
+
+
+def _check(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{field_name}: {message}")
+
+
+def _positive_int(value: Any, field_name: str) -> None:
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        field_name,
+        f"must be a positive integer, got {value!r}",
+    )
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a byte-level GPT-style transformer with a sparse MoE feed-forward.
+
+    ``n_experts`` routed experts (``top_k`` chosen per token by a noisy top-k router)
+    plus ``n_common_experts`` always-on experts form each block's feed-forward.
+    ``n_experts=0`` is the dense model: the feed-forward is then the common experts
+    alone (at least one), through the same code.
+    """
+
+    vocab_size: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_embd: int = 128
+    context_window: int = 64
+    n_experts: int = 8
+    top_k: int = 2
+    n_common_experts: int = 0
+    expert_hidden: int | None = None  # hidden width of one expert; None = 4 * n_embd
+    dropout: float = 0.0
+    pos_encoding: str = "learned"  # one of POS_ENCODINGS
+    rope_base: float = 10000.0
+    router_noise: bool = True  # noisy top-k gating (Shazeer et al. 2017), training only
+    aux_loss_coef: float = 0.01  # load-balancing loss weight (Switch / Mixtral form)
+    z_loss_coef: float = 0.001  # router z-loss weight (ST-MoE)
+    capacity_factor: float | None = None  # None = dropless; else tokens per expert are capped
+    tie_weights: bool = True  # share the token embedding with the output projection
+    bias: bool = True  # biases in Linear layers and LayerNorm
+    num_embeds: InitVar[int | None] = None  # the seed's name for n_embd
+
+    def __post_init__(self, num_embeds: int | None) -> None:
+        if num_embeds is not None:
+            default = ModelConfig.__dataclass_fields__["n_embd"].default
+            _check(
+                self.n_embd in (default, num_embeds),
+                "num_embeds",
+                f"is an alias of n_embd; got num_embeds={num_embeds!r} and n_embd={self.n_embd!r}, give only one",
+            )
+            self.n_embd = num_embeds
+        if self.expert_hidden is None:
+            self.expert_hidden = 4 * self.n_embd
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "n_layers", "n_heads", "n_embd", "context_window", "expert_hidden"):
+            _positive_int(getattr(self, name), name)
+        _check(
+            self.n_embd % self.n_heads == 0,
+            "n_embd",
+            f"must be divisible by n_heads={self.n_heads}, got {self.n_embd}",
+        )
+        _check(
+            self.pos_encoding in POS_ENCODINGS,
+            "pos_encoding",
+            f"must be one of {', '.join(POS_ENCODINGS)}; got {self.pos_encoding!r}",
+        )
+        if self.pos_encoding == "rope":
+            _check(
+                self.head_dim % 2 == 0,
+                "pos_encoding",
+                f"'rope' needs an even head size (n_embd / n_heads), got {self.head_dim}; "
+                "use 'learned' or 'sinusoidal', or change n_embd / n_heads",
+            )
+        for name in ("n_experts", "n_common_experts"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                name,
+                f"must be an integer >= 0, got {value!r}",
+            )
+        if self.n_experts == 0:
+            _check(
+                self.n_common_experts >= 1,
+                "n_common_experts",
+                "must be >= 1 when n_experts=0 (the dense model's feed-forward is its common experts)",
+            )
+        else:
+            _check(
+                isinstance(self.top_k, int) and 1 <= self.top_k <= self.n_experts,
+                "top_k",
+                f"must be an integer in 1..n_experts={self.n_experts}, got {self.top_k!r}",
+            )
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _check(self.rope_base > 0, "rope_base", f"must be > 0, got {self.rope_base!r}")
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)!r}")
+        if self.capacity_factor is not None:
+            _check(
+                self.capacity_factor > 0,
+                "capacity_factor",
+                f"must be > 0 or None (dropless), got {self.capacity_factor!r}",
+            )
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    @property
+    def active_top_k(self) -> int:
+        """Routed experts applied per token (0 for the dense model)."""
+        return self.top_k if self.is_moe else 0
+
+    def dense_equivalent(self) -> "ModelConfig":
+        """The dense model with the same active parameters per token (for fair comparisons)."""
+        active_experts = self.active_top_k + self.n_common_experts
+        return self.replace(n_experts=0, n_common_experts=1, expert_hidden=active_experts * self.expert_hidden)
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts computed from the formula (tests check them against the module).
+
+        ``total``: every parameter. ``active``: those one token uses (routed experts
+        counted ``top_k`` times, not ``n_experts``). ``embedding``: token + learned
+        position tables (the tied output head is not counted twice).
+        """
+        d, h, b = self.n_embd, self.expert_hidden, int(self.bias)
+        layer_norm = d + b * d
+        expert = d * h + b * h + h * d + b * d
+        attention = d * 3 * d + b * 3 * d + d * d + b * d
+        router = d * self.n_experts * (2 if self.router_noise else 1) if self.is_moe else 0
+        # common experts are stored fused as one FFN of width n_common * h: one output bias
+        common = self.n_common_experts * (expert - b * d) + (b * d if self.n_common_experts else 0)
+        per_layer_fixed = 2 * layer_norm + attention + router + common
+        token_embedding = self.vocab_size * d
+        position = self.context_window * d if self.pos_encoding == "learned" else 0
+        head = (0 if self.tie_weights else d * self.vocab_size) + b * self.vocab_size
+        outside = token_embedding + position + layer_norm + head
+        total = outside + self.n_layers * (per_layer_fixed + self.n_experts * expert)
+        active = outside + self.n_layers * (per_layer_fixed + self.active_top_k * expert)
+        return {"total": total, "active": active, "embedding": token_embedding + position}
+
+    # ------------------------------------------------------------- conversions
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)} | {"num_embeds"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown ModelConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimizer, schedules and the seed's context-window warmup.
+
+    The window starts at ``current_context_window`` tokens and grows by
+    ``context_window_step`` until it reaches the model's ``context_window``.
+    ``batch_keep`` says what stays constant while the window grows: the number of
+    sequences per batch (``sequences``, as the seed did) or the number of tokens
+    (``tokens``: more, shorter sequences early on).
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    current_context_window: int = 16
+    context_window_step: int = 16
+    window_warmup_fraction: float = 0.3  # the window reaches its maximum after this share of steps
+    batch_keep: str = "sequences"  # one of BATCH_KEEPS
+    eval_interval: int = 100
+    eval_windows: int = 64
+    checkpoint_interval: int = 250
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum_steps",
+            "current_context_window",
+            "context_window_step",
+            "eval_interval",
+            "eval_windows",
+            "checkpoint_interval",
+        ):
+            _positive_int(getattr(self, name), name)
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
+        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")
+        _check(
+            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+            "warmup_steps",
+            f"must be an integer >= 0, got {self.warmup_steps!r}",
+        )
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _check(
+            len(self.betas) == 2 and all(0 <= x < 1 for x in self.betas),
+            "betas",
+            f"must be two numbers in [0, 1), got {self.betas!r}",
+        )
+        _check(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
+        _check(
+            0 <= self.window_warmup_fraction <= 1,
+            "window_warmup_fraction",
+            f"must be in [0, 1], got {self.window_warmup_fraction!r}",
+        )
+        _check(
+            self.batch_keep in BATCH_KEEPS,
+            "batch_keep",
+            f"must be one of {', '.join(BATCH_KEEPS)}; got {self.batch_keep!r}",
+        )
+
+    def check_against(self, model: ModelConfig) -> None:
+        """Validate the fields that depend on the model (the window schedule)."""
+        _check(
+            self.current_context_window <= model.context_window,
+            "current_context_window",
+            f"must be <= the model's context_window={model.context_window}, got {self.current_context_window}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["betas"] = list(self.betas)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: ModelConfig = field(repr=False)
+    train: TrainConfig = field(repr=False)
+
+
+def _presets() -> dict[str, Preset]:
+    return {
+        "seed": Preset(
+            "seed",
+            "The seed repository's example hyperparameters (vocabulary widened to all 256 bytes).",
+            ModelConfig(
+                vocab_size=256,
+                n_layers=6,
+                n_heads=4,
+                n_embd=1028,
+                context_window=32,
+                n_experts=8,
+                top_k=2,
+                n_common_experts=2,
+                pos_encoding="learned",
+                dropout=0.1,
+            ),
+            TrainConfig(
+                max_steps=2000,
+                batch_size=64,
+                lr=1e-4,
+                current_context_window=8,
+                context_window_step=8,
+            ),
+        ),
+        "cpu": Preset(
+            "cpu",
+            "The default: learns visibly in a few minutes on a 2-core CPU.",
+            ModelConfig(
+                n_layers=4,
+                n_heads=4,
+                n_embd=128,
+                context_window=64,
+                n_experts=8,
+                top_k=2,
+                n_common_experts=1,
+                expert_hidden=256,
+                pos_encoding="rope",
+            ),
+            TrainConfig(
+                max_steps=1500,
+                batch_size=32,
+                lr=2e-3,
+                current_context_window=16,
+                context_window_step=16,
+            ),
+        ),
+        "tiny": Preset(
+            "tiny",
+            "Seconds on a CPU: for tests and smoke runs.",
+            ModelConfig(
+                n_layers=2,
+                n_heads=2,
+                n_embd=32,
+                context_window=16,
+                n_experts=4,
+                top_k=2,
+                n_common_experts=1,
+                expert_hidden=64,
+            ),
+            TrainConfig(
+                max_steps=20,
+                batch_size=8,
+                lr=3e-3,
+                warmup_steps=2,
+                current_context_window=8,
+                context_window_step=4,
+                eval_interval=10,
+                eval_windows=8,
+                checkpoint_interval=10,
+            ),
+        ),
+    }
+
+
+PRESETS: dict[str, Preset] = _presets()
+
+
+def preset(name: str) -> Preset:
+    """A fresh copy of a named preset (``seed``, ``cpu`` or ``tiny``)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: unknown name {name!r}; choose one of {', '.join(PRESETS)}")
+    return _presets()[name]
+
+
+def presets_table():
+    """The named presets as a pandas DataFrame (one row each, parameter counts included)."""
+    import pandas as pd
+
+    rows = []
+    for p in (preset(name) for name in PRESETS):
+        m, t = p.model, p.train
+        counts = m.param_counts()
+        rows.append(
+            {
+                "preset": p.name,
+                "n_layers": m.n_layers,
+                "n_heads": m.n_heads,
+                "n_embd": m.n_embd,
+                "context_window": m.context_window,
+                "window_start": t.current_context_window,
+                "window_step": t.context_window_step,
+                "n_experts": m.n_experts,
+                "top_k": m.top_k,
+                "n_common_experts": m.n_common_experts,
+                "pos_encoding": m.pos_encoding,
+                "batch_size": t.batch_size,
+                "lr": t.lr,
+                "max_steps": t.max_steps,
+                "params_total": counts["total"],
+                "params_active": counts["active"],
+                "description": p.description,
+            }
+        )
+    return pd.DataFrame(rows).set_index("preset")

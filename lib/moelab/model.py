@@ -1,0 +1,380 @@
+"""The transformer: embeddings, positional encodings, pre-LN blocks, generation.
+
+Read top to bottom: positional encodings, attention (fused QKV +
+``scaled_dot_product_attention``, optional KV cache), the block (attention + MoE
+feed-forward), the model with its output dataclass, and ``generate``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .moe import MoE, RoutingRecord
+
+# ---------------------------------------------------------------------------- positions
+
+
+def sinusoidal_table(length: int, dim: int) -> Tensor:
+    """The fixed sin/cos table of Vaswani et al. (2017), shape (length, dim)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq)[:, : dim // 2]
+    return table
+
+
+def rope_tables(length: int, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables for rotary embeddings (Su et al. 2021), each (length, head_dim)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (i, i + d/2) of x (B, H, T, d) by the angles of their positions."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, for incremental decoding."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (config.n_layers, batch_size, config.n_heads, config.context_window, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled (same for every layer once a forward pass ends)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        start, end = self.length, self.length + k.shape[2]
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)
+        if past == 0 or T == 1:
+            # no cache, or one new query that may see every cached key
+            mask, is_causal = None, T > 1
+        else:  # several new queries after a cached prefix: causal with an offset
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            is_causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+# ---------------------------------------------------------------------------- block
+
+
+@dataclass
+class BlockOutput:
+    x: Tensor
+    aux_loss: Tensor
+    z_loss: Tensor
+    routing: RoutingRecord | None
+
+
+class Block(nn.Module):
+    """Pre-LN residual block: x + attn(ln(x)), then x + moe(ln(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.moe = MoE(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, cache, layer, record_routing) -> BlockOutput:
+        x = x + self.dropout(self.attn(self.ln1(x), rope, cache, layer))
+        moe = self.moe(self.ln2(x), record_routing)
+        return BlockOutput(x + self.dropout(moe.y), moe.aux_loss, moe.z_loss, moe.routing)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelOutput:
+    """logits (B, T, V); loss = ce_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss.
+
+    aux_loss and z_loss are the unweighted means over MoE layers (0 for a dense model);
+    ce_loss and loss are None when no targets were given. routing holds one record per
+    layer when requested.
+    """
+
+    logits: Tensor
+    loss: Tensor | None
+    ce_loss: Tensor | None
+    aux_loss: Tensor
+    z_loss: Tensor
+    routing: list[RoutingRecord] | None = None
+
+
+@dataclass
+class GenerationStep:
+    """One generated position: tokens (B,) and, if asked for, the routing that produced them."""
+
+    tokens: Tensor
+    routing: list[RoutingRecord] | None = None
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = (
+            nn.Embedding(config.context_window, config.n_embd) if config.pos_encoding == "learned" else None
+        )
+        if config.pos_encoding == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(config.context_window, config.n_embd), persistent=False)
+        if config.pos_encoding == "rope":
+            cos, sin = rope_tables(config.context_window, config.head_dim, config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+        if config.tie_weights:
+            self.head.weight = self.tok_emb.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers)."""
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("bias", ".b1", ".b2")):
+                nn.init.zeros_(p)
+            elif name.endswith(("ln1.weight", "ln2.weight", "ln_f.weight")):
+                nn.init.ones_(p)
+            elif name.endswith(("attn.proj.weight", "common.proj.weight", "experts.w2")):
+                nn.init.normal_(p, std=residual_std)
+            else:
+                nn.init.normal_(p, std=0.02)
+
+    # ------------------------------------------------------------------ counts
+    def num_parameters(self) -> dict[str, int]:
+        """Counted from the module: total and active per token (see ModelConfig.param_counts)."""
+        total = sum(p.numel() for p in self.parameters())
+        routed_unused = 0
+        for block in self.blocks:
+            experts = getattr(block.moe, "experts", None)
+            if experts is not None:
+                per_expert = sum(p[0].numel() for p in experts.parameters())
+                routed_unused += (self.config.n_experts - self.config.top_k) * per_expert
+        return {"total": total, "active": total - routed_unused}
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        record_routing: bool = False,
+    ) -> ModelOutput:
+        """idx (B, T) byte ids; targets (B, T) with -1 for positions to ignore."""
+        if idx.dtype != torch.long or idx.ndim != 2:
+            raise ValueError(f"idx must be a (batch, time) LongTensor, got {tuple(idx.shape)} {idx.dtype}")
+        B, T = idx.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.context_window:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds context_window={self.config.context_window}; "
+                "crop the input to the last context_window tokens (generate() does this)"
+            )
+        x = self.tok_emb(idx)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[start : start + T].to(x.dtype)
+        else:
+            rope = (self.rope_cos[start : start + T].to(x.dtype), self.rope_sin[start : start + T].to(x.dtype))
+        x = self.dropout(x)
+
+        aux_losses, z_losses, routing = [], [], [] if record_routing else None
+        for layer, block in enumerate(self.blocks):
+            out = block(x, rope, kv_cache, layer, record_routing)
+            x = out.x
+            aux_losses.append(out.aux_loss)
+            z_losses.append(out.z_loss)
+            if routing is not None:
+                routing.append(out.routing)
+        if kv_cache is not None:
+            kv_cache.length += T
+        logits = self.head(self.ln_f(x))
+
+        aux_loss = torch.stack(aux_losses).mean()
+        z_loss = torch.stack(z_losses).mean()
+        ce_loss = loss = None
+        if targets is not None:
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 under autocast
+            ce_loss = F.cross_entropy(wide.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = ce_loss + self.config.aux_loss_coef * aux_loss + self.config.z_loss_coef * z_loss
+        return ModelOutput(logits, loss, ce_loss, aux_loss, z_loss, routing)
+
+    # -------------------------------------------------------------- generation
+    @torch.no_grad()
+    def iter_generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+        record_routing: bool = False,
+    ) -> Iterator[GenerationStep]:
+        """Yield one GenerationStep per new position (see :meth:`generate`)."""
+        check_sampling_args(temperature, top_k, top_p, self.config.vocab_size)
+        if idx.ndim == 1:
+            idx = idx.unsqueeze(0)
+        if idx.ndim != 2 or idx.shape[1] == 0:
+            raise ValueError("idx must be a non-empty (batch, time) tensor of byte ids; encode a prompt first")
+        generator = torch.Generator(device=idx.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+
+        window = self.config.context_window
+        was_training = self.training
+        self.eval()
+        try:
+            seq = idx
+            cache: KVCache | None = None
+            for _ in range(max_new_tokens):
+                if cache is not None and cache.length == seq.shape[1] - 1 and seq.shape[1] <= window:
+                    out = self(seq[:, -1:], kv_cache=cache, record_routing=record_routing)
+                else:
+                    # (re)compute the last `window` tokens; the cache is only exact while the
+                    # whole sequence fits in the window (positions would shift once it slides)
+                    ctx = seq[:, -window:]
+                    fits = use_cache and seq.shape[1] < window
+                    cache = KVCache(self.config, seq.shape[0], seq.device, self.tok_emb.weight.dtype) if fits else None
+                    out = self(ctx, kv_cache=cache, record_routing=record_routing)
+                next_tokens = sample_next_token(out.logits[:, -1, :], temperature, top_k, top_p, generator)
+                seq = torch.cat([seq, next_tokens.unsqueeze(1)], dim=1)
+                routing = [_last_position(r) for r in out.routing] if record_routing else None
+                yield GenerationStep(next_tokens, routing)
+        finally:
+            self.train(was_training)
+
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Continue each row of idx (B, T) by max_new_tokens bytes; returns (B, T + max_new_tokens).
+
+        temperature 0 is greedy decoding; top_k keeps the k most likely bytes; top_p keeps
+        the smallest set whose probability reaches p (nucleus). ``seed`` makes sampling
+        reproducible. Inputs longer than the context window are cropped to its last
+        ``context_window`` tokens. The KV cache is used while the sequence fits in the
+        window; after that every step recomputes the cropped window, which is exactly
+        what full recomputation does (``use_cache=False`` always recomputes).
+        """
+        new = [
+            step.tokens
+            for step in self.iter_generate(
+                idx,
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+                use_cache=use_cache,
+            )
+        ]
+        idx = idx.unsqueeze(0) if idx.ndim == 1 else idx
+        return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
+
+
+def _last_position(record: RoutingRecord) -> RoutingRecord:
+    return RoutingRecord(
+        record.experts[:, -1], record.weights[:, -1], record.probs[:, -1], record.dropped[:, -1]
+    )
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k must be None or an integer in 1..{vocab_size}, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+
+
+def sample_next_token(
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator,
+) -> Tensor:
+    """Pick one token per row of logits (B, V): greedy at temperature 0, else sample."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token when the ones before it already reach top_p (the first is always kept)
+        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

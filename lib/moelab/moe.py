@@ -1,0 +1,200 @@
+"""The sparse Mixture-of-Experts feed-forward.
+
+A noisy top-k router (Shazeer et al. 2017) picks ``top_k`` of ``n_experts`` routed
+experts per token; always-on common experts see every token. Token–expert pairs are
+sorted by expert so each expert runs one matmul over a contiguous slice, and the
+results are scattered back with ``index_add_`` (no boolean mask over all tokens per
+expert). The load-balancing loss and router z-loss are returned separately so the
+model can weight and log them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+
+def load_balancing_loss(router_probs: Tensor, expert_indices: Tensor, n_experts: int) -> Tensor:
+    """Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4), top-k form as in Mixtral.
+
+    ``N * sum_i f_i * P_i`` where ``f_i`` is the share of routed token slots that go to
+    expert ``i`` and ``P_i`` the mean router probability of expert ``i``. It equals 1
+    for perfectly uniform routing and ``N`` when every token goes to one expert; only
+    ``P`` carries gradient.
+
+    router_probs: (tokens, N) softmax of the router logits; expert_indices: (tokens, k).
+    """
+    slots = torch.bincount(expert_indices.reshape(-1), minlength=n_experts).to(router_probs.dtype)
+    fraction = slots / expert_indices.numel()
+    mean_prob = router_probs.mean(dim=0)
+    return n_experts * torch.sum(fraction * mean_prob)
+
+
+def router_z_loss(router_logits: Tensor) -> Tensor:
+    """Router z-loss (Zoph et al. 2022, ST-MoE eq. 5): mean over tokens of logsumexp(logits)^2."""
+    logits = router_logits.to(torch.promote_types(router_logits.dtype, torch.float32))
+    return torch.logsumexp(logits, dim=-1).square().mean()
+
+
+@dataclass
+class RoutingRecord:
+    """What one MoE layer's router did for a batch (tensors are detached).
+
+    experts: (B, T, k) chosen expert ids, best first; weights: (B, T, k) their gate
+    weights; probs: (B, T, N) router softmax over all experts; dropped: (B, T, k)
+    True where a capacity limit dropped that token slot.
+    """
+
+    experts: Tensor
+    weights: Tensor
+    probs: Tensor
+    dropped: Tensor
+
+
+@dataclass
+class MoEOutput:
+    y: Tensor
+    aux_loss: Tensor
+    z_loss: Tensor
+    routing: RoutingRecord | None = None
+
+
+class FeedForward(nn.Module):
+    """Linear -> GELU -> Linear. Also ``n`` always-on experts of width ``h`` fused as one of width ``n*h``
+
+    (the sum of n such experts is exactly one wide FFN with a single output bias).
+    """
+
+    def __init__(self, n_embd: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, n_embd, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Experts(nn.Module):
+    """``n`` feed-forward experts with stacked weights: w1 (n, d, h), w2 (n, h, d)."""
+
+    def __init__(self, n: int, n_embd: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(n, n_embd, hidden))
+        self.w2 = nn.Parameter(torch.empty(n, hidden, n_embd))
+        self.b1 = nn.Parameter(torch.zeros(n, hidden)) if bias else None
+        self.b2 = nn.Parameter(torch.zeros(n, n_embd)) if bias else None
+
+    def forward(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
+        """Run expert e on its contiguous slice of ``x_sorted`` (``counts[e]`` rows)."""
+        outputs = []
+        start = 0
+        for e, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = x_sorted[start : start + count]
+            start += count
+            h = rows @ self.w1[e] if self.b1 is None else torch.addmm(self.b1[e], rows, self.w1[e])
+            h = F.gelu(h)
+            outputs.append(h @ self.w2[e] if self.b2 is None else torch.addmm(self.b2[e], h, self.w2[e]))
+        if not outputs:
+            return x_sorted.new_zeros(x_sorted.shape)
+        return torch.cat(outputs)
+
+
+class MoE(nn.Module):
+    """Sparse MoE feed-forward: routed experts (top-k of n) plus always-on common experts.
+
+    With ``n_experts=0`` it is the dense feed-forward (common experts only).
+    Gate weights are the router's softmax probabilities of the chosen experts,
+    renormalized to sum to 1 when top_k > 1 (Mixtral); with top_k = 1 the raw
+    probability is kept (Switch) so the router still gets a gradient from the output.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_experts = config.n_experts
+        self.top_k = config.top_k
+        self.expert_hidden = config.expert_hidden
+        self.capacity_factor = config.capacity_factor
+        self.common = (
+            FeedForward(config.n_embd, config.n_common_experts * config.expert_hidden, config.bias)
+            if config.n_common_experts
+            else None
+        )
+        if config.is_moe:
+            self.gate = nn.Linear(config.n_embd, config.n_experts, bias=False)
+            self.noise = nn.Linear(config.n_embd, config.n_experts, bias=False) if config.router_noise else None
+            self.experts = Experts(config.n_experts, config.n_embd, config.expert_hidden, config.bias)
+
+    def capacity(self, n_tokens: int) -> int | None:
+        """Token slots each expert may take (None: dropless)."""
+        if self.capacity_factor is None:
+            return None
+        return max(1, math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts))
+
+    def forward(self, x: Tensor, record_routing: bool = False) -> MoEOutput:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        y = self.common(flat) if self.common is not None else torch.zeros_like(flat)
+        zero = flat.new_zeros((), dtype=torch.promote_types(flat.dtype, torch.float32))
+        if not self.n_experts:
+            return MoEOutput(y.reshape(shape), zero, zero)
+
+        clean_logits = self.gate(flat)
+        logits = clean_logits
+        if self.noise is not None and self.training:
+            logits = clean_logits + torch.randn_like(clean_logits) * F.softplus(self.noise(flat))
+        # router math in at least float32, also under bf16 autocast
+        probs = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        if self.top_k > 1:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+
+        routed, dropped = self._dispatch(flat, experts, weights.to(flat.dtype))
+        y = y + routed
+
+        routing = None
+        if record_routing:
+            lead = shape[:-1]
+            routing = RoutingRecord(
+                experts=experts.reshape(*lead, -1).detach(),
+                weights=weights.reshape(*lead, -1).detach(),
+                probs=probs.reshape(*lead, -1).detach(),
+                dropped=dropped.reshape(*lead, -1),
+            )
+        return MoEOutput(
+            y.reshape(shape),
+            load_balancing_loss(probs, experts, self.n_experts),
+            router_z_loss(clean_logits),
+            routing,
+        )
+
+    def _dispatch(self, flat: Tensor, experts: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """Sort token slots by expert, run each expert once, scatter-add the weighted results."""
+        k = experts.shape[-1]
+        slot_expert = experts.reshape(-1)
+        order = torch.argsort(slot_expert, stable=True)  # stable: earlier tokens first (capacity priority)
+        counts = torch.bincount(slot_expert, minlength=self.n_experts)
+        dropped = torch.zeros_like(slot_expert, dtype=torch.bool)
+
+        capacity = self.capacity(flat.shape[0])
+        if capacity is not None:
+            sorted_expert = slot_expert[order]
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(order.numel(), device=order.device) - starts[sorted_expert]
+            keep = rank < capacity
+            dropped[order[~keep]] = True
+            order = order[keep]
+            counts = counts.clamp(max=capacity)
+
+        token = order // k
+        out_sorted = self.experts(flat[token], counts.tolist())
+        out_sorted = out_sorted * weights.reshape(-1)[order].unsqueeze(-1)
+        routed = torch.zeros_like(flat).index_add_(0, token, out_sorted)
+        return routed, dropped.reshape(experts.shape)

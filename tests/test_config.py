@@ -1,0 +1,90 @@
+import pytest
+
+from moelab import ModelConfig, TrainConfig, preset
+from moelab.config import presets_table
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"n_embd": 130, "n_heads": 4}, "n_embd: must be divisible by n_heads=4"),
+        ({"top_k": 9, "n_experts": 8}, r"top_k: must be an integer in 1\.\.n_experts=8"),
+        ({"top_k": 0}, "top_k"),
+        ({"n_layers": 0}, "n_layers: must be a positive integer"),
+        ({"n_heads": -2}, "n_heads"),
+        ({"vocab_size": 2.5}, "vocab_size"),
+        ({"context_window": 0}, "context_window"),
+        ({"pos_encoding": "alibi"}, "pos_encoding: must be one of learned, sinusoidal, rope"),
+        ({"pos_encoding": "rope", "n_embd": 12, "n_heads": 4}, "even head size"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"n_experts": -1}, "n_experts"),
+        ({"n_experts": 0, "n_common_experts": 0}, "n_common_experts: must be >= 1 when n_experts=0"),
+        ({"capacity_factor": 0}, "capacity_factor"),
+        ({"aux_loss_coef": -0.1}, "aux_loss_coef"),
+    ],
+)
+def test_invalid_model_configs_name_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        ModelConfig(**changes)
+
+
+def test_num_embeds_is_an_alias_of_n_embd():
+    assert ModelConfig(num_embeds=64, n_heads=4).n_embd == 64
+    assert ModelConfig(num_embeds=64, n_embd=64, n_heads=4).n_embd == 64
+    with pytest.raises(ValueError, match="num_embeds"):
+        ModelConfig(num_embeds=64, n_embd=96)
+    assert ModelConfig.from_dict({"num_embeds": 256}).n_embd == 256
+
+
+def test_round_trip_through_dict_and_unknown_fields():
+    config = ModelConfig(n_embd=64, n_heads=4, capacity_factor=1.25, pos_encoding="rope")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown ModelConfig field.*n_embed"):
+        ModelConfig.from_dict({"n_embed": 64})
+    train = TrainConfig(lr=3e-4, betas=[0.9, 0.99])
+    assert TrainConfig.from_dict(train.to_dict()) == train
+
+
+def test_expert_hidden_defaults_to_four_times_n_embd():
+    assert ModelConfig(n_embd=64, n_heads=4).expert_hidden == 256
+    assert ModelConfig(n_embd=64, n_heads=4, expert_hidden=100).expert_hidden == 100
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"lr": 0}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_keep": "bytes"}, "batch_keep: must be one of sequences, tokens"),
+        ({"window_warmup_fraction": 1.5}, "window_warmup_fraction"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"grad_accum_steps": 0}, "grad_accum_steps"),
+    ],
+)
+def test_invalid_train_configs_name_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**changes)
+
+
+def test_window_schedule_must_fit_the_model():
+    p = preset("tiny")
+    p.train.check_against(p.model)
+    with pytest.raises(ValueError, match="current_context_window"):
+        p.train.replace(current_context_window=p.model.context_window + 1).check_against(p.model)
+
+
+def test_presets_are_fresh_copies_and_unknown_names_are_explained():
+    a = preset("cpu")
+    a.model.n_layers = 99
+    assert preset("cpu").model.n_layers != 99
+    with pytest.raises(ValueError, match="seed, cpu, tiny"):
+        preset("huge")
+
+
+def test_presets_table():
+    table = presets_table()
+    assert list(table.index) == ["seed", "cpu", "tiny"]
+    assert (table["params_active"] < table["params_total"]).all()
+    for name in table.index:
+        p = preset(name)
+        p.train.check_against(p.model)

@@ -1,0 +1,70 @@
+"""The workspace's own files agree with each other."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
+
+
+def pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    pins = {}
+    for requirement in requirements:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^;\s]+)", requirement)
+        assert match, f"pyproject.toml: {requirement!r} is not pinned exactly (name==version)"
+        pins[match[1].lower()] = match[2]
+    return pins
+
+
+def conda_pins() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"] == ["conda-forge"]
+    pins = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            assert dep == {"pip": ["-e ."]}, "the pip section installs only the project itself"
+            continue
+        name, _, version = dep.partition("=")
+        if name in ("python", "pip"):
+            continue
+        pins[CONDA_NAMES.get(name, name).lower()] = version
+    return pins
+
+
+def test_environment_yml_and_pyproject_pin_the_same_versions():
+    assert conda_pins() == pyproject_pins()
+
+
+def test_the_required_packages_are_pinned():
+    required = {
+        "torch", "numpy", "pandas", "pyarrow", "jupyterlab", "ipykernel", "matplotlib",
+        "seaborn", "ipywidgets", "nbval", "papermill", "tqdm", "pytest",
+    }
+    assert required <= set(pyproject_pins())
+
+
+def test_installed_versions_are_the_pinned_ones():
+    from importlib.metadata import version
+
+    for name, pinned in pyproject_pins().items():
+        installed = version(name).split("+")[0]  # torch's local tag, e.g. 2.13.0+cpu
+        assert installed == pinned, f"{name}: installed {installed}, pinned {pinned}; run `make setup`"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme
+    assert re.search(r"^make test$", (ROOT / ".ci" / "run").read_text(), re.M)
+
+
+def test_readme_python_example_runs():
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    namespace: dict = {}
+    exec(compile(block[1], "README.md", "exec"), namespace)
+    assert namespace["out"].loss.ndim == 0
+    assert namespace["ids"].shape == (1, len("A vida é ".encode()) + 50)

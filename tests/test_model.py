@@ -1,0 +1,207 @@
+import pytest
+import torch
+
+from moelab import ByteTokenizer, KVCache, ModelConfig, Transformer, preset
+from moelab.model import sample_next_token
+
+POS_ENCODINGS = ["learned", "sinusoidal", "rope"]
+
+
+def small_config(**changes) -> ModelConfig:
+    base = ModelConfig(
+        n_layers=2, n_heads=2, n_embd=16, context_window=12, n_experts=4, top_k=2, n_common_experts=1, expert_hidden=24
+    )
+    return base.replace(**changes)
+
+
+def make_model(**changes) -> Transformer:
+    return Transformer(small_config(**changes)).double().eval()
+
+
+@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
+@pytest.mark.parametrize("capacity_factor", [None, 1.0])
+def test_causality(pos_encoding, capacity_factor):
+    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor)
+    idx = torch.randint(0, 256, (1, 12))
+    logits = model(idx).logits
+    for t in (0, 5, 11):
+        changed = idx.clone()
+        changed[0, t] = (changed[0, t] + 1) % 256
+        new_logits = model(changed).logits
+        torch.testing.assert_close(new_logits[:, :t], logits[:, :t], rtol=0, atol=1e-12)
+        assert not torch.allclose(new_logits[:, t], logits[:, t])
+
+
+def test_positions_matter():
+    """Without positions, attention cannot tell "ABC" from "BAC" at the last byte."""
+    for pos_encoding in POS_ENCODINGS:
+        model = make_model(pos_encoding=pos_encoding)
+        abc = model(torch.tensor([[65, 66, 67]])).logits[0, -1]
+        bac = model(torch.tensor([[66, 65, 67]])).logits[0, -1]
+        assert not torch.allclose(abc, bac), pos_encoding
+
+
+@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
+def test_cached_prefix_then_chunk_matches_full_forward(pos_encoding):
+    model = make_model(pos_encoding=pos_encoding)
+    idx = torch.randint(0, 256, (3, 11))
+    full = model(idx).logits
+    cache = KVCache(model.config, 3, idx.device, torch.float64)
+    first = model(idx[:, :4], kv_cache=cache).logits
+    second = model(idx[:, 4:9], kv_cache=cache).logits  # several queries after a prefix
+    third = model(idx[:, 9:10], kv_cache=cache).logits
+    torch.testing.assert_close(torch.cat([first, second, third], 1), full[:, :10], rtol=1e-9, atol=1e-9)
+    assert cache.length == 10
+
+
+@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
+@pytest.mark.parametrize(
+    "sampling",
+    [{"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.7, "top_k": 20, "top_p": 0.9}],
+    ids=["greedy", "sampled", "top-k-top-p"],
+)
+def test_kv_cached_generation_equals_full_recomputation(pos_encoding, sampling):
+    model = make_model(pos_encoding=pos_encoding)
+    prompt = torch.randint(0, 256, (2, 3))
+    # 20 new tokens with a window of 12: runs past the window, where the window slides
+    cached = model.generate(prompt, 20, seed=7, use_cache=True, **sampling)
+    full = model.generate(prompt, 20, seed=7, use_cache=False, **sampling)
+    assert cached.shape == (2, 23)
+    assert torch.equal(cached, full)
+    assert torch.equal(cached[:, :3], prompt)
+
+
+def test_generation_is_reproducible_with_a_seed_and_varies_without():
+    model = make_model()
+    prompt = torch.randint(0, 256, (1, 4))
+    a = model.generate(prompt, 30, seed=1)
+    assert torch.equal(a, model.generate(prompt, 30, seed=1))
+    assert not torch.equal(a, model.generate(prompt, 30, seed=2))
+
+
+def test_generation_crops_long_prompts_and_keeps_training_mode():
+    model = make_model().train()
+    prompt = torch.randint(0, 256, (1, 30))  # longer than the window of 12
+    out = model.generate(prompt, 5, temperature=0)
+    assert out.shape == (1, 35) and model.training
+    expected = model.eval().generate(prompt[:, -12:], 5, temperature=0)
+    assert torch.equal(out[:, -5:], expected[:, -5:])
+
+
+def test_batch_generation_rows_match_single_generation_when_greedy():
+    model = make_model()
+    prompts = torch.randint(0, 256, (3, 5))
+    batch = model.generate(prompts, 8, temperature=0)
+    for row in range(3):
+        assert torch.equal(batch[row : row + 1], model.generate(prompts[row : row + 1], 8, temperature=0))
+
+
+def test_iter_generate_streams_routing():
+    model = make_model()
+    steps = list(model.iter_generate(torch.randint(0, 256, (2, 4)), 3, seed=0, record_routing=True))
+    assert len(steps) == 3
+    assert steps[0].tokens.shape == (2,)
+    assert len(steps[0].routing) == 2 and steps[0].routing[0].experts.shape == (2, 2)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5]])
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample_next_token(logits, 1.0, 1, None, gen).item() for _ in range(50)}
+    assert draws == {1}  # top_k=1 is greedy
+    draws = {sample_next_token(logits, 1.0, None, 0.01, gen).item() for _ in range(50)}
+    assert draws == {1}  # a tiny nucleus keeps only the best token
+    draws = {sample_next_token(logits, 1.0, 2, None, gen).item() for _ in range(200)}
+    assert draws == {1, 2}
+    # p=0.8: softmax = [.087, .645, .237, .032]; 0.645 < 0.8 so the 2nd token is needed, not the 3rd
+    draws = {sample_next_token(logits, 1.0, None, 0.8, gen).item() for _ in range(200)}
+    assert draws == {1, 2}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 300}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+    ],
+)
+def test_bad_sampling_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_model().generate(torch.zeros(1, 2, dtype=torch.long), 3, **kwargs)
+
+
+def test_forward_rejects_too_long_or_wrong_dtype():
+    model = make_model()
+    with pytest.raises(ValueError, match="context_window=12"):
+        model(torch.zeros(1, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match="LongTensor"):
+        model(torch.zeros(1, 4))
+
+
+def test_loss_is_cross_entropy_plus_weighted_aux_terms():
+    model = Transformer(small_config(aux_loss_coef=0.3, z_loss_coef=0.02)).double().eval()
+    idx = torch.randint(0, 256, (2, 12))
+    out = model(idx, idx)
+    expected_ce = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 256), idx.reshape(-1))
+    torch.testing.assert_close(out.ce_loss, expected_ce)
+    torch.testing.assert_close(out.loss, out.ce_loss + 0.3 * out.aux_loss + 0.02 * out.z_loss)
+    assert out.aux_loss.item() >= 1.0 - 1e-9 and out.z_loss.item() > 0
+    targets = idx.clone()
+    targets[:, :6] = -1  # ignored positions
+    partial = torch.nn.functional.cross_entropy(out.logits[:, 6:].reshape(-1, 256), idx[:, 6:].reshape(-1))
+    torch.testing.assert_close(model(idx, targets).ce_loss, partial)
+
+
+def test_dense_model_is_the_same_code_without_routing():
+    config = small_config()
+    dense = Transformer(config.dense_equivalent())
+    assert not hasattr(dense.blocks[0].moe, "gate")
+    out = dense(torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8)))
+    assert out.aux_loss.item() == 0 and out.z_loss.item() == 0
+    assert dense.num_parameters()["active"] == dense.num_parameters()["total"]
+    # same active parameters per token, apart from the router
+    moe_active = Transformer(config).num_parameters()["active"]
+    router = config.n_layers * 2 * config.n_embd * config.n_experts
+    bias_difference = config.n_layers * config.n_embd * (config.top_k)  # per-expert output biases
+    assert moe_active - router - bias_difference == dense.num_parameters()["active"]
+
+
+def test_training_step_reduces_loss():
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny").model)
+    text = torch.tensor(ByteTokenizer().encode("o rato roeu a roupa do rei de roma. " * 4))
+    x, y = text[:16].unsqueeze(0), text[1:17].unsqueeze(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = model(x, y).loss.item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(x, y).loss.backward()
+        optimizer.step()
+    assert model(x, y).loss.item() < first - 1.0
+    assert all(p.grad is not None for n, p in model.named_parameters() if "noise" not in n)
+
+
+@pytest.mark.parametrize("name", ["seed", "cpu", "tiny"])
+def test_preset_parameter_counts_match_the_formula(name):
+    config = preset(name).model
+    with torch.device("meta"):
+        model = Transformer(config)
+    counted = model.num_parameters()
+    formula = config.param_counts()
+    assert counted["total"] == formula["total"]
+    assert counted["active"] == formula["active"]
+    print(f"{name}: {counted['total']:,} parameters, {counted['active']:,} active per token")
+
+
+def test_seed_preset_is_the_seeds_hyperparameters():
+    p = preset("seed")
+    m, t = p.model, p.train
+    assert (m.n_embd, m.n_layers, m.n_heads, m.context_window, m.n_experts, m.top_k) == (1028, 6, 4, 32, 8, 2)
+    assert m.n_common_experts == 2 and m.vocab_size == 256
+    assert (t.lr, t.batch_size, t.max_steps, t.current_context_window, t.context_window_step) == (1e-4, 64, 2000, 8, 8)
+    # ~0.53 B parameters in all, ~0.23 B active per token
+    counts = m.param_counts()
+    assert 0.5e9 < counts["total"] < 0.56e9 and 0.2e9 < counts["active"] < 0.25e9
