@@ -11,12 +11,13 @@ TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 TORCH_VARIANT ?= cpu
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/$(TORCH_VARIANT)
 KERNEL := moelab
+RUN ?= default
 STAMP := $(VENV)/.setup-done-$(TORCH_VARIANT)
 
 .PHONY: setup run test lab help
 
 help:
-	@echo "make run    the main job (sets up .venv first)"
+	@echo "make run    the main job: the notebooks into reports/RUN/ (sets up .venv first)"
 	@echo "make test   the whole test suite (sets up .venv first)"
 	@echo "make lab    JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
 	@echo "make setup  only create/update .venv and the kernel (TORCH_VARIANT=$(TORCH_VARIANT))"
@@ -36,7 +37,10 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 	@echo "environment ready: $(VENV) (kernel '$(KERNEL)')"
 
+# The notebook pipeline (stages join as they land), executed into reports/$(RUN)/.
 run: setup
+	@mkdir -p reports/$(RUN)
+	$(BIN)/papermill notebooks/01_data_prep.ipynb reports/$(RUN)/01_data_prep.ipynb --cwd notebooks -k $(KERNEL)
 	$(BIN)/python -m moelab
 
 test: setup

@@ -62,8 +62,9 @@ def write_tree(root: Path, texts: dict[str, str]) -> Path:
 
 
 @pytest.fixture
-def upstream(tmp_path):
-    """An HTTP server on 127.0.0.1 serving TEXTS laid out like the upstream repository."""
+def upstream(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 serving TEXTS laid out like the upstream repository (and no mirror set)."""
+    monkeypatch.delenv("MOELAB_CORPUS_MIRROR", raising=False)
     served = write_tree(tmp_path / "upstream", TEXTS)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(served)))
     threading.Thread(target=server.serve_forever, daemon=True).start()

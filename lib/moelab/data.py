@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import unicodedata
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -151,12 +152,11 @@ def _copy_from_mirror(todo: pd.DataFrame, mirror: Path, root: Path, progress: bo
             f"corpus mirror {mirror} is not a folder. Point {MIRROR_ENV} (or `mirror=`) at a folder laid out "
             "as txt/<category>/<work>.txt, like ../shared/data/machado, or unset it to download."
         )
-    fetched, missing = 0, []
-    for row in tqdm(list(todo.itertuples()), desc="copying corpus from mirror", unit="work", disable=not progress):
+    in_mirror = todo["path"].map(lambda p: (mirror / p).is_file())
+    missing = list(todo.loc[~in_mirror, "path"])
+    fetched = 0
+    for row in tqdm(list(todo[in_mirror].itertuples()), desc="copying corpus from mirror", unit="work", disable=not progress):
         source = mirror / row.path
-        if not source.is_file():
-            missing.append(row.path)
-            continue
         target = root / row.path
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -630,6 +630,18 @@ class PreparedDataset:
     meta: dict
     rewritten: bool = field(default=True)
 
+    def cleaned_texts(self) -> pd.Series:
+        """Each work's cleaned text, read back from the split files, indexed by (category, work)."""
+        texts = {}
+        for split in SPLITS:
+            members = self.catalog[self.catalog["split"] == split]
+            if members.empty:
+                continue
+            blob = (self.path / f"{split}.bin").read_bytes()
+            for row in members.itertuples():
+                texts[(row.category, row.work)] = blob[row.offset : row.offset + row.cleaned_bytes].decode("utf-8")
+        return pd.Series(texts, name="text").rename_axis(["category", "work"])
+
     def split_sizes(self) -> pd.DataFrame:
         """Bytes and works per split, as a DataFrame."""
         table = self.catalog.groupby("split").agg(works=("work", "size"), bytes=("cleaned_bytes", "sum"))
@@ -791,3 +803,33 @@ def utf8_profile(text: str) -> dict[str, float]:
         "multibyte_share": multibyte / len(text),
         "bytes_per_char": n_bytes / len(text),
     }
+
+
+def char_class(ch: str) -> str:
+    """A readable class for one character: the kinds of bytes a byte-level model must learn."""
+    if ch == "\n":
+        return "newline"
+    if ch.isspace():
+        return "space"
+    if ch.isdigit():
+        return "digit"
+    if ch.isalpha():
+        if ord(ch) > 127:
+            # a letter with a diacritic decomposes canonically (no "<compat>" tag): é = e + ◌́
+            decomposition = unicodedata.decomposition(ch)
+            return "accented letter" if decomposition and not decomposition.startswith("<") else "other letter"
+        return "uppercase" if ch.isupper() else "lowercase"
+    if unicodedata.category(ch).startswith("P"):
+        return "punctuation"
+    return "other"
+
+
+def character_frequencies(text: str) -> pd.DataFrame:
+    """Characters of text by frequency: count, share, UTF-8 bytes and class (one row per character)."""
+    counts = Counter(text).most_common()
+    frame = pd.DataFrame(counts, columns=["char", "count"]).astype({"count": "int64"})
+    frame["share"] = frame["count"] / max(len(text), 1)
+    frame["utf8_bytes"] = [len(c.encode("utf-8")) for c in frame["char"]]
+    frame["class"] = [char_class(c) for c in frame["char"]]
+    frame["shown"] = frame["char"].map(lambda c: {"\n": "⏎", " ": "␣"}.get(c, c))
+    return frame
