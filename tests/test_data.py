@@ -1,6 +1,7 @@
 import hashlib
 import http.server
 import json
+import os
 import socket
 import threading
 from functools import partial
@@ -31,7 +32,7 @@ from moelab.data import (
     rejoin_hyphenated_words,
 )
 
-SHARED_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "machado"
+MIRROR = os.environ.get("MOELAB_CORPUS_MIRROR")  # the shared offline mirror (set by CI and conftest.py)
 
 # ---------------------------------------------------------------- a small upstream served over HTTP
 
@@ -154,10 +155,10 @@ def test_edited_local_copy_is_not_used(tmp_path):
     assert (raw / "txt/conto/umConto.txt").read_text() == "edited by hand\n"  # nothing lost
 
 
-@pytest.mark.skipif(not SHARED_MIRROR.is_dir(), reason="the shared Machado mirror is not here")
+@pytest.mark.skipif(not MIRROR, reason="needs MOELAB_CORPUS_MIRROR (the shared Machado mirror)")
 def test_shared_mirror_gives_all_but_the_works_it_lacks(tmp_path):
     manifest = machado_manifest()
-    report = fetch_machado(tmp_path / "raw", mirror=SHARED_MIRROR, progress=False)
+    report = fetch_machado(tmp_path / "raw", mirror=MIRROR, progress=False)
     lacking = set(manifest.loc[manifest["in_mirror"] == "no", "path"])
     assert set(report.missing["path"]) == lacking and len(lacking) == 3
     assert len(report.works) == len(manifest) - 3 == 113
