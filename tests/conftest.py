@@ -1,8 +1,39 @@
+import random
+
 import pytest
 import torch
+
+from moelab.data import prepare_dataset
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+SENTENCES = [
+    "A vida é uma ópera e uma grande ópera.",
+    "O tenor e o barítono lutam pelo soprano, em presença do baixo e dos comprimários.",
+    "Não consultes dicionários; Casmurro não está aqui no sentido que eles lhe dão.",
+    "— Continue, disse eu acordando.",
+    "Capitu tinha olhos de ressaca, olhos de cigana oblíqua e dissimulada.",
+    "Ao vencedor, as batatas!",
+]
+
+
+@pytest.fixture(scope="session")
+def toy_dataset() -> str:
+    """A small prepared dataset ("toy") of Portuguese sentences in the session's data folder."""
+    from pathlib import Path
+    import tempfile
+
+    rng = random.Random(0)
+    folder = Path(tempfile.mkdtemp(prefix="moelab-toy-corpus-"))
+    for category in ("romance", "conto", "teatro"):
+        (folder / category).mkdir()
+        for i in range(4):
+            text = "\n".join(" ".join(rng.choice(SENTENCES) for _ in range(5)) for _ in range(60))
+            (folder / category / f"obra{i}.txt").write_text(text, encoding="utf-8")
+    prepare_dataset(folder, "toy", val_fraction=0.1, test_fraction=0.1, progress=False)
+    return "toy"

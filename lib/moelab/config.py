@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import InitVar, asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 BATCH_KEEPS = ("sequences", "tokens")
@@ -184,46 +184,67 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """How to train: optimizer, schedules and the seed's context-window warmup.
+    """How to train: budget, optimizer, schedules and the seed's context-window warmup.
+
+    Budget: ``max_steps`` optimizer steps and/or ``max_minutes`` of wall time, whichever
+    ends first; the learning-rate and window schedules are defined over the budget's
+    progress (0 → 1), so a time budget gets a complete schedule too.
 
     The window starts at ``current_context_window`` tokens and grows by
-    ``context_window_step`` until it reaches the model's ``context_window``.
-    ``batch_keep`` says what stays constant while the window grows: the number of
-    sequences per batch (``sequences``, as the seed did) or the number of tokens
-    (``tokens``: more, shorter sequences early on).
+    ``context_window_step`` until it reaches the model's ``context_window``, at
+    ``window_warmup_fraction`` of the budget (0 = a fixed full window). ``batch_keep``
+    says what stays constant while the window grows: the number of sequences per
+    batch (``sequences``: batch_size sequences, as the seed did) or the number of
+    tokens (``tokens``: batch_size × context_window tokens, so more, shorter
+    sequences early on).
     """
 
-    max_steps: int = 1000
+    max_steps: int | None = 1000
+    max_minutes: float | None = None
     batch_size: int = 32
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 50  # linear learning-rate warmup
+    weight_decay: float = 0.1  # on matrices only (not biases, norms, embeddings)
     betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     grad_accum_steps: int = 1
     current_context_window: int = 16
     context_window_step: int = 16
-    window_warmup_fraction: float = 0.3  # the window reaches its maximum after this share of steps
+    window_warmup_fraction: float = 0.3
     batch_keep: str = "sequences"  # one of BATCH_KEEPS
-    eval_interval: int = 100
-    eval_windows: int = 64
-    checkpoint_interval: int = 250
+    eval_every: int = 100  # steps between validation evaluations
+    eval_windows: int = 64  # fixed validation windows, evenly spaced over the split
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2  # older periodic checkpoints are deleted
+    log_every: int = 10  # steps between metric rows
     seed: int = 1337
+
+    ALIASES: ClassVar[dict[str, str]] = {"learning_rate": "lr", "epochs": "max_steps"}
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         for name in (
-            "max_steps",
             "batch_size",
             "grad_accum_steps",
             "current_context_window",
             "context_window_step",
-            "eval_interval",
+            "eval_every",
             "eval_windows",
-            "checkpoint_interval",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
         ):
             _positive_int(getattr(self, name), name)
+        if self.max_steps is not None:
+            _positive_int(self.max_steps, "max_steps")
+        if self.max_minutes is not None:
+            _check(self.max_minutes > 0, "max_minutes", f"must be > 0 or None, got {self.max_minutes!r}")
+        _check(
+            self.max_steps is not None or self.max_minutes is not None,
+            "max_steps",
+            "give a budget: max_steps, max_minutes, or both (training stops at the first reached)",
+        )
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")
         _check(
@@ -264,6 +285,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        values = {cls.ALIASES.get(k, k): v for k, v in values.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -351,9 +373,10 @@ def _presets() -> dict[str, Preset]:
                 warmup_steps=2,
                 current_context_window=8,
                 context_window_step=4,
-                eval_interval=10,
+                eval_every=10,
                 eval_windows=8,
-                checkpoint_interval=10,
+                checkpoint_every=10,
+                log_every=2,
             ),
         ),
     }

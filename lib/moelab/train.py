@@ -1,0 +1,521 @@
+"""The Trainer: one loop for the notebook and the command line.
+
+``python -m moelab.train --preset cpu --run-name NAME [--resume] [--config FILE.yaml] [--set field=value ...]``
+
+Every batch uses the current window of the context-window schedule; the learning
+rate follows linear warmup + cosine over the budget (steps and/or minutes). Metrics
+go to ``reports/<run>/metrics.parquet`` (one row every ``log_every`` steps, with
+validation rows every ``eval_every``), routing snapshots to
+``reports/<run>/routing.parquet``, checkpoints to ``data/checkpoints/<run>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig, preset
+from .data import load_split
+from .model import Transformer
+from .paths import data_dir, reports_dir
+from .schedule import Budget, LRSchedule, WindowSchedule
+
+LN2 = math.log(2.0)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ============================================================================ data
+
+
+class WindowSampler:
+    """Random training windows from a byte array; seeded per (seed, rank), with resumable state."""
+
+    def __init__(self, data: np.ndarray, seed: int, rank: int = 0) -> None:
+        self.data = torch.from_numpy(np.array(data, dtype=np.uint8))
+        self.generator = torch.Generator().manual_seed(seed * 1009 + rank)
+
+    def batch(self, sequences: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.data) <= window + 1:
+            raise ValueError(f"the training split has {len(self.data)} bytes, fewer than a window of {window} + 1")
+        starts = torch.randint(0, len(self.data) - window - 1, (sequences,), generator=self.generator)
+        chunk = self.data[starts.unsqueeze(1) + torch.arange(window + 1)].long()
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def fixed_windows(data: np.ndarray, window: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` evenly spaced windows over data (the same every evaluation), as (x, y)."""
+    if len(data) <= window + 1:
+        raise ValueError(
+            f"the validation split has {len(data)} bytes, fewer than one window of {window} + 1; "
+            "use a larger corpus or a larger val_fraction"
+        )
+    count = min(count, len(data) - window - 1)
+    starts = torch.linspace(0, len(data) - window - 1, count).long()
+    tensor = torch.from_numpy(np.array(data, dtype=np.uint8))
+    chunk = tensor[starts.unsqueeze(1) + torch.arange(window + 1)].long()
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+@torch.no_grad()
+def mean_loss(model: Transformer, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Mean cross-entropy in nats over every position of the given windows."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        total += model(xb, yb).ce_loss.item() * yb.numel()
+        count += yb.numel()
+    model.train(was_training)
+    return total / count
+
+
+# ============================================================================ optimizer
+
+
+def no_decay(name: str) -> bool:
+    """Biases and LayerNorm gains are not decayed; weight matrices (and embeddings) are."""
+    return name.endswith(("bias", ".b1", ".b2")) or ".ln" in f".{name}" or name.startswith("ln_f")
+
+
+def make_optimizer(model: Transformer, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for n, p in model.named_parameters() if not no_decay(n)]
+    keep = [p for n, p in model.named_parameters() if no_decay(n)]
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    try:  # the fused kernel is one op for all parameters (CPU and CUDA)
+        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas)
+
+
+# ============================================================================ files
+
+
+def checkpoint_dir(run_name: str) -> Path:
+    return data_dir() / "checkpoints" / run_name
+
+
+def run_reports_dir(run_name: str) -> Path:
+    return reports_dir() / run_name
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Checkpoint files of a run, oldest first."""
+    return sorted(Path(folder).glob("ckpt_*.pt"))
+
+
+def latest_checkpoint(run_or_folder: str | os.PathLike) -> Path:
+    """The newest checkpoint of a run (a run name, or its checkpoint folder)."""
+    folder = Path(run_or_folder)
+    if not folder.is_dir():
+        folder = checkpoint_dir(str(run_or_folder))
+    found = list_checkpoints(folder)
+    if not found:
+        raise CheckpointError(f"no checkpoints in {folder}; train the run first (notebook 02 or python -m moelab.train)")
+    return found[-1]
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ============================================================================ the trainer
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    steps: int
+    tokens: int
+    elapsed_s: float
+    val_loss: float
+    val_bpb: float
+    checkpoint: Path
+    metrics: pd.DataFrame
+
+
+class Trainer:
+    """Trains a Transformer on a prepared dataset (``moelab.data.prepare_dataset``).
+
+    ``callbacks`` are called with each metric row (a dict) as it is logged; the
+    notebook's live plot is one.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        run_name: str,
+        *,
+        dataset: str = "machado",
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        callbacks: Iterable[Callable[[dict], None]] = (),
+    ) -> None:
+        model_config.validate()
+        train_config.check_against(model_config)
+        if not run_name or "/" in run_name or run_name.startswith("."):
+            raise ValueError(f"run_name must be a plain folder name, got {run_name!r}")
+        self.model_config = model_config
+        self.train_config = train_config
+        self.run_name = run_name
+        self.dataset = dataset
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.windows = WindowSchedule.from_configs(model_config, train_config)
+        self.lr_schedule = LRSchedule(train_config.lr, train_config.warmup_steps, train_config.min_lr_ratio)
+        self.budget = Budget(train_config.max_steps, train_config.max_minutes)
+        self.checkpoints = checkpoint_dir(run_name)
+        self.reports = run_reports_dir(run_name)
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        torch.manual_seed(self.train_config.seed)
+        self.model = Transformer(self.model_config).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.train_config, self.device)
+        self.sampler = WindowSampler(load_split(self.dataset, "train"), self.train_config.seed)
+        self.val_x, self.val_y = fixed_windows(
+            load_split(self.dataset, "val"), self.model_config.context_window, self.train_config.eval_windows
+        )
+        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        self.rows: list[dict] = []
+        self.routing_rows: list[dict] = []
+
+    def _restore(self) -> Path | None:
+        candidates = list_checkpoints(self.checkpoints)
+        for path in reversed(candidates):  # the newest readable one (a damaged file is skipped, not used)
+            try:
+                payload = load_checkpoint(path, map_location=self.device)
+            except CheckpointError as err:
+                warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
+                continue
+            saved = ModelConfig.from_dict(payload["model_config"])
+            if saved != self.model_config:
+                diff = [k for k, v in saved.to_dict().items() if self.model_config.to_dict()[k] != v]
+                raise CheckpointError(f"cannot resume {self.run_name}: the model config differs in {', '.join(diff)}")
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            state = payload["extra"]
+            self.step, self.tokens, self.elapsed_before = payload["step"], state["tokens"], state["elapsed_s"]
+            self.sampler.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["rng_cpu"])
+            if torch.cuda.is_available() and state.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"])
+            for name, target in (("metrics.parquet", self.rows), ("routing.parquet", self.routing_rows)):
+                if (self.reports / name).is_file():
+                    frame = pd.read_parquet(self.reports / name)
+                    target.extend(frame[frame["step"] <= self.step].to_dict("records"))
+            return path
+        return None
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        self._build()
+        restored = self._restore() if resume else None
+        if resume and restored is None and list_checkpoints(self.checkpoints):
+            raise CheckpointError(f"no readable checkpoint in {self.checkpoints} to resume from")
+        if not resume and list_checkpoints(self.checkpoints):
+            raise FileExistsError(
+                f"run {self.run_name!r} already has checkpoints in {self.checkpoints}; "
+                "resume it (resume=True / --resume) or choose another run name"
+            )
+        self.reports.mkdir(parents=True, exist_ok=True)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        (self.reports / "config.json").write_text(json.dumps(self._run_info(), indent=2))
+
+        cfg = self.train_config
+        model, optimizer = self.model, self.optimizer
+        model.train()
+        start = time.perf_counter()
+        elapsed = self.elapsed_before
+        last_log_time, last_log_tokens = elapsed, self.tokens
+        last_checkpoint = restored
+        val_loss = math.nan
+        bar = tqdm(total=1000, desc=self.run_name, disable=not self.progress, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        bar.update(int(1000 * self.budget.progress(self.step, elapsed)))
+        try:
+            while not self.budget.done(self.step, elapsed):
+                progress = self.budget.progress(self.step, elapsed)
+                window = self.windows.window(progress)
+                sequences = self.windows.batch_sequences(window, cfg.batch_size, cfg.batch_keep)
+                lr = self.lr_schedule(self.step, progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                log_now = (self.step + 1) % cfg.log_every == 0
+                parts = torch.zeros(4)
+                routing = None
+                for micro in range(cfg.grad_accum_steps):
+                    x, y = self.sampler.batch(sequences, window)
+                    record = log_now and micro == cfg.grad_accum_steps - 1
+                    out = model(x.to(self.device), y.to(self.device), record_routing=record)
+                    (out.loss / cfg.grad_accum_steps).backward()
+                    parts += torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float().cpu()
+                    routing = out.routing if record else routing
+                parts /= cfg.grad_accum_steps
+                if not torch.isfinite(parts[0]):
+                    raise TrainingDiverged(
+                        f"the loss became {parts[0].item()} at step {self.step + 1} (window {window}, lr {lr:.2e}). "
+                        f"Training stopped; the last good checkpoint is {last_checkpoint or 'none (no checkpoint yet)'}. "
+                        "Lower the learning rate, raise warmup_steps, or set grad_clip."
+                    )
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                ).item()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens += sequences * window * cfg.grad_accum_steps
+                elapsed = self.elapsed_before + time.perf_counter() - start
+                done = self.budget.done(self.step, elapsed)
+                evaluate_now = self.step % cfg.eval_every == 0 or done
+
+                if log_now or evaluate_now:
+                    row = {
+                        "step": self.step,
+                        "tokens": self.tokens,
+                        "elapsed_s": elapsed,
+                        "progress": self.budget.progress(self.step, elapsed),
+                        "window": window,
+                        "batch_sequences": sequences,
+                        "lr": lr,
+                        "loss": parts[0].item(),
+                        "ce_loss": parts[1].item(),
+                        "aux_loss": parts[2].item(),
+                        "z_loss": parts[3].item(),
+                        "train_bpb": parts[1].item() / LN2,
+                        "grad_norm": grad_norm,
+                        "tokens_per_s": (self.tokens - last_log_tokens) / max(elapsed - last_log_time, 1e-9),
+                        "val_loss": math.nan,
+                        "val_bpb": math.nan,
+                    }
+                    last_log_time, last_log_tokens = elapsed, self.tokens
+                    if routing is not None:
+                        row.update(_load_columns(routing, self.model_config.n_experts))
+                    if evaluate_now:
+                        eval_start = time.perf_counter()
+                        val_loss = mean_loss(model, self.val_x, self.val_y, cfg.batch_size, self.device)
+                        row["val_loss"], row["val_bpb"] = val_loss, val_loss / LN2
+                        self._routing_snapshot()
+                        start += time.perf_counter() - eval_start  # evaluation time is not training time
+                    self.rows.append(row)
+                    for callback in self.callbacks:
+                        callback(row)
+                    bar.set_postfix(
+                        step=self.step,
+                        loss=f"{row['loss']:.3f}",
+                        bpb=f"{val_loss / LN2:.3f}" if not math.isnan(val_loss) else "-",
+                        window=window,
+                        tok_s=f"{row['tokens_per_s']:.0f}",
+                        refresh=False,
+                    )
+                if self.step % cfg.checkpoint_every == 0 or done:
+                    last_checkpoint = self._save(elapsed, final=done)
+                bar.update(int(1000 * self.budget.progress(self.step, elapsed)) - bar.n)
+        finally:
+            bar.close()
+            self._write_metrics()
+
+        if last_checkpoint is None:  # resumed a run whose budget was already spent
+            last_checkpoint = latest_checkpoint(self.checkpoints)
+        if math.isnan(val_loss):
+            val_loss = mean_loss(model, self.val_x, self.val_y, cfg.batch_size, self.device)
+        return TrainResult(
+            self.run_name, self.step, self.tokens, elapsed, val_loss, val_loss / LN2, last_checkpoint, self.metrics()
+        )
+
+    # ------------------------------------------------------------------ records
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    @torch.no_grad()
+    def _routing_snapshot(self) -> None:
+        """Per-layer expert load and mean router probability on the first validation windows."""
+        if not self.model_config.is_moe:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        n = min(len(self.val_x), self.train_config.batch_size)
+        out = self.model(self.val_x[:n].to(self.device), record_routing=True)
+        self.model.train(was_training)
+        for layer, record in enumerate(out.routing):
+            load = torch.bincount(record.experts.flatten(), minlength=self.model_config.n_experts).float()
+            load /= load.sum()
+            importance = record.probs.reshape(-1, self.model_config.n_experts).mean(0)
+            for expert in range(self.model_config.n_experts):
+                self.routing_rows.append(
+                    {
+                        "step": self.step,
+                        "layer": layer,
+                        "expert": expert,
+                        "load": load[expert].item(),
+                        "importance": importance[expert].item(),
+                    }
+                )
+
+    def _write_metrics(self) -> None:
+        if self.rows:
+            write_parquet_atomic(self.metrics(), self.reports / "metrics.parquet")
+        if self.routing_rows:
+            write_parquet_atomic(pd.DataFrame(self.routing_rows), self.reports / "routing.parquet")
+
+    def _save(self, elapsed: float, final: bool) -> Path:
+        extra = {
+            "tokens": self.tokens,
+            "elapsed_s": elapsed,
+            "sampler": self.sampler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "run_name": self.run_name,
+            "dataset": self.dataset,
+        }
+        path = save_checkpoint(
+            self.checkpoints / f"ckpt_{self.step:07d}.pt",
+            self.model,
+            train_config=self.train_config,
+            optimizer=self.optimizer,
+            step=self.step,
+            extra=extra,
+        )
+        self._write_metrics()  # metrics never run ahead of what a resume can restore
+        for old in list_checkpoints(self.checkpoints)[: -self.train_config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _run_info(self) -> dict[str, Any]:
+        return {
+            "run_name": self.run_name,
+            "dataset": self.dataset,
+            "device": str(self.device),
+            "torch": str(torch.__version__),
+            "model": self.model_config.to_dict(),
+            "train": self.train_config.to_dict(),
+            "params": self.model_config.param_counts(),
+        }
+
+
+def _load_columns(routing, n_experts: int) -> dict[str, float]:
+    """Share of routed token slots per expert, per layer: columns load_l{layer}_e{expert}."""
+    columns = {}
+    for layer, record in enumerate(routing):
+        counts = torch.bincount(record.experts.flatten(), minlength=n_experts).float()
+        for expert, share in enumerate((counts / counts.sum()).tolist()):
+            columns[f"load_l{layer}_e{expert}"] = share
+    return columns
+
+
+# ============================================================================ command line
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: int, float, bool, null, or a YAML list; else the string."""
+    import yaml
+
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    value = yaml.safe_load(text)
+    return value if value is not None or text.lower() in ("null", "none", "~") else text
+
+
+def build_configs(preset_name: str, overrides: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """A preset with overrides; each field goes to ModelConfig or TrainConfig by its name."""
+    chosen = preset(preset_name)
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} | {"num_embeds"}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} | set(TrainConfig.ALIASES)
+    unknown = sorted(set(overrides) - model_fields - train_fields)
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(unknown)}. Model fields: {', '.join(sorted(model_fields))}. "
+            f"Training fields: {', '.join(sorted(train_fields))}."
+        )
+    model_changes = {k: v for k, v in overrides.items() if k in model_fields}
+    train_changes = {k: v for k, v in overrides.items() if k in train_fields}
+    if "num_embeds" in model_changes:
+        model_changes["n_embd"] = model_changes.pop("num_embeds")
+    model = chosen.model.replace(**model_changes)
+    train = TrainConfig.from_dict({**chosen.train.to_dict(), **train_changes})
+    train.check_against(model)
+    return model, train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moelab.train", description="Train a moelab model.")
+    parser.add_argument("--preset", default="cpu", help="seed, cpu or tiny (default: cpu)")
+    parser.add_argument("--run-name", required=True, help="names data/checkpoints/<run>/ and reports/<run>/")
+    parser.add_argument("--dataset", default="machado", help="a prepared dataset under data/processed/")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--config", type=Path, help="a YAML file of field: value overrides")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field (repeatable)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    overrides: dict[str, Any] = {}
+    if args.config is not None:
+        import yaml
+
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            parser.error(f"{args.config} must hold a mapping of field: value")
+        overrides.update(loaded)
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects FIELD=VALUE, got {item!r}")
+        overrides[field.strip()] = parse_value(value.strip())
+    try:
+        model_config, train_config = build_configs(args.preset, overrides)
+        trainer = Trainer(
+            model_config, train_config, args.run_name, dataset=args.dataset, device=args.device, progress=not args.no_progress
+        )
+        result = trainer.fit(resume=args.resume)
+    except (ValueError, FileExistsError, CheckpointError, TrainingDiverged) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{result.run_name}: {result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s / 60:.1f} min; "
+        f"val {result.val_loss:.4f} nats = {result.val_bpb:.4f} bits/byte; checkpoint {result.checkpoint}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

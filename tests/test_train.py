@@ -1,0 +1,143 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from moelab import Transformer, load_model, preset
+from moelab.schedule import WindowSchedule
+from moelab.train import (
+    Trainer,
+    TrainingDiverged,
+    WindowSampler,
+    build_configs,
+    latest_checkpoint,
+    main,
+    no_decay,
+    parse_value,
+)
+
+
+def tiny(**train_changes):
+    p = preset("tiny")
+    return p.model, p.train.replace(**train_changes)
+
+
+def test_batches_follow_the_window_schedule_exactly(toy_dataset, monkeypatch):
+    model, train = tiny(max_steps=24, batch_keep="tokens", current_context_window=4, context_window_step=4, window_warmup_fraction=0.5)
+    shapes = []
+    original = WindowSampler.batch
+
+    def spy(self, sequences, window):
+        x, y = original(self, sequences, window)
+        shapes.append(tuple(x.shape))
+        assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+        return x, y
+
+    monkeypatch.setattr(WindowSampler, "batch", spy)
+    Trainer(model, train, "shapes", dataset=toy_dataset, progress=False).fit()
+    # independent reference: windows 4, 8, 12, 16 over the first half of 24 steps; batch of 8 × 16 tokens
+    expected = []
+    for step in range(24):
+        stage = min(int(step / 24 / 0.5 * 3), 3)
+        window = [4, 8, 12, 16][stage]
+        expected.append((8 * 16 // window, window))
+    assert shapes == expected
+
+
+def test_same_seed_gives_identical_losses_and_another_seed_differs(toy_dataset):
+    model, train = tiny(max_steps=12, log_every=1)
+    a = Trainer(model, train, "det-a", dataset=toy_dataset, progress=False).fit().metrics
+    b = Trainer(model, train, "det-b", dataset=toy_dataset, progress=False).fit().metrics
+    c = Trainer(model, train.replace(seed=7), "det-c", dataset=toy_dataset, progress=False).fit().metrics
+    assert a["loss"].tolist() == b["loss"].tolist()
+    assert a["loss"].tolist() != c["loss"].tolist()
+
+
+def test_metrics_checkpoints_and_routing_snapshots(toy_dataset):
+    model, train = tiny(max_steps=20)
+    trainer = Trainer(model, train, "files", dataset=toy_dataset, progress=False)
+    result = trainer.fit()
+    metrics = pd.read_parquet(trainer.reports / "metrics.parquet")
+    assert metrics["step"].tolist() == list(range(2, 21, 2))
+    assert {"tokens", "window", "lr", "loss", "ce_loss", "aux_loss", "z_loss", "val_bpb", "tokens_per_s"} <= set(metrics.columns)
+    loads = metrics.filter(regex=r"^load_l0_e\d$")
+    assert loads.shape[1] == 4 and loads.sum(axis=1).round(6).eq(1).all()
+    evaluated = metrics.dropna(subset=["val_bpb"])
+    assert evaluated["step"].tolist() == [10, 20]
+    assert math.isclose(evaluated["val_bpb"].iloc[-1], result.val_bpb)
+    assert evaluated["val_bpb"].iloc[-1] == pytest.approx(evaluated["val_loss"].iloc[-1] / math.log(2))
+    routing = pd.read_parquet(trainer.reports / "routing.parquet")
+    assert set(routing["step"]) == {10, 20} and routing.groupby(["step", "layer"])["load"].sum().round(6).eq(1).all()
+    # the final checkpoint rebuilds the trained model
+    assert result.checkpoint == latest_checkpoint("files")
+    reloaded = load_model(result.checkpoint)
+    x = torch.randint(0, 256, (2, 16))
+    assert torch.equal(reloaded(x).logits, trainer.model.eval()(x).logits)
+    # a finished run is not silently overwritten
+    with pytest.raises(FileExistsError, match="resume"):
+        Trainer(model, train, "files", dataset=toy_dataset, progress=False).fit()
+
+
+def test_resume_continues_exactly(toy_dataset):
+    model, train = tiny(max_steps=20, log_every=1, checkpoint_every=5)
+    full = Trainer(model, train, "straight", dataset=toy_dataset, progress=False).fit().metrics
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_checkpoint(row):
+        if row["step"] == 13:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(model, train, "interrupted", dataset=toy_dataset, progress=False, callbacks=[stop_after_checkpoint]).fit()
+    resumed = Trainer(model, train, "interrupted", dataset=toy_dataset, progress=False).fit(resume=True).metrics
+    assert resumed["step"].tolist() == list(range(1, 21))  # rows 11-13 lost with the crash are redone once
+    for column in ("loss", "window", "lr", "tokens"):
+        assert resumed[column].tolist() == full[column].tolist(), column
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(toy_dataset, monkeypatch):
+    model, train = tiny(max_steps=20, checkpoint_every=5)
+    original = Transformer.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 8 and out.loss is not None:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(Transformer, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 8 .*ckpt_0000005\.pt"):
+        Trainer(model, train, "diverged", dataset=toy_dataset, progress=False).fit()
+    assert latest_checkpoint("diverged").name == "ckpt_0000005.pt"
+    load_model(latest_checkpoint("diverged"))
+
+
+def test_weight_decay_groups():
+    model = Transformer(preset("tiny").model)
+    decayed = {n for n, _ in model.named_parameters() if not no_decay(n)}
+    assert "blocks.0.moe.experts.w1" in decayed and "tok_emb.weight" in decayed and "blocks.0.attn.qkv.weight" in decayed
+    assert not decayed & {"blocks.0.moe.experts.b1", "blocks.0.ln1.weight", "ln_f.bias", "blocks.0.attn.qkv.bias"}
+
+
+def test_command_line(toy_dataset, capsys):
+    code = main(["--preset", "tiny", "--run-name", "cli", "--dataset", toy_dataset, "--no-progress",
+                 "--set", "max_steps=6", "--set", "learning_rate=1e-3", "--set", "n_layers=1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "cli: 6 steps" in out and "bits/byte" in out
+    assert load_model(latest_checkpoint("cli")).config.n_layers == 1
+    assert main(["--preset", "tiny", "--run-name", "cli2", "--dataset", toy_dataset, "--set", "n_layer=3"]) == 2
+    assert "unknown field(s) n_layer" in capsys.readouterr().err
+
+
+def test_config_overrides_and_values():
+    model, train = build_configs("tiny", {"lr": 5e-4, "max_minutes": 1.5, "top_k": 1, "num_embeds": 64})
+    assert (train.lr, train.max_minutes, model.top_k, model.n_embd) == (5e-4, 1.5, 1, 64)
+    assert [parse_value(v) for v in ("3", "1e-3", "true", "null", "[1, 2]", "rope")] == [3, 1e-3, True, None, [1, 2], "rope"]
+    with pytest.raises(ValueError, match="current_context_window"):
+        build_configs("tiny", {"context_window": 4})
