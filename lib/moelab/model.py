@@ -205,6 +205,34 @@ class Transformer(nn.Module):
                 routed_unused += (self.config.n_experts - self.config.top_k) * per_expert
         return {"total": total, "active": total - routed_unused}
 
+    def parameter_table(self):
+        """Parameters by component as a DataFrame: total, and active per token (routed experts × top_k / n)."""
+        import pandas as pd
+
+        component_of = {
+            "tok_emb": "token embedding",
+            "pos_emb": "position embedding",
+            "attn": "attention",
+            "gate": "router",
+            "noise": "router",
+            "experts": "routed experts",
+            "common": "common experts",
+            "ln1": "layer norms",
+            "ln2": "layer norms",
+            "ln_f": "layer norms",
+            "head": "output head",
+        }
+        rows = dict.fromkeys(dict.fromkeys(component_of.values()), 0)
+        for name, p in self.named_parameters():
+            rows[next(component_of[part] for part in name.split(".") if part in component_of)] += p.numel()
+        table = pd.DataFrame({"total": rows}).query("total > 0")
+        share = self.config.top_k / self.config.n_experts if self.config.is_moe else 1.0
+        table["active"] = table["total"]
+        if "routed experts" in table.index:
+            table.loc["routed experts", "active"] = round(table.loc["routed experts", "total"] * share)
+        table.loc["all"] = table.sum()
+        return table.astype(int)
+
     # ----------------------------------------------------------------- forward
     def forward(
         self,

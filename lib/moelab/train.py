@@ -245,7 +245,19 @@ class Trainer:
         return None
 
     # ------------------------------------------------------------------ loop
-    def fit(self, resume: bool = False) -> TrainResult:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
+        """Train until the budget is spent.
+
+        An existing run is an error unless ``resume`` (continue from its latest
+        checkpoint) or ``overwrite`` (delete its checkpoints and metrics first).
+        """
+        if resume and overwrite:
+            raise ValueError("choose resume or overwrite, not both")
+        if overwrite:
+            for path in list_checkpoints(self.checkpoints):
+                path.unlink()
+            for name in ("metrics.parquet", "routing.parquet"):
+                (self.reports / name).unlink(missing_ok=True)
         self._build()
         restored = self._restore() if resume else None
         if resume and restored is None and list_checkpoints(self.checkpoints):
@@ -253,7 +265,7 @@ class Trainer:
         if not resume and list_checkpoints(self.checkpoints):
             raise FileExistsError(
                 f"run {self.run_name!r} already has checkpoints in {self.checkpoints}; "
-                "resume it (resume=True / --resume) or choose another run name"
+                "resume it (resume=True / --resume), overwrite it (overwrite=True), or choose another run name"
             )
         self.reports.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -325,7 +337,7 @@ class Trainer:
                         "val_bpb": math.nan,
                     }
                     last_log_time, last_log_tokens = elapsed, self.tokens
-                    if routing is not None:
+                    if routing is not None and self.model_config.is_moe:
                         row.update(_load_columns(routing, self.model_config.n_experts))
                     if evaluate_now:
                         eval_start = time.perf_counter()
@@ -519,3 +531,51 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ============================================================================ comparisons
+
+
+def comparison_variants(model: ModelConfig, train: TrainConfig) -> dict[str, tuple[ModelConfig, TrainConfig]]:
+    """The three runs notebook 02 compares at one budget: the schedule, a fixed window, a dense model."""
+    return {
+        "MoE, window schedule": (model, train),
+        "MoE, fixed window": (model, train.replace(current_context_window=model.context_window)),
+        "dense, same active parameters": (model.dense_equivalent(), train),
+    }
+
+
+def run_comparison(
+    variants: dict[str, tuple[ModelConfig, TrainConfig]],
+    run_prefix: str,
+    *,
+    dataset: str = "machado",
+    max_minutes: float | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Train each variant with the same budget (runs ``<run_prefix>-<n>``, overwritten each time).
+
+    Returns a results table (one row per variant) and each run's metrics.
+    """
+    rows, curves = [], {}
+    for number, (name, (model, train)) in enumerate(variants.items(), start=1):
+        budgeted = train.replace(max_minutes=max_minutes, max_steps=max_steps)
+        trainer = Trainer(model, budgeted, f"{run_prefix}-{number}", dataset=dataset, progress=progress)
+        result = trainer.fit(overwrite=True)
+        counts = model.param_counts()
+        rows.append(
+            {
+                "variant": name,
+                "run": trainer.run_name,
+                "steps": result.steps,
+                "tokens (M)": result.tokens / 1e6,
+                "minutes": result.elapsed_s / 60,
+                "tokens/s": result.tokens / max(result.elapsed_s, 1e-9),
+                "params total": counts["total"],
+                "params active": counts["active"],
+                "val_bpb": result.val_bpb,
+            }
+        )
+        curves[name] = result.metrics
+    return pd.DataFrame(rows).set_index("variant"), curves

@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moelab import ModelConfig, Transformer, save_checkpoint
+from moelab.data import clean_text
+from moelab.evaluate import evaluate, main, score_bytes
+
+
+def small_model() -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(n_layers=2, n_heads=2, n_embd=16, context_window=8, n_experts=4, expert_hidden=16)
+    return Transformer(config).double().eval()
+
+
+def reference_nats(model: Transformer, data: bytes, stride: int) -> float:
+    """Byte by byte: byte t is predicted in the first window (starts 0, stride, 2·stride, …) that reaches it."""
+    window = model.config.context_window
+    sequence = torch.tensor(list(b"\n" + data))
+    total = 0.0
+    for t in range(len(data)):
+        k = 0
+        while min(k * stride + window, len(data)) <= t:
+            k += 1
+        begin = k * stride
+        logits = model(sequence[begin : t + 1].unsqueeze(0)).logits[0, -1]
+        total += F.cross_entropy(logits.unsqueeze(0), sequence[t + 1].unsqueeze(0)).item()
+    return total
+
+
+@pytest.mark.parametrize("stride", [1, 3, 4, 8])
+@pytest.mark.parametrize("length", [1, 5, 8, 9, 23])
+def test_every_byte_is_scored_once_with_its_window(stride, length):
+    model = small_model()
+    data = "Ao vencedor, as batatas!"[:length].encode()
+    result = score_bytes(model, data, stride=stride, batch_size=3)
+    assert result.bytes == len(data)
+    assert result.nats == pytest.approx(reference_nats(model, data, stride), rel=1e-9)
+
+
+def test_untrained_model_is_near_eight_bits_and_cleaning_is_optional(tmp_path):
+    model = Transformer(ModelConfig(n_layers=1, n_heads=2, n_embd=16, context_window=16, n_experts=2, top_k=1))
+    text = "Não consultes dicionários.\nCasmurro não está aqui no sentido que eles lhe dão, mas no que lhe pôs o vulgo de homem calado e metido consigo.\n"
+    result = evaluate(model, text)
+    assert abs(result.bits_per_byte - 8.0) < 0.5
+    assert result.bytes == len(text.encode())
+    assert evaluate(model, text, clean=True).bytes == len(clean_text(text).encode())
+    assert evaluate(model, "").bytes == 0 and math.isnan(evaluate(model, "").bits_per_byte)
+    with pytest.raises(ValueError, match="stride"):
+        evaluate(model, text, stride=17)
+
+
+def test_command_line(tmp_path, capsys):
+    model = small_model().float()
+    checkpoint = save_checkpoint(tmp_path / "m.pt", model)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("Uma noite destas, vindo da cidade,\nencontrei no trem um rapaz.\n")
+    b.write_text("Capitu!\n")
+    assert main(["--checkpoint", str(checkpoint), str(a), str(b), "--clean", "--save-cleaned", str(tmp_path / "scored")]) == 0
+    out = capsys.readouterr().out
+    assert "stride 4" in out and "every byte scored once" in out and "overall:" in out
+    scored = (tmp_path / "scored" / "a.txt").read_bytes()
+    assert scored == clean_text(a.read_text()).encode()
+    expected = (score_bytes(model, scored).nats + score_bytes(model, b"Capitu!").nats) / math.log(2) / (len(scored) + 7)
+    assert f"overall: {expected:.4f} bits per byte" in out
+    assert main(["--checkpoint", str(tmp_path / "missing.pt"), str(a)]) == 2
+    assert "no checkpoint file" in capsys.readouterr().err
+
+
+def test_package_level_evaluate_and_clean_command_lines():
+    import subprocess
+    import sys
+
+    import moelab
+
+    model = small_model()
+    assert moelab.evaluate(model, b"Capitu").bytes == 6  # the module is callable as the function
+    for module in ("moelab.train", "moelab.evaluate"):
+        done = subprocess.run([sys.executable, "-W", "error", "-m", module, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "usage: python -m" in done.stdout, done.stderr
