@@ -12,12 +12,15 @@ TORCH_VARIANT ?= cpu
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/$(TORCH_VARIANT)
 KERNEL := moelab
 RUN ?= default
+PARAMS ?=
+# papermill with the moelab kernel, paths relative to notebooks/, an optional YAML parameter file
+PAPERMILL = $(BIN)/papermill --cwd notebooks -k $(KERNEL) $(if $(PARAMS),-f $(PARAMS))
 STAMP := $(VENV)/.setup-done-$(TORCH_VARIANT)
 
 .PHONY: setup run test lab help
 
 help:
-	@echo "make run    the main job: the notebooks into reports/RUN/ (sets up .venv first)"
+	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PARAMS=file.yaml)"
 	@echo "make test   the whole test suite (sets up .venv first)"
 	@echo "make lab    JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
 	@echo "make setup  only create/update .venv and the kernel (TORCH_VARIANT=$(TORCH_VARIANT))"
@@ -37,11 +40,15 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 	@echo "environment ready: $(VENV) (kernel '$(KERNEL)')"
 
-# The notebook pipeline (stages join as they land), executed into reports/$(RUN)/.
+# The notebook pipeline, executed into reports/$(RUN)/.
+# 01 rewrites nothing when its inputs are unchanged; 02 trains run $(RUN) afresh.
 run: setup
 	@mkdir -p reports/$(RUN)
-	$(BIN)/papermill notebooks/01_data_prep.ipynb reports/$(RUN)/01_data_prep.ipynb --cwd notebooks -k $(KERNEL)
-	$(BIN)/python -m moelab
+	$(PAPERMILL) notebooks/01_data_prep.ipynb reports/$(RUN)/01_data_prep.ipynb
+	@echo "02_train: training run '$(RUN)' from scratch (an earlier run of that name is replaced)"
+	$(PAPERMILL) notebooks/02_train.ipynb reports/$(RUN)/02_train.ipynb -p run_name $(RUN) -p if_exists overwrite
+	$(PAPERMILL) notebooks/03_expert_utilization.ipynb reports/$(RUN)/03_expert_utilization.ipynb -p run_name $(RUN)
+	$(PAPERMILL) notebooks/04_sampling.ipynb reports/$(RUN)/04_sampling.ipynb -p run_name $(RUN)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -77,13 +77,13 @@ def test_presets_are_fresh_copies_and_unknown_names_are_explained():
     a = preset("cpu")
     a.model.n_layers = 99
     assert preset("cpu").model.n_layers != 99
-    with pytest.raises(ValueError, match="seed, cpu, tiny"):
+    with pytest.raises(ValueError, match="seed, cpu, long, tiny"):
         preset("huge")
 
 
 def test_presets_table():
     table = presets_table()
-    assert list(table.index) == ["seed", "cpu", "tiny"]
+    assert list(table.index) == ["seed", "cpu", "long", "tiny"]
     assert (table["params_active"] < table["params_total"]).all()
     for name in table.index:
         p = preset(name)

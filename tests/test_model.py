@@ -184,7 +184,7 @@ def test_training_step_reduces_loss():
     assert all(p.grad is not None for n, p in model.named_parameters() if "noise" not in n)
 
 
-@pytest.mark.parametrize("name", ["seed", "cpu", "tiny"])
+@pytest.mark.parametrize("name", ["seed", "cpu", "long", "tiny"])
 def test_preset_parameter_counts_match_the_formula(name):
     config = preset(name).model
     with torch.device("meta"):

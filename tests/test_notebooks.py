@@ -53,46 +53,57 @@ def test_papermill_lists_every_parameter_with_its_type(path):
         assert re.search(rf"^  {name}: \w+ \(default", done.stdout, re.M), f"papermill does not list {name}"
 
 
-def test_data_prep_notebook_writes_the_processed_dataset(tmp_path, monkeypatch):
-    data_dir = tmp_path / "data"
-    monkeypatch.setenv("MOELAB_DATA_DIR", str(data_dir))
-    if not os.environ.get("MOELAB_CORPUS_MIRROR"):
-        pytest.skip("needs MOELAB_CORPUS_MIRROR (the shared Machado mirror) to run offline")
-    nb = run_notebook("01_data_prep.ipynb", tmp_path, dataset="nbtest")
-    folder = data_dir / "processed" / "nbtest-tiny"
-    meta = json.loads((folder / "meta.json").read_text())
-    catalog = pd.read_parquet(folder / "catalog.parquet")
-    assert len(catalog) == 16 and catalog["category"].nunique() == 8  # two works per category
-    for split in ("train", "val", "test"):
-        assert (folder / f"{split}.bin").stat().st_size == meta["splits"][split]["bytes"] > 0
-    assert set(meta["source"]["missing_works"]) == {
-        "txt/conto/historiasSemData.txt", "txt/crônica/bonsDias.txt", "txt/romance/esau.txt"
-    }
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "16 works" in outputs
-
-
 def test_data_prep_notebook_rejects_bad_parameters(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match="val_fraction"):
         run_notebook("01_data_prep.ipynb", tmp_path, val_fraction=0.9)
 
 
-def test_training_notebook_trains_compares_and_saves(tmp_path, monkeypatch):
+def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
+    """01 → 02 → 03 → 04 with papermill, as `make run` chains them, each checked by what it leaves on disk."""
     if not os.environ.get("MOELAB_CORPUS_MIRROR"):
         pytest.skip("needs MOELAB_CORPUS_MIRROR (the shared Machado mirror) to run offline")
-    monkeypatch.setenv("MOELAB_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MOELAB_REPORTS_DIR", str(tmp_path / "reports"))
-    run_notebook("01_data_prep.ipynb", tmp_path)
+    data, reports = tmp_path / "data", tmp_path / "reports"
+    monkeypatch.setenv("MOELAB_DATA_DIR", str(data))
+    monkeypatch.setenv("MOELAB_REPORTS_DIR", str(reports))
+
+    nb = run_notebook("01_data_prep.ipynb", tmp_path)
+    processed = data / "processed" / "machado-tiny"
+    meta = json.loads((processed / "meta.json").read_text())
+    catalog = pd.read_parquet(processed / "catalog.parquet")
+    assert len(catalog) == 16 and catalog["category"].nunique() == 8  # two works per category
+    for split in ("train", "val", "test"):
+        assert (processed / f"{split}.bin").stat().st_size == meta["splits"][split]["bytes"] > 0
+    assert set(meta["source"]["missing_works"]) == {
+        "txt/conto/historiasSemData.txt", "txt/crônica/bonsDias.txt", "txt/romance/esau.txt"
+    }
+    assert "16 works" in "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
     run_notebook("02_train.ipynb", tmp_path, run_name="nb")
-    reports = tmp_path / "reports" / "nb-tiny"
-    metrics = pd.read_parquet(reports / "metrics.parquet")
+    run = reports / "nb-tiny"
+    metrics = pd.read_parquet(run / "metrics.parquet")
     assert metrics["step"].max() == 30 and metrics["val_bpb"].notna().sum() == 3
     assert sorted(metrics["window"].unique()) == [8, 12, 16]  # the tiny schedule, really used
-    assert (tmp_path / "data" / "checkpoints" / "nb-tiny" / "ckpt_0000030.pt").is_file()
-    comparison = pd.read_csv(reports / "comparison.csv", index_col=0)
+    assert (data / "checkpoints" / "nb-tiny" / "ckpt_0000030.pt").is_file()
+    comparison = pd.read_csv(run / "comparison.csv", index_col=0)
     assert list(comparison.index) == ["MoE, window schedule", "MoE, fixed window", "dense, same active parameters"]
     assert (comparison["steps"] == 10).all()
-    assert {p.name for p in (reports / "figures").iterdir()} == {"training_curves.png", "comparison.png"}
-    # running it again without saying what to do with the existing run stops with a clear message
     with pytest.raises(papermill.PapermillExecutionError, match="already has checkpoints"):
-        run_notebook("02_train.ipynb", tmp_path, run_name="nb")
+        run_notebook("02_train.ipynb", tmp_path, run_name="nb")  # an existing run is never silently replaced
+
+    run_notebook("03_expert_utilization.ipynb", tmp_path, run_name="nb")
+    load = pd.read_parquet(run / "expert_load.parquet")
+    assert load.shape == (2, 4) and load.sum(axis=1).round(6).eq(1).all()
+    balance = pd.read_parquet(run / "balance_comparison.parquet")  # against the fixed-window run of 02
+    assert set(balance.index.get_level_values("run")) == {"nb-tiny", "nb-tiny-cmp-2"}
+    genre = pd.read_parquet(run / "specialization_genre.parquet")
+    assert len(genre) == 8
+    assert "expert 0" in (run / "routing_passage.html").read_text()
+    assert {p.name for p in (run / "figures").iterdir()} == {
+        "training_curves.png", "comparison.png", "expert_load.png", "load_over_time.png", "balance.png",
+        "coactivation.png", "specialization_bytes.png", "specialization_genre.png", "expert_load_compare.png",
+    }
+
+    run_notebook("04_sampling.ipynb", tmp_path, run_name="nb", prompts=["Capitu", ""], seeds=[3])
+    samples = (run / "samples.md").read_text()
+    assert samples.count("**Sample 1**") == 2 and "## Prompt: “Capitu”" in samples
+    assert "empty prompt: starting from a newline" in samples and "seed=3" in samples

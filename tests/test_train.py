@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from moelab import Transformer, load_model, preset
-from moelab.schedule import WindowSchedule
 from moelab.train import (
     Trainer,
     TrainingDiverged,

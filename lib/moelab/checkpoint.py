@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .model import Transformer
+from .paths import atomic_write
 
 FORMAT = "moelab-checkpoint"
 FORMAT_VERSION = 1
@@ -26,28 +26,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message says why and what to do."""
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def save_checkpoint(
@@ -72,7 +50,7 @@ def save_checkpoint(
         "extra": extra or {},
     }
     try:
-        return atomic_torch_save(payload, path)
+        return atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as err:
         raise CheckpointError(
             f"could not write checkpoint {path}: {err.strerror or err}. "

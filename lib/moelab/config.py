@@ -214,7 +214,7 @@ class TrainConfig:
     window_warmup_fraction: float = 0.3
     batch_keep: str = "sequences"  # one of BATCH_KEEPS
     eval_every: int = 100  # steps between validation evaluations
-    eval_windows: int = 64  # fixed validation windows, evenly spaced over the split
+    eval_windows: int = 256  # fixed validation windows, evenly spaced over the split
     checkpoint_every: int = 250
     keep_checkpoints: int = 2  # older periodic checkpoints are deleted
     log_every: int = 10  # steps between metric rows
@@ -346,11 +346,39 @@ def _presets() -> dict[str, Preset]:
                 pos_encoding="rope",
             ),
             TrainConfig(
-                max_steps=1500,
+                max_steps=None,
+                max_minutes=10.0,
                 batch_size=32,
                 lr=2e-3,
                 current_context_window=16,
                 context_window_step=16,
+                batch_keep="tokens",
+            ),
+        ),
+        "long": Preset(
+            "long",
+            "An hour on a 2-core CPU: a wider model for a longer budget.",
+            ModelConfig(
+                n_layers=4,
+                n_heads=6,
+                n_embd=192,
+                context_window=64,
+                n_experts=8,
+                top_k=2,
+                n_common_experts=1,
+                expert_hidden=384,
+                pos_encoding="rope",
+            ),
+            TrainConfig(
+                max_steps=None,
+                max_minutes=60.0,
+                batch_size=32,
+                lr=2e-3,
+                current_context_window=16,
+                context_window_step=16,
+                batch_keep="tokens",
+                eval_every=250,
+                checkpoint_every=500,
             ),
         ),
         "tiny": Preset(
@@ -386,7 +414,7 @@ PRESETS: dict[str, Preset] = _presets()
 
 
 def preset(name: str) -> Preset:
-    """A fresh copy of a named preset (``seed``, ``cpu`` or ``tiny``)."""
+    """A fresh copy of a named preset (``seed``, ``cpu``, ``long`` or ``tiny``)."""
     if name not in PRESETS:
         raise ValueError(f"preset: unknown name {name!r}; choose one of {', '.join(PRESETS)}")
     return _presets()[name]

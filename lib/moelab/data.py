@@ -22,8 +22,6 @@ import math
 import os
 import random
 import re
-import shutil
-import tempfile
 import unicodedata
 import warnings
 from collections import Counter
@@ -37,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .paths import data_dir
+from .paths import atomic_write, data_dir
 
 MACHADO_REPO = "luxedo/dataset-machado-de-assis"
 MACHADO_COMMIT = "a13ca4a72f268f46db64804a67930d4c0f6db8e7"
@@ -157,22 +155,24 @@ def _copy_from_mirror(todo: pd.DataFrame, mirror: Path, root: Path, progress: bo
     fetched = 0
     for row in tqdm(list(todo[in_mirror].itertuples()), desc="copying corpus from mirror", unit="work", disable=not progress):
         source = mirror / row.path
-        target = root / row.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        shutil.copyfile(source, tmp)
-        found = sha256_file(tmp)
-        if found != row.sha256:
-            os.unlink(tmp)
-            raise CorpusError(
-                f"mirror file {source} does not match its sha256 (expected {row.sha256[:12]}…, found {found[:12]}…). "
-                f"Replace it with the file from {MACHADO_REPO} at commit {MACHADO_COMMIT[:10]}, or remove it from "
-                "the mirror (the work is then reported as missing)."
-            )
-        os.replace(tmp, target)
+        atomic_write(root / row.path, lambda f, source=source, expected=row.sha256: _copy_verified(source, f, expected))
         fetched += 1
     return fetched, missing
+
+
+def _copy_verified(source: Path, target, expected: str) -> None:
+    """Copy source into an open file, raising (so the copy is discarded) if its sha256 is not ``expected``."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            target.write(block)
+    if digest.hexdigest() != expected:
+        raise CorpusError(
+            f"mirror file {source} does not match its sha256 (expected {expected[:12]}…, found {digest.hexdigest()[:12]}…). "
+            f"Replace it with the file from {MACHADO_REPO} at commit {MACHADO_COMMIT[:10]}, or remove it from "
+            "the mirror (the work is then reported as missing)."
+        )
 
 
 def _download(todo: pd.DataFrame, root: Path, base_url: str, retries: int, progress: bool) -> tuple[int, list[str]]:
@@ -733,9 +733,10 @@ def prepare_dataset(
     }
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        _atomic_write(out / f"{split}.bin", encoded[split])
-    _atomic_write(out / "catalog.parquet", _parquet_bytes(catalog))
-    _atomic_write(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode())  # last: marks completion
+        atomic_write(out / f"{split}.bin", lambda f, blob=encoded[split]: f.write(blob))
+    atomic_write(out / "catalog.parquet", lambda f: catalog.to_parquet(f, index=False))
+    meta_json = json.dumps(meta, indent=2, ensure_ascii=False).encode()
+    atomic_write(out / "meta.json", lambda f: f.write(meta_json))  # last: marks completion
     return PreparedDataset(out, catalog, meta, rewritten=True)
 
 
@@ -750,25 +751,6 @@ def _load_if_current(folder: Path, fingerprint: str) -> PreparedDataset | None:
         return PreparedDataset(folder, pd.read_parquet(folder / "catalog.parquet"), meta, rewritten=False)
     except (OSError, ValueError, KeyError):
         return None
-
-
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_dataset(dataset: str = "machado", data_root: str | os.PathLike | None = None) -> PreparedDataset:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -35,7 +33,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, preset
 from .data import load_split
 from .model import Transformer
-from .paths import data_dir, reports_dir
+from .paths import atomic_write, data_dir, reports_dir
 from .schedule import Budget, LRSchedule, WindowSchedule
 
 LN2 = math.log(2.0)
@@ -140,18 +138,6 @@ def latest_checkpoint(run_or_folder: str | os.PathLike) -> Path:
     if not found:
         raise CheckpointError(f"no checkpoints in {folder}; train the run first (notebook 02 or python -m moelab.train)")
     return found[-1]
-
-
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ============================================================================ the trainer
@@ -402,9 +388,10 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         if self.rows:
-            write_parquet_atomic(self.metrics(), self.reports / "metrics.parquet")
+            atomic_write(self.reports / "metrics.parquet", lambda f: self.metrics().to_parquet(f, index=False))
         if self.routing_rows:
-            write_parquet_atomic(pd.DataFrame(self.routing_rows), self.reports / "routing.parquet")
+            routing = pd.DataFrame(self.routing_rows)
+            atomic_write(self.reports / "routing.parquet", lambda f: routing.to_parquet(f, index=False))
 
     def _save(self, elapsed: float, final: bool) -> Path:
         extra = {
@@ -490,7 +477,7 @@ def build_configs(preset_name: str, overrides: dict[str, Any]) -> tuple[ModelCon
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moelab.train", description="Train a moelab model.")
-    parser.add_argument("--preset", default="cpu", help="seed, cpu or tiny (default: cpu)")
+    parser.add_argument("--preset", default="cpu", help="seed, cpu, long or tiny (default: cpu, 10 minutes)")
     parser.add_argument("--run-name", required=True, help="names data/checkpoints/<run>/ and reports/<run>/")
     parser.add_argument("--dataset", default="machado", help="a prepared dataset under data/processed/")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")

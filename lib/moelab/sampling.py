@@ -1,0 +1,154 @@
+"""Sampling from a trained model: prompts, settings, streaming, and sample reports.
+
+Used by notebook 04 (the widget UI and its headless mode) and by tests. Policies,
+stated once here:
+
+- An empty prompt starts from a newline (the start of a paragraph).
+- temperature 0 is greedy decoding (the most likely byte every time); a negative
+  temperature is an error.
+- A prompt longer than the context window is cropped to its last
+  ``context_window`` bytes, and the caller is told.
+- Streamed text never shows half a multi-byte character: each piece is colored by
+  the routing of the byte that completed it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .model import Transformer, check_sampling_args
+from .paths import data_dir
+from .tokenizer import ByteTokenizer
+
+EMPTY_PROMPT = "\n"
+MAX_NEW_TOKENS = 4000  # a bound on one request, so an interactive UI never hangs for long
+
+TOKENIZER = ByteTokenizer()
+
+
+@dataclass
+class SampleSettings:
+    max_new_tokens: int = 300
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = 0.95
+    seed: int | None = 0
+    num_samples: int = 1
+
+    def check(self, vocab_size: int = 256) -> None:
+        """Raise ValueError with a message a person can act on."""
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens!r}")
+        if not isinstance(self.num_samples, int) or not 1 <= self.num_samples <= 16:
+            raise ValueError(f"number of samples must be between 1 and 16, got {self.num_samples!r}")
+        check_sampling_args(self.temperature, self.top_k, self.top_p, vocab_size)
+
+
+@dataclass
+class Prompt:
+    """A prompt ready for the model, with notes about what was changed."""
+
+    text: str
+    ids: torch.Tensor  # (1, T)
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_prompt(text: str, context_window: int) -> Prompt:
+    notes = []
+    if not text:
+        notes.append("empty prompt: starting from a newline")
+        text = EMPTY_PROMPT
+    data = text.encode("utf-8")
+    if len(data) > context_window:
+        notes.append(f"prompt of {len(data)} bytes cropped to its last {context_window} (the context window)")
+        data = data[-context_window:]
+    return Prompt(data.decode("utf-8", errors="replace"), torch.tensor([list(data)], dtype=torch.long), notes)
+
+
+@dataclass
+class Piece:
+    """Newly decoded text of one sample, and the top-1 expert of the byte that completed it."""
+
+    sample: int
+    text: str
+    expert: int | None
+    tokens_per_s: float
+
+
+def stream(
+    model: Transformer,
+    prompt: Prompt,
+    settings: SampleSettings,
+    expert_layer: int | None = None,
+    should_stop=lambda: False,
+) -> Iterator[Piece]:
+    """Generate ``settings.num_samples`` continuations at once, yielding text as it completes.
+
+    ``expert_layer`` asks for the top-1 expert of each byte in that layer (MoE models);
+    ``should_stop`` is checked between bytes (a Stop button).
+    """
+    settings.check(model.config.vocab_size)
+    record = expert_layer is not None and model.config.is_moe
+    if record and not 0 <= expert_layer < model.config.n_layers:
+        raise ValueError(f"layer must be in 0..{model.config.n_layers - 1}, got {expert_layer}")
+    device = next(model.parameters()).device
+    ids = prompt.ids.to(device).repeat(settings.num_samples, 1)
+    decoders = [TOKENIZER.stream_decoder() for _ in range(settings.num_samples)]
+    start, produced = time.perf_counter(), 0
+    steps = model.iter_generate(
+        ids,
+        settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        seed=settings.seed,
+        record_routing=record,
+    )
+    for step in steps:
+        produced += 1
+        rate = produced * settings.num_samples / max(time.perf_counter() - start, 1e-9)
+        for sample, token in enumerate(step.tokens.tolist()):
+            text = decoders[sample].feed([token])
+            if text:
+                expert = int(step.routing[expert_layer].experts[sample, 0]) if record else None
+                yield Piece(sample, text, expert, rate)
+        if should_stop():
+            break
+    for sample, decoder in enumerate(decoders):
+        rest = decoder.flush()
+        if rest:
+            yield Piece(sample, rest, None, 0.0)
+
+
+def generate_texts(model: Transformer, prompt_text: str, settings: SampleSettings) -> tuple[list[str], Prompt]:
+    """The complete continuations (new text only) of a prompt, and the prompt as used."""
+    prompt = prepare_prompt(prompt_text, model.config.context_window)
+    texts = [""] * settings.num_samples
+    for piece in stream(model, prompt, settings):
+        texts[piece.sample] += piece.text
+    return texts, prompt
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[str]:
+    """Runs that have at least one checkpoint under data/checkpoints/, newest first."""
+    root = Path(root) if root is not None else data_dir() / "checkpoints"
+    runs = [p for p in root.glob("*") if p.is_dir() and any(p.glob("ckpt_*.pt"))]
+    return [p.name for p in sorted(runs, key=lambda p: max(f.stat().st_mtime for f in p.glob("ckpt_*.pt")), reverse=True)]
+
+
+def samples_markdown(run_name: str, checkpoint: str, results: list[tuple[str, SampleSettings, list[str], Prompt]]) -> str:
+    """A readable report of samples: one section per prompt with the settings used."""
+    lines = [f"# Samples from `{run_name}`", "", f"Checkpoint: `{checkpoint}`", ""]
+    for prompt_text, settings, texts, prompt in results:
+        shown = prompt_text.replace("\n", "⏎") or "(empty)"
+        lines += [f"## Prompt: “{shown}”", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in asdict(settings).items()), ""]
+        lines += [f"_{note}_" for note in prompt.notes] + ([""] if prompt.notes else [])
+        for i, text in enumerate(texts, start=1):
+            lines += [f"**Sample {i}**", "", "```text", (prompt_text or prompt.text) + text, "```", ""]
+    return "\n".join(lines)

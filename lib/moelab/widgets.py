@@ -1,0 +1,204 @@
+"""The interactive sampler of notebook 04, built with ipywidgets on moelab.sampling.
+
+Results live in widget state (``output.value``, ``status.value``), so the UI is
+testable without a browser: set widget values, call ``generate_button.click()``.
+Generation runs in a background thread in JupyterLab, so the Stop button works and
+the kernel stays responsive; it is also bounded (``MAX_NEW_TOKENS``, ``time_limit_s``).
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import ipywidgets as w
+
+from .checkpoint import CheckpointError, load_model
+from .model import Transformer
+from .sampling import Piece, SampleSettings, list_runs, prepare_prompt, stream
+from .train import latest_checkpoint
+
+DEFAULT_PROMPT = "Capitu olhou para mim e disse"
+NO_RUNS = "(no trained runs: train one in notebook 02)"
+
+
+class SamplerUI:
+    """Pick a run, write a prompt, Generate: the text streams in, optionally colored by expert."""
+
+    def __init__(
+        self,
+        runs: list[str] | None = None,
+        default_run: str | None = None,
+        threaded: bool = True,
+        time_limit_s: float = 120.0,
+    ) -> None:
+        runs = list_runs() if runs is None else runs
+        self.threaded = threaded
+        self.time_limit_s = time_limit_s
+        self._models: dict[str, Transformer] = {}
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+        style = {"description_width": "120px"}
+        self.run = w.Dropdown(options=runs or [NO_RUNS], value=default_run if default_run in runs else (runs or [NO_RUNS])[0], description="run", style=style)
+        self.prompt = w.Textarea(value=DEFAULT_PROMPT, description="prompt", layout=w.Layout(width="95%", height="70px"), style=style)
+        self.max_new_tokens = w.IntText(value=300, description="max new bytes", style=style)
+        self.temperature = w.FloatText(value=0.8, step=0.05, description="temperature", style=style)
+        self.top_k = w.IntText(value=0, description="top-k (0: off)", style=style)
+        self.top_p = w.FloatText(value=0.95, step=0.05, description="top-p (1: off)", style=style)
+        self.seed = w.IntText(value=0, description="seed", style=style)
+        self.num_samples = w.IntSlider(value=1, min=1, max=4, description="samples", style=style)
+        self.color = w.Checkbox(value=False, description="color each byte by its top-1 expert", style=style)
+        self.layer = w.IntSlider(value=0, min=0, max=0, description="layer", style=style)
+        self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
+        self.status = w.HTML(value="")
+        self.output = w.HTML(value="")
+        for widget, name in (
+            (self.prompt, "moelab-prompt"),
+            (self.generate_button, "moelab-generate"),
+            (self.stop_button, "moelab-stop"),
+            (self.status, "moelab-status"),
+            (self.output, "moelab-output"),
+        ):
+            widget.add_class(name)
+        self.generate_button.on_click(self._on_generate)
+        self.stop_button.on_click(self._on_stop)
+        self.run.observe(lambda _: self._on_run_change(), names="value")
+        self.widget = w.VBox(
+            [
+                self.run,
+                self.prompt,
+                w.HBox([w.VBox([self.max_new_tokens, self.temperature, self.top_k]), w.VBox([self.top_p, self.seed, self.num_samples])]),
+                w.HBox([self.color, self.layer]),
+                w.HBox([self.generate_button, self.stop_button]),
+                self.status,
+                self.output,
+            ]
+        )
+        self._on_run_change()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # ----------------------------------------------------------------- helpers
+    def settings(self) -> SampleSettings:
+        return SampleSettings(
+            max_new_tokens=self.max_new_tokens.value,
+            temperature=self.temperature.value,
+            top_k=self.top_k.value or None,
+            top_p=None if self.top_p.value >= 1 else self.top_p.value,
+            seed=self.seed.value,
+            num_samples=self.num_samples.value,
+        )
+
+    def model(self) -> Transformer:
+        """The selected run's latest checkpoint (loaded once)."""
+        name = self.run.value
+        if name == NO_RUNS:
+            raise CheckpointError("no trained runs under data/checkpoints/: train one with notebook 02 first")
+        if name not in self._models:
+            self._models[name] = load_model(latest_checkpoint(name))
+        return self._models[name]
+
+    def _say(self, message: str, kind: str = "info") -> None:
+        color = {"info": "#555", "error": "#b00020", "note": "#8a6d00"}[kind]
+        self.status.value = f'<span style="color:{color}">{message}</span>'
+
+    def _on_run_change(self) -> None:
+        try:
+            model = self.model()
+        except (CheckpointError, OSError) as err:
+            self._say(html.escape(str(err)), "error")
+            return
+        config = model.config
+        self.layer.max = max(config.n_layers - 1, 0)
+        self.color.disabled = self.layer.disabled = not config.is_moe
+        counts = config.param_counts()
+        self._say(
+            f"{html.escape(self.run.value)}: {config.n_layers} layers × {config.n_embd}, "
+            f"{config.n_experts} experts top-{config.top_k}, context {config.context_window} bytes, "
+            f"{counts['active'] / 1e6:.2f} M active / {counts['total'] / 1e6:.2f} M parameters"
+        )
+
+    def _on_stop(self, _=None) -> None:
+        self._stop = True
+
+    def _on_generate(self, _=None) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return  # one generation at a time
+        self._stop = False
+        if self.threaded:
+            self._thread = threading.Thread(target=self.run_generation, daemon=True)
+            self._thread.start()
+        else:
+            self.run_generation()
+
+    # -------------------------------------------------------------- generation
+    def run_generation(self) -> None:
+        """Generate with the current settings, streaming into ``output``; errors go to ``status``."""
+        try:
+            settings = self.settings()
+            settings.check()
+            model = self.model()
+        except (ValueError, CheckpointError, OSError) as err:
+            self._say(html.escape(str(err)), "error")
+            return
+        prompt = prepare_prompt(self.prompt.value, model.config.context_window)
+        notes = "; ".join(prompt.notes)
+        layer = self.layer.value if self.color.value and model.config.is_moe else None
+        samples: list[list[Piece]] = [[] for _ in range(settings.num_samples)]
+        self.generate_button.disabled, self.stop_button.disabled = True, False
+        started = time.monotonic()
+        rate, last_draw, stopped = 0.0, 0.0, False
+
+        def should_stop() -> bool:
+            return self._stop or time.monotonic() - started > self.time_limit_s
+
+        try:
+            for piece in stream(model, prompt, settings, expert_layer=layer, should_stop=should_stop):
+                samples[piece.sample].append(piece)
+                rate = piece.tokens_per_s or rate
+                if time.monotonic() - last_draw > 0.1:
+                    self.output.value = self._render(prompt.text, samples, model.config.n_experts)
+                    self._say(f"generating… {rate:,.0f} bytes/s" + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
+                    last_draw = time.monotonic()
+            stopped = should_stop()
+        except Exception as err:  # shown in the UI, never a traceback in the output area
+            self._say(f"generation failed: {html.escape(type(err).__name__)}: {html.escape(str(err))}", "error")
+            return
+        finally:
+            self.generate_button.disabled, self.stop_button.disabled = False, True
+        self.output.value = self._render(prompt.text, samples, model.config.n_experts)
+        produced = sum(len("".join(p.text for p in s).encode()) for s in samples)
+        summary = f"{'stopped' if stopped else 'done'}: {produced:,} bytes at {rate:,.0f} bytes/s"
+        self._say(summary + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
+
+    def _render(self, prompt_text: str, samples: list[list[Piece]], n_experts: int) -> str:
+        from .analysis import expert_palette
+
+        palette = expert_palette(max(n_experts, 1))
+        blocks = []
+        for i, pieces in enumerate(samples, start=1):
+            body = []
+            for piece in pieces:
+                text = html.escape(piece.text)
+                if piece.expert is None:
+                    body.append(text)
+                else:
+                    color = palette[piece.expert]
+                    body.append(f'<span title="expert {piece.expert}" style="background:{color}55;border-bottom:2px solid {color}">{text}</span>')
+            blocks.append(
+                f'<div class="moelab-sample"><b>Sample {i}</b>'
+                f'<pre style="white-space:pre-wrap;font-size:95%"><span style="color:#888">{html.escape(prompt_text)}</span>{"".join(body)}</pre></div>'
+            )
+        legend = ""
+        if any(p.expert is not None for s in samples for p in s):
+            legend = "<div>" + " ".join(
+                f'<span style="background:{palette[e]}55;border-bottom:2px solid {palette[e]};padding:0 6px">expert {e}</span>'
+                for e in range(n_experts)
+            ) + "</div>"
+        return legend + "".join(blocks)

@@ -1,0 +1,135 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from moelab import ModelConfig, Transformer
+from moelab.analysis import (
+    Routing,
+    balance_stats,
+    byte_class,
+    byte_classes,
+    category_windows,
+    coactivation,
+    collect_routing,
+    evenly_spaced_windows,
+    expert_load,
+    routing_html,
+    specialization,
+)
+
+
+def make_routing(experts, probs=None, n_experts=4, bytes_=None, weights=None):
+    experts = np.asarray(experts)  # (L, T, k)
+    L, T, k = experts.shape
+    if probs is None:
+        probs = np.full((L, T, n_experts), 1.0 / n_experts)
+    if weights is None:
+        weights = np.full((L, T, k), 1.0 / k)
+    return Routing(
+        bytes=np.asarray(bytes_ if bytes_ is not None else np.zeros(T), dtype=np.uint8),
+        experts=experts,
+        weights=np.asarray(weights),
+        probs=np.asarray(probs),
+        dropped=np.zeros_like(experts, dtype=bool),
+    )
+
+
+def test_expert_load_matches_a_slow_count():
+    rng = np.random.default_rng(0)
+    experts = rng.integers(0, 4, size=(2, 50, 2))
+    load = expert_load(make_routing(experts))
+    for layer in range(2):
+        for e in range(4):
+            slow = sum(1 for t in range(50) for j in range(2) if experts[layer, t, j] == e) / 100
+            assert load.loc[layer, e] == pytest.approx(slow)
+
+
+def test_uniform_random_router_is_balanced_and_maximally_uncertain():
+    rng = np.random.default_rng(1)
+    n, tokens = 8, 40_000
+    experts = np.stack([rng.permutation(n)[:2] for _ in range(tokens)])[None]
+    probs = np.full((1, tokens, n), 1 / n)
+    stats = balance_stats(make_routing(experts, probs, n_experts=n)).loc[0]
+    assert stats["load_cv"] < 0.03 and stats["min_max_ratio"] > 0.9
+    assert stats["token_entropy"] == pytest.approx(math.log(n)) and stats["mean_entropy"] == pytest.approx(math.log(n))
+
+
+def test_collapsed_router_is_flagged():
+    tokens, n = 100, 4
+    probs = np.zeros((1, tokens, n))
+    probs[..., 0] = 1.0
+    weights = np.ones((1, tokens, 1))
+    stats = balance_stats(make_routing(np.zeros((1, tokens, 1), dtype=int), probs, weights=weights)).loc[0]
+    assert stats["min_max_ratio"] == 0 and stats["load_cv"] == pytest.approx(math.sqrt(3))  # loads (1, 0, 0, 0)
+    assert stats["token_entropy"] == 0 and stats["top1_over_0_9"] == 1.0
+
+
+def test_coactivation_counts_pairs():
+    experts = np.array([[[0, 1], [0, 1], [2, 3], [1, 2]]])
+    matrix = coactivation(make_routing(experts), 0)
+    assert matrix.loc[0, 1] == matrix.loc[1, 0] == 0.5
+    assert matrix.loc[1, 2] == 0.25 and matrix.loc[0, 3] == 0
+    assert matrix.loc[1, 1] == 0.75  # diagonal: share of tokens choosing expert 1
+
+
+def test_byte_classes():
+    assert [byte_class(b) for b in b"aZ9 \n,"] == ["lowercase", "uppercase", "digit", "space", "newline", "punctuation"]
+    assert {byte_class(b) for b in "é—".encode()} == {"multi-byte (UTF-8)"}
+    assert byte_class(0) == "other"
+    routing = make_routing(np.zeros((1, 3, 1), dtype=int), bytes_=list(b"aA."))
+    assert list(byte_classes(routing)) == ["lowercase", "uppercase", "punctuation"]
+
+
+def test_specialization_is_flat_without_dependence_and_shows_a_preference():
+    rng = np.random.default_rng(2)
+    tokens = 20_000
+    labels = rng.choice(["conto", "poesia"], size=tokens)
+    independent = make_routing(rng.integers(0, 4, size=(1, tokens, 1)))
+    lift = specialization(independent, labels, 0)
+    assert np.allclose(lift.to_numpy(), 1.0, atol=0.06)
+    # poetry always goes to expert 3, prose uniformly over 0..3
+    experts = np.where(labels == "poesia", 3, rng.integers(0, 4, size=tokens))[None, :, None]
+    lift = specialization(make_routing(experts), labels, 0)
+    p3 = (experts == 3).mean()
+    assert lift.loc["poesia", 3] == pytest.approx(1 / p3)
+    assert lift.loc["poesia", 0] == 0 and list(lift.columns) == [0, 1, 2, 3]
+
+
+def small_moe():
+    torch.manual_seed(0)
+    config = ModelConfig(n_layers=2, n_heads=2, n_embd=16, context_window=12, n_experts=4, top_k=2, expert_hidden=16)
+    return Transformer(config).eval()
+
+
+def test_collect_routing_matches_the_model():
+    model = small_moe()
+    windows = np.random.default_rng(3).integers(0, 256, size=(5, 12), dtype=np.uint8)
+    routing = collect_routing(model, windows, labels=np.array(list("abcde")), batch_size=2)
+    assert routing.experts.shape == (2, 60, 2) and routing.probs.shape == (2, 60, 4)
+    direct = model(torch.from_numpy(windows).long(), record_routing=True).routing
+    assert np.array_equal(routing.experts[1], direct[1].experts.reshape(60, 2).numpy())
+    assert list(routing.labels[:13]) == ["a"] * 12 + ["b"]
+    assert np.array_equal(routing.bytes, windows.ravel())
+    with pytest.raises(ValueError, match="dense"):
+        collect_routing(Transformer(model.config.dense_equivalent()), windows)
+
+
+def test_windows_helpers():
+    data = np.arange(100, dtype=np.uint8)
+    windows = evenly_spaced_windows(data, 10, 4)
+    assert windows.shape == (4, 10) and windows[0, 0] == 0 and windows[-1, -1] == 99
+    texts = pd.Series({("conto", "a"): "x" * 50, ("poesia", "b"): "y" * 30, ("teatro", "c"): "z"},
+                      name="text").rename_axis(["category", "work"])
+    windows, labels = category_windows(texts, 10, 3)
+    assert list(labels) == ["conto"] * 3 + ["poesia"] * 3  # teatro is shorter than one window
+    assert bytes(windows[3]) == b"y" * 10
+
+
+def test_routing_html_colors_every_character_and_escapes():
+    html_text = routing_html("a <b> é\nfim", small_moe(), layer=1, title="passo")
+    assert html_text.count('<span title="expert') == len("a <b> é\nfim")
+    assert "&lt;" in html_text and "&gt;" in html_text and "<b>" not in html_text
+    assert "layer 1" in html_text and "expert 3" in html_text
