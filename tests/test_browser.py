@@ -46,8 +46,20 @@ def jupyterlab(tmp_path):
     model = Transformer(ModelConfig(n_layers=2, n_heads=2, n_embd=32, context_window=32, n_experts=4, top_k=2, expert_hidden=32))
     save_checkpoint(data / "checkpoints" / "default-tiny" / "ckpt_0000001.pt", model)
     (reports / "default-tiny").mkdir(parents=True)
+    # JupyterLab 4 renders only the visible cells; render them all so the widget is in the page
+    settings = tmp_path / "lab-settings"
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)  # and no news pop-up over the page
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "MOELAB_DATA_DIR": str(data), "MOELAB_REPORTS_DIR": str(reports), "MOELAB_PROFILE": "tiny"}
+    env = {
+        **os.environ,
+        "MOELAB_DATA_DIR": str(data),
+        "MOELAB_REPORTS_DIR": str(reports),
+        "MOELAB_PROFILE": "tiny",
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True", "--allow-root",
@@ -95,9 +107,9 @@ def test_sampler_generates_text_in_a_real_browser(jupyterlab, tmp_path):
             page.goto(url)
             page.wait_for_function("window.jupyterapp !== undefined", timeout=60_000)
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
-            page.wait_for_function(
-                "document.querySelector('.jp-Notebook-ExecutionIndicator')?.getAttribute('data-status') === 'idle'",
-                timeout=60_000,
+            page.wait_for_function(  # the moelab kernel has started
+                "window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle'",
+                timeout=90_000,
             )
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
             generate = page.locator(".moelab-generate")

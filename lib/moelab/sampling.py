@@ -79,6 +79,7 @@ class Piece:
     text: str
     expert: int | None
     tokens_per_s: float
+    generated: int  # bytes generated per sample so far
 
 
 def stream(
@@ -117,13 +118,13 @@ def stream(
             text = decoders[sample].feed([token])
             if text:
                 expert = int(step.routing[expert_layer].experts[sample, 0]) if record else None
-                yield Piece(sample, text, expert, rate)
+                yield Piece(sample, text, expert, rate, produced)
         if should_stop():
             break
     for sample, decoder in enumerate(decoders):
         rest = decoder.flush()
         if rest:
-            yield Piece(sample, rest, None, 0.0)
+            yield Piece(sample, rest, None, 0.0, produced)
 
 
 def generate_texts(model: Transformer, prompt_text: str, settings: SampleSettings) -> tuple[list[str], Prompt]:

@@ -49,7 +49,7 @@ class SamplerUI:
         self.top_p = w.FloatText(value=0.95, step=0.05, description="top-p (1: off)", style=style)
         self.seed = w.IntText(value=0, description="seed", style=style)
         self.num_samples = w.IntSlider(value=1, min=1, max=4, description="samples", style=style)
-        self.color = w.Checkbox(value=False, description="color each byte by its top-1 expert", style=style)
+        self.color = w.Checkbox(value=False, description="color bytes by top-1 expert", indent=False)
         self.layer = w.IntSlider(value=0, min=0, max=0, description="layer", style=style)
         self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
@@ -153,7 +153,7 @@ class SamplerUI:
         samples: list[list[Piece]] = [[] for _ in range(settings.num_samples)]
         self.generate_button.disabled, self.stop_button.disabled = True, False
         started = time.monotonic()
-        rate, last_draw, stopped = 0.0, 0.0, False
+        rate, last_draw, stopped, generated = 0.0, 0.0, False, 0
 
         def should_stop() -> bool:
             return self._stop or time.monotonic() - started > self.time_limit_s
@@ -161,7 +161,7 @@ class SamplerUI:
         try:
             for piece in stream(model, prompt, settings, expert_layer=layer, should_stop=should_stop):
                 samples[piece.sample].append(piece)
-                rate = piece.tokens_per_s or rate
+                rate, generated = piece.tokens_per_s or rate, piece.generated
                 if time.monotonic() - last_draw > 0.1:
                     self.output.value = self._render(prompt.text, samples, model.config.n_experts)
                     self._say(f"generating… {rate:,.0f} bytes/s" + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
@@ -173,8 +173,7 @@ class SamplerUI:
         finally:
             self.generate_button.disabled, self.stop_button.disabled = False, True
         self.output.value = self._render(prompt.text, samples, model.config.n_experts)
-        produced = sum(len("".join(p.text for p in s).encode()) for s in samples)
-        summary = f"{'stopped' if stopped else 'done'}: {produced:,} bytes at {rate:,.0f} bytes/s"
+        summary = f"{'stopped' if stopped else 'done'}: {generated * settings.num_samples:,} bytes at {rate:,.0f} bytes/s"
         self._say(summary + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
 
     def _render(self, prompt_text: str, samples: list[list[Piece]], n_experts: int) -> str:
