@@ -19,9 +19,10 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from .data import char_class
 from .model import Transformer
 
-BYTE_CLASSES = ("lowercase", "uppercase", "multi-byte (UTF-8)", "digit", "space", "punctuation", "newline", "other")
+BYTE_CLASSES = ("lowercase", "uppercase", "multi-byte (UTF-8)", "digit", "space", "punctuation", "newline", "other")  # "other": controls, symbols
 
 
 @dataclass
@@ -168,23 +169,8 @@ def coactivation(routing: Routing, layer: int) -> pd.DataFrame:
 
 
 def byte_class(value: int) -> str:
-    """The kind of byte a byte-level model sees (one of BYTE_CLASSES)."""
-    if value >= 0x80:
-        return "multi-byte (UTF-8)"
-    ch = chr(value)
-    if ch == "\n":
-        return "newline"
-    if ch.isspace():
-        return "space"
-    if ch.isdigit():
-        return "digit"
-    if ch.islower():
-        return "lowercase"
-    if ch.isupper():
-        return "uppercase"
-    if 33 <= value < 127:
-        return "punctuation"
-    return "other"
+    """The kind of byte a byte-level model sees: any byte of a multi-byte UTF-8 character, or the ASCII character's class."""
+    return "multi-byte (UTF-8)" if value >= 0x80 else char_class(chr(value))
 
 
 BYTE_CLASS_OF = np.array([byte_class(b) for b in range(256)], dtype=object)
@@ -287,7 +273,7 @@ def routing_html(text: str, model: Transformer, layer: int, title: str = "") -> 
 
 
 def _grid(n_panels: int, width: float, height: float) -> tuple[plt.Figure, list[plt.Axes]]:
-    cols = min(n_panels, 3)
+    cols = n_panels if n_panels <= 4 else 3
     rows = math.ceil(n_panels / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in axes.flat[n_panels:]:
