@@ -49,6 +49,7 @@ run: setup
 	$(PAPERMILL) notebooks/02_train.ipynb reports/$(RUN)/02_train.ipynb -p run_name $(RUN) -p if_exists overwrite
 	$(PAPERMILL) notebooks/03_expert_utilization.ipynb reports/$(RUN)/03_expert_utilization.ipynb -p run_name $(RUN)
 	$(PAPERMILL) notebooks/04_sampling.ipynb reports/$(RUN)/04_sampling.ipynb -p run_name $(RUN)
+	$(BIN)/python -m moelab.report reports/$(RUN)
 
 test: setup
 	$(BIN)/python -m pytest

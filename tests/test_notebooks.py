@@ -12,12 +12,15 @@ import pandas as pd
 import papermill
 import pytest
 
+from moelab.report import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_notebook(name: str, tmp_path: Path, **parameters) -> nbformat.NotebookNode:
-    output = tmp_path / name
+def run_notebook(name: str, output_dir: Path, **parameters) -> nbformat.NotebookNode:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    output = output_dir / name
     papermill.execute_notebook(
         str(ROOT / "notebooks" / name),
         str(output),
@@ -65,8 +68,9 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
     data, reports = tmp_path / "data", tmp_path / "reports"
     monkeypatch.setenv("MOELAB_DATA_DIR", str(data))
     monkeypatch.setenv("MOELAB_REPORTS_DIR", str(reports))
+    run = reports / "nb-tiny"  # the executed notebooks go beside the run's results, as with `make run`
 
-    nb = run_notebook("01_data_prep.ipynb", tmp_path)
+    nb = run_notebook("01_data_prep.ipynb", run)
     processed = data / "processed" / "machado-tiny"
     meta = json.loads((processed / "meta.json").read_text())
     catalog = pd.read_parquet(processed / "catalog.parquet")
@@ -78,8 +82,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
     }
     assert "16 works" in "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
-    run_notebook("02_train.ipynb", tmp_path, run_name="nb")
-    run = reports / "nb-tiny"
+    run_notebook("02_train.ipynb", run, run_name="nb")
     metrics = pd.read_parquet(run / "metrics.parquet")
     assert metrics["step"].max() == 30 and metrics["val_bpb"].notna().sum() == 3
     assert sorted(metrics["window"].unique()) == [8, 12, 16]  # the tiny schedule, really used
@@ -90,7 +93,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
     with pytest.raises(papermill.PapermillExecutionError, match="already has checkpoints"):
         run_notebook("02_train.ipynb", tmp_path, run_name="nb")  # an existing run is never silently replaced
 
-    run_notebook("03_expert_utilization.ipynb", tmp_path, run_name="nb")
+    run_notebook("03_expert_utilization.ipynb", run, run_name="nb")
     load = pd.read_parquet(run / "expert_load.parquet")
     assert load.shape == (2, 4) and load.sum(axis=1).round(6).eq(1).all()
     balance = pd.read_parquet(run / "balance_comparison.parquet")  # against the fixed-window run of 02
@@ -103,7 +106,15 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
         "coactivation.png", "specialization_bytes.png", "specialization_genre.png", "expert_load_compare.png",
     }
 
-    run_notebook("04_sampling.ipynb", tmp_path, run_name="nb", prompts=["Capitu", ""], seeds=[3])
+    run_notebook("04_sampling.ipynb", run, run_name="nb", prompts=["Capitu", ""], seeds=[3])
     samples = (run / "samples.md").read_text()
     assert samples.count("**Sample 1**") == 2 and "## Prompt: “Capitu”" in samples
     assert "empty prompt: starting from a newline" in samples and "seed=3" in samples
+
+    # the report `make run` ends with: the notebooks as HTML, and an index that links them and the figures
+    index = write_report(run)
+    page = index.read_text()
+    for name in ("01_data_prep", "02_train", "03_expert_utilization", "04_sampling"):
+        assert (run / f"{name}.html").is_file() and f'href="{name}.html"' in page
+    assert "figures/expert_load.png" in page and "bits per byte" in page
+    assert "# moelab run `nb-tiny`" in (run / "README.md").read_text()
