@@ -17,12 +17,13 @@ PARAMS ?=
 PAPERMILL = $(BIN)/papermill --cwd notebooks -k $(KERNEL) $(if $(PARAMS),-f $(PARAMS))
 STAMP := $(VENV)/.setup-done-$(TORCH_VARIANT)
 
-.PHONY: setup run test lab help
+.PHONY: setup run test lab bench help
 
 help:
 	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PARAMS=file.yaml)"
 	@echo "make test   the whole test suite (sets up .venv first)"
 	@echo "make lab    JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
+	@echo "make bench  the performance benchmark into reports/benchmarks/ (BENCH_ARGS=...)"
 	@echo "make setup  only create/update .venv and the kernel (TORCH_VARIANT=$(TORCH_VARIANT))"
 
 setup: $(STAMP)
@@ -53,6 +54,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Side-by-side timings (see lib/moelab/bench.py); e.g. BENCH_ARGS="--configs A --repeats 3".
+bench: setup
+	$(BIN)/python -m moelab.bench $(BENCH_ARGS)
 
 lab: setup
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks

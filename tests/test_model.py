@@ -205,3 +205,38 @@ def test_seed_preset_is_the_seeds_hyperparameters():
     # ~0.53 B parameters in all, ~0.23 B active per token
     counts = m.param_counts()
     assert 0.5e9 < counts["total"] < 0.56e9 and 0.2e9 < counts["active"] < 0.25e9
+
+
+@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_naive_seed_style_reference_computes_the_same_model(pos_encoding, bias):
+    """tests/reference.py's per-head, per-expert-mask model (the benchmark's baseline) with moelab's
+    weights gives the same logits, loss and gradients."""
+    from .reference import NaiveTransformer
+
+    model = Transformer(
+        small_config(pos_encoding=pos_encoding, bias=bias, n_common_experts=2, router_noise=False)
+    ).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # non-zero biases, non-trivial norms
+    naive = NaiveTransformer.from_model(model)
+    idx, targets = torch.randint(0, 256, (3, 12)), torch.randint(0, 256, (3, 12))
+    out = model(idx, targets)
+    logits, loss = naive(idx, targets)
+    torch.testing.assert_close(out.logits, logits, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(out.loss, loss, rtol=1e-9, atol=1e-9)
+    out.loss.backward()
+    loss.backward()
+    qkv_grad = torch.cat(
+        [torch.cat([getattr(h, part).weight.grad for h in naive.blocks[0].heads]) for part in ("query", "key", "value")]
+    )
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight.grad, qkv_grad, rtol=1e-6, atol=1e-9)
+    experts = model.blocks[1].moe.experts
+    for e, expert in enumerate(naive.blocks[1].moe.experts):
+        unused = expert.fc.weight.grad is None  # the naive model skips an expert that got no token
+        w1_grad = torch.zeros_like(experts.w1[e]) if unused else expert.fc.weight.grad.T
+        w2_grad = torch.zeros_like(experts.w2[e]) if unused else expert.proj.weight.grad.T
+        torch.testing.assert_close(experts.w1.grad[e], w1_grad, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(experts.w2.grad[e], w2_grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(model.blocks[1].moe.gate.weight.grad, naive.blocks[1].moe.gate.weight.grad, rtol=1e-6, atol=1e-9)

@@ -103,3 +103,33 @@ def test_z_loss_matches_formula():
     logits = torch.randn(12, 5) * 4
     assert router_z_loss(logits).item() == pytest.approx(reference_z_loss(logits), rel=1e-5)
     assert router_z_loss(torch.zeros(3, 4)).item() == pytest.approx(math.log(4) ** 2, rel=1e-6)
+
+
+def test_single_token_path_matches_reference():
+    """One token (the decoding case) takes a sort-free path; it must compute the same function."""
+    for changes in ({"top_k": 2}, {"top_k": 1, "n_common_experts": 1}, {"top_k": 3, "bias": False}):
+        moe = make_moe(**changes)
+        x = torch.randn(1, 16, dtype=torch.float64)
+        torch.testing.assert_close(moe(x.view(1, 1, 16)).y.view(1, 16), reference_moe(moe, x), rtol=1e-10, atol=1e-10)
+
+
+def test_expert_mlp_backward_passes_gradcheck():
+    """The hand-written backward of the stacked experts, against finite differences (empty experts included)."""
+    from moelab.moe import ExpertMLP
+
+    def param(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    x, w1, b1, w2, b2 = param(10, 4), param(3, 4, 5), param(3, 5), param(3, 5, 4), param(3, 4)
+    assert torch.autograd.gradcheck(lambda *a: ExpertMLP.apply(*a, (4, 0, 6)), (x, w1, b1, w2, b2))
+    assert torch.autograd.gradcheck(lambda x, w1, w2: ExpertMLP.apply(x, w1, None, w2, None, (0, 10, 0)), (x, w1, w2))
+
+
+def test_bf16_autocast_keeps_experts_in_bf16_and_stays_close_to_fp32():
+    moe = make_moe(n_common_experts=1).float()
+    x = torch.randn(2, 24, 16)
+    exact = moe(x).y
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        approx = moe(x).y
+    assert approx.dtype == torch.bfloat16
+    assert (approx.float() - exact).abs().max() < 0.05 * exact.abs().max()

@@ -140,3 +140,37 @@ def test_config_overrides_and_values():
     assert [parse_value(v) for v in ("3", "1e-3", "true", "null", "[1, 2]", "rope")] == [3, 1e-3, True, None, [1, 2], "rope"]
     with pytest.raises(ValueError, match="current_context_window"):
         build_configs("tiny", {"context_window": 4})
+
+
+def test_precision_is_resolved_recorded_and_bf16_trains(toy_dataset):
+    from moelab.precision import bf16_support, resolve_precision
+
+    runs, fast, _ = bf16_support("cpu")
+    assert resolve_precision("auto", "cpu")[0] == ("bf16" if fast else "fp32")
+    assert resolve_precision("fp32", "cpu")[0] == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        tiny(precision="half")
+    model, train = tiny(max_steps=10, precision="bf16", log_every=1)
+    trainer = Trainer(model, train, "bf16", dataset=toy_dataset, progress=False)
+    result = trainer.fit()
+    assert set(result.metrics["precision"]) == {"bf16"}
+    assert result.metrics["loss"].map(math.isfinite).all()
+    info = __import__("json").loads((trainer.reports / "config.json").read_text())
+    assert info["precision"] == "bf16" and info["train"]["precision"] == "bf16"
+    fp32 = Trainer(model, train.replace(precision="fp32"), "fp32", dataset=toy_dataset, progress=False).fit()
+    # the same model and data in two precisions: close, not identical
+    assert result.metrics["loss"].iloc[0] == pytest.approx(fp32.metrics["loss"].iloc[0], rel=0.02)
+    assert result.metrics["loss"].tolist() != fp32.metrics["loss"].tolist()
+
+
+@pytest.mark.skipif(
+    not any(__import__("shutil").which(cc) for cc in ("g++", "c++", "clang++")),
+    reason="torch.compile on CPU needs a C++ compiler",
+)
+def test_compiled_training_matches_eager(toy_dataset):
+    model, train = tiny(max_steps=4, log_every=1, precision="fp32")
+    eager = Trainer(model, train, "eager", dataset=toy_dataset, progress=False).fit().metrics
+    compiled = Trainer(model, train.replace(compile=True), "compiled", dataset=toy_dataset, progress=False).fit().metrics
+    assert compiled["loss"].tolist() == pytest.approx(eager["loss"].tolist(), rel=1e-4)

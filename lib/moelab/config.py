@@ -14,11 +14,33 @@ from typing import Any, ClassVar
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 BATCH_KEEPS = ("sequences", "tokens")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
     if not condition:
         raise ValueError(f"{field_name}: {message}")
+
+
+def _check_types(config: Any) -> None:
+    """Each field's value has its annotated type (ints are accepted where floats are)."""
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), str(f.type)
+        if value is None and kind.endswith("| None"):
+            continue
+        base = kind.removesuffix(" | None")
+        if base == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif base == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif base == "bool":
+            ok = isinstance(value, bool)
+        elif base == "str":
+            ok = isinstance(value, str)
+        else:
+            continue
+        wanted = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string"}[base]
+        _check(ok, f.name, f"must be {wanted}{' or None' if kind != base else ''}, got {value!r}")
 
 
 def _positive_int(value: Any, field_name: str) -> None:
@@ -73,6 +95,7 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
+        _check_types(self)
         for name in ("vocab_size", "n_layers", "n_heads", "n_embd", "context_window", "expert_hidden"):
             _positive_int(getattr(self, name), name)
         _check(
@@ -219,10 +242,13 @@ class TrainConfig:
     keep_checkpoints: int = 2  # older periodic checkpoints are deleted
     log_every: int = 10  # steps between metric rows
     seed: int = 1337
+    precision: str = "auto"  # one of PRECISIONS; see moelab.precision
+    compile: bool = False  # torch.compile the model for training steps
 
     ALIASES: ClassVar[dict[str, str]] = {"learning_rate": "lr", "epochs": "max_steps"}
 
     def __post_init__(self) -> None:
+        _check_types(self)
         self.betas = tuple(self.betas)
         for name in (
             "batch_size",
@@ -264,6 +290,12 @@ class TrainConfig:
             "window_warmup_fraction",
             f"must be in [0, 1], got {self.window_warmup_fraction!r}",
         )
+        _check(
+            self.precision in PRECISIONS,
+            "precision",
+            f"must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
+        )
+        _check(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         _check(
             self.batch_keep in BATCH_KEEPS,
             "batch_keep",

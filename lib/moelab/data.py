@@ -707,6 +707,14 @@ def prepare_dataset(
 
     catalog, cleaned = build_catalog(works, progress=progress)
     catalog["split"] = assign_splits(catalog, val_fraction, test_fraction, split_seed)
+    counts = catalog["split"].value_counts()
+    missing = [s for s in SPLITS if counts.get(s, 0) == 0 or catalog.loc[catalog["split"] == s, "cleaned_bytes"].sum() == 0]
+    if missing:  # checked before anything is written: an earlier prepared dataset stays as it was
+        raise CorpusError(
+            f"the corpus {source!s} has {len(catalog)} work(s) with text; the {' and '.join(missing)} split(s) would "
+            "get no text. Splits hold whole works and every category keeps one in train, so give at least three "
+            "non-empty works (e.g. one more in a category that has two)"
+        )
     separator = len(SEPARATOR.encode())
     catalog["offset"] = 0
     encoded = {}

@@ -122,9 +122,9 @@ class Block(nn.Module):
         self.moe = MoE(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, cache, layer, record_routing) -> BlockOutput:
+    def forward(self, x, rope, cache, layer, record_routing, losses=True) -> BlockOutput:
         x = x + self.dropout(self.attn(self.ln1(x), rope, cache, layer))
-        moe = self.moe(self.ln2(x), record_routing)
+        moe = self.moe(self.ln2(x), record_routing, losses)
         return BlockOutput(x + self.dropout(moe.y), moe.aux_loss, moe.z_loss, moe.routing)
 
 
@@ -135,7 +135,8 @@ class Block(nn.Module):
 class ModelOutput:
     """logits (B, T, V); loss = ce_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss.
 
-    aux_loss and z_loss are the unweighted means over MoE layers (0 for a dense model);
+    aux_loss and z_loss are the unweighted means over MoE layers (0 for a dense model, and
+    0 when they are not needed: no targets and eval mode, as in generation);
     ce_loss and loss are None when no targets were given. routing holds one record per
     layer when requested.
     """
@@ -263,8 +264,9 @@ class Transformer(nn.Module):
         x = self.dropout(x)
 
         aux_losses, z_losses, routing = [], [], [] if record_routing else None
+        losses = targets is not None or self.training
         for layer, block in enumerate(self.blocks):
-            out = block(x, rope, kv_cache, layer, record_routing)
+            out = block(x, rope, kv_cache, layer, record_routing, losses)
             x = out.x
             aux_losses.append(out.aux_loss)
             z_losses.append(out.z_loss)

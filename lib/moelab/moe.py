@@ -91,20 +91,73 @@ class Experts(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(n, n_embd)) if bias else None
 
     def forward(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
-        """Run expert e on its contiguous slice of ``x_sorted`` (``counts[e]`` rows)."""
-        outputs = []
-        start = 0
-        for e, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows = x_sorted[start : start + count]
-            start += count
-            h = rows @ self.w1[e] if self.b1 is None else torch.addmm(self.b1[e], rows, self.w1[e])
-            h = F.gelu(h)
-            outputs.append(h @ self.w2[e] if self.b2 is None else torch.addmm(self.b2[e], h, self.w2[e]))
-        if not outputs:
-            return x_sorted.new_zeros(x_sorted.shape)
-        return torch.cat(outputs)
+        """Run expert e on its contiguous slice of ``x_sorted`` (``counts[e]`` rows).
+
+        Weights are cast once to the activations' dtype (bf16 under autocast).
+        """
+        dtype = x_sorted.dtype
+        cast = [None if p is None else p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2)]
+        return ExpertMLP.apply(x_sorted, *cast, tuple(counts))
+
+
+class ExpertMLP(torch.autograd.Function):
+    """GELU MLPs over contiguous row slices, one per expert, with a hand-written backward.
+
+    Autograd through per-expert slices of stacked weights would build every weight
+    gradient from slices (a zero-filled or stacked full-size copy per layer); here each
+    expert's gradient is written in place into one (n, ·, ·) tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, counts):
+        pre = x.new_empty(x.shape[0], w1.shape[-1])
+        act = torch.empty_like(pre)
+        out = x.new_empty(x.shape[0], w2.shape[-1])
+        with torch.autocast(x.device.type, enabled=False):
+            for e, rows in _slices(counts):
+                if b1 is None:
+                    torch.mm(x[rows], w1[e], out=pre[rows])
+                else:
+                    torch.addmm(b1[e], x[rows], w1[e], out=pre[rows])
+                act[rows] = F.gelu(pre[rows])
+                if b2 is None:
+                    torch.mm(act[rows], w2[e], out=out[rows])
+                else:
+                    torch.addmm(b2[e], act[rows], w2[e], out=out[rows])
+        ctx.save_for_backward(x, w1, w2, pre, act)
+        ctx.counts, ctx.has_bias = counts, (b1 is not None, b2 is not None)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, w1, w2, pre, act = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_x = torch.empty_like(x)
+        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]) if ctx.has_bias[0] else None
+        grad_b2 = x.new_zeros(w2.shape[0], w2.shape[-1]) if ctx.has_bias[1] else None
+        with torch.autocast(x.device.type, enabled=False):
+            for e, rows in _slices(ctx.counts):
+                g = grad_out[rows]
+                torch.mm(act[rows].t(), g, out=grad_w2[e])
+                g_pre = torch.ops.aten.gelu_backward(g @ w2[e].t(), pre[rows])
+                torch.mm(x[rows].t(), g_pre, out=grad_w1[e])
+                torch.mm(g_pre, w1[e].t(), out=grad_x[rows])
+                if grad_b2 is not None:
+                    torch.sum(g, 0, out=grad_b2[e])
+                if grad_b1 is not None:
+                    torch.sum(g_pre, 0, out=grad_b1[e])
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None
+
+
+def _slices(counts: tuple[int, ...]):
+    """(expert, row slice) for every expert with at least one row."""
+    start = 0
+    for e, count in enumerate(counts):
+        if count:
+            yield e, slice(start, start + count)
+        start += count
 
 
 class MoE(nn.Module):
@@ -138,10 +191,11 @@ class MoE(nn.Module):
             return None
         return max(1, math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts))
 
-    def forward(self, x: Tensor, record_routing: bool = False) -> MoEOutput:
+    def forward(self, x: Tensor, record_routing: bool = False, losses: bool = True) -> MoEOutput:
+        """``losses=False`` skips the auxiliary losses (returned as 0), e.g. when decoding."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        y = self.common(flat) if self.common is not None else torch.zeros_like(flat)
+        y = self.common(flat) if self.common is not None else None
         zero = flat.new_zeros((), dtype=torch.promote_types(flat.dtype, torch.float32))
         if not self.n_experts:
             return MoEOutput(y.reshape(shape), zero, zero)
@@ -156,8 +210,14 @@ class MoE(nn.Module):
         if self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
 
-        routed, dropped = self._dispatch(flat, experts, weights.to(flat.dtype))
-        y = y + routed
+        if flat.shape[0] == 1 and self.capacity_factor is None:  # one token (decoding): no sort, no scatter
+            routed, dropped = (
+                self._single_token(flat, experts[0].tolist(), weights[0]),
+                torch.zeros_like(experts, dtype=torch.bool),
+            )
+        else:
+            routed, dropped = self._dispatch(flat, experts, weights)
+        y = routed if y is None else y + routed.to(y.dtype)
 
         routing = None
         if record_routing:
@@ -168,12 +228,30 @@ class MoE(nn.Module):
                 probs=probs.reshape(*lead, -1).detach(),
                 dropped=dropped.reshape(*lead, -1),
             )
+        if not losses:
+            return MoEOutput(y.reshape(shape), zero, zero, routing)
         return MoEOutput(
             y.reshape(shape),
             load_balancing_loss(probs, experts, self.n_experts),
             router_z_loss(clean_logits),
             routing,
         )
+
+    def _single_token(self, row: Tensor, experts: list[int], weights: Tensor) -> Tensor:
+        """The routed experts of one token (1, d), run directly by index."""
+        ex = self.experts
+        dtype = torch.get_autocast_dtype(row.device.type) if torch.is_autocast_enabled(row.device.type) else row.dtype
+        out = None
+        for e, gate in zip(experts, weights.to(dtype).unbind(0)):
+            h = (
+                row.to(dtype) @ ex.w1[e].to(dtype)
+                if ex.b1 is None
+                else torch.addmm(ex.b1[e].to(dtype), row.to(dtype), ex.w1[e].to(dtype))
+            )
+            h = F.gelu(h)
+            y = h @ ex.w2[e].to(dtype) if ex.b2 is None else torch.addmm(ex.b2[e].to(dtype), h, ex.w2[e].to(dtype))
+            out = y * gate if out is None else out + y * gate
+        return out
 
     def _dispatch(self, flat: Tensor, experts: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """Sort token slots by expert, run each expert once, scatter-add the weighted results."""
@@ -194,7 +272,11 @@ class MoE(nn.Module):
             counts = counts.clamp(max=capacity)
 
         token = order // k
-        out_sorted = self.experts(flat[token], counts.tolist())
-        out_sorted = out_sorted * weights.reshape(-1)[order].unsqueeze(-1)
-        routed = torch.zeros_like(flat).index_add_(0, token, out_sorted)
+        x_sorted = flat.index_select(0, token)
+        if torch.is_autocast_enabled(flat.device.type):  # keep activations in the autocast dtype through the experts
+            x_sorted = x_sorted.to(torch.get_autocast_dtype(flat.device.type))
+        out_sorted = self.experts(x_sorted, counts.tolist())
+        out_sorted = out_sorted * weights.reshape(-1)[order].unsqueeze(-1).to(out_sorted.dtype)
+        routed = out_sorted.new_zeros(flat.shape)
+        routed.index_add_(0, token, out_sorted)
         return routed, dropped.reshape(experts.shape)

@@ -59,12 +59,36 @@ class Prompt:
     notes: list[str] = field(default_factory=list)
 
 
-def prepare_prompt(text: str, context_window: int) -> Prompt:
+def prepare_prompt(text: str | bytes, context_window: int) -> Prompt:
+    """The prompt as the model's bytes, with notes on anything changed or odd.
+
+    ``bytes`` are taken as they are (a byte-level model can continue any bytes); text
+    that carries undecodable bytes as surrogate escapes (``errors="surrogateescape"``)
+    gets those bytes back. Invalid UTF-8 is noted, and shown as U+FFFD.
+    """
     notes = []
-    if not text:
+    if isinstance(text, (bytes, bytearray)):
+        data = bytes(text)
+    elif isinstance(text, str):
+        try:
+            data = text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"prompt: the character {text[err.start]!r} at position {err.start} is a lone surrogate with no "
+                "UTF-8 bytes; remove it, or pass the prompt as bytes"
+            ) from None
+    else:
+        raise TypeError(f"prompt must be str or bytes, got {type(text).__name__}")
+    if not data:
         notes.append("empty prompt: starting from a newline")
-        text = EMPTY_PROMPT
-    data = text.encode("utf-8")
+        data = EMPTY_PROMPT.encode("utf-8")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        notes.append(
+            f"prompt is not valid UTF-8 (byte {err.start}: {data[err.start]:02x}); the model sees the bytes as given, "
+            "shown here as U+FFFD"
+        )
     if len(data) > context_window:
         notes.append(f"prompt of {len(data)} bytes cropped to its last {context_window} (the context window)")
         data = data[-context_window:]

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -31,9 +32,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, preset
-from .data import load_split
+from .data import CorpusError, load_split
 from .model import Transformer
 from .paths import atomic_write, data_dir, reports_dir
+from .precision import autocast, resolve_precision
 from .schedule import Budget, LRSchedule, WindowSchedule
 
 LN2 = math.log(2.0)
@@ -136,7 +138,9 @@ def latest_checkpoint(run_or_folder: str | os.PathLike) -> Path:
         folder = checkpoint_dir(str(run_or_folder))
     found = list_checkpoints(folder)
     if not found:
-        raise CheckpointError(f"no checkpoints in {folder}; train the run first (notebook 02 or python -m moelab.train)")
+        raise CheckpointError(
+            f"no checkpoints in {folder}; train the run first (notebook 02 or python -m moelab.train)"
+        )
     return found[-1]
 
 
@@ -189,11 +193,17 @@ class Trainer:
         self.budget = Budget(train_config.max_steps, train_config.max_minutes)
         self.checkpoints = checkpoint_dir(run_name)
         self.reports = run_reports_dir(run_name)
+        self.precision, self.precision_reason = resolve_precision(train_config.precision, self.device)
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
         torch.manual_seed(self.train_config.seed)
         self.model = Transformer(self.model_config).to(self.device)
+        self.step_model = self.model
+        if self.train_config.compile:
+            if self.model_config.dropout:  # inductor's own dropout RNG measured ~12% slower on CPU
+                torch._inductor.config.fallback_random = True
+            self.step_model = torch.compile(self.model)
         self.optimizer = make_optimizer(self.model, self.train_config, self.device)
         self.sampler = WindowSampler(load_split(self.dataset, "train"), self.train_config.seed)
         self.val_x, self.val_y = fixed_windows(
@@ -231,14 +241,20 @@ class Trainer:
         return None
 
     # ------------------------------------------------------------------ loop
-    def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    def fit(self, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None) -> TrainResult:
         """Train until the budget is spent.
 
         An existing run is an error unless ``resume`` (continue from its latest
         checkpoint) or ``overwrite`` (delete its checkpoints and metrics first).
+        ``stop_after_steps`` ends this session early, with a checkpoint, after that many
+        steps; the budget and schedules stay the run's own, so a later ``resume``
+        continues exactly where it stopped.
         """
         if resume and overwrite:
             raise ValueError("choose resume or overwrite, not both")
+        if stop_after_steps is not None and not (isinstance(stop_after_steps, int) and stop_after_steps > 0):
+            raise ValueError(f"stop_after_steps must be a positive integer or None, got {stop_after_steps!r}")
+        self._prepare_folders()
         if overwrite:
             for path in list_checkpoints(self.checkpoints):
                 path.unlink()
@@ -253,22 +269,32 @@ class Trainer:
                 f"run {self.run_name!r} already has checkpoints in {self.checkpoints}; "
                 "resume it (resume=True / --resume), overwrite it (overwrite=True), or choose another run name"
             )
-        self.reports.mkdir(parents=True, exist_ok=True)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        (self.reports / "config.json").write_text(json.dumps(self._run_info(), indent=2))
+        info = json.dumps(self._run_info(), indent=2).encode()
+        atomic_write(self.reports / "config.json", lambda f: f.write(info))
 
         cfg = self.train_config
         model, optimizer = self.model, self.optimizer
         model.train()
+        if self.progress:
+            print(
+                f"{self.run_name}: precision {self.precision} ({self.precision_reason}), device {self.device}"
+                + (", torch.compile" if cfg.compile else "")
+            )
         start = time.perf_counter()
         elapsed = self.elapsed_before
         last_log_time, last_log_tokens = elapsed, self.tokens
         last_checkpoint = restored
         val_loss = math.nan
-        bar = tqdm(total=1000, desc=self.run_name, disable=not self.progress, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        bar = tqdm(
+            total=1000,
+            desc=self.run_name,
+            disable=not self.progress,
+            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+        )
         bar.update(int(1000 * self.budget.progress(self.step, elapsed)))
+        last_step = math.inf if stop_after_steps is None else self.step + stop_after_steps
         try:
-            while not self.budget.done(self.step, elapsed):
+            while not self.budget.done(self.step, elapsed) and self.step < last_step:
                 progress = self.budget.progress(self.step, elapsed)
                 window = self.windows.window(progress)
                 sequences = self.windows.batch_sequences(window, cfg.batch_size, cfg.batch_keep)
@@ -281,7 +307,9 @@ class Trainer:
                 for micro in range(cfg.grad_accum_steps):
                     x, y = self.sampler.batch(sequences, window)
                     record = log_now and micro == cfg.grad_accum_steps - 1
-                    out = model(x.to(self.device), y.to(self.device), record_routing=record)
+                    forward = model if record else self.step_model  # routing records stay eager
+                    with autocast(self.precision, self.device):
+                        out = forward(x.to(self.device), y.to(self.device), record_routing=record)
                     (out.loss / cfg.grad_accum_steps).backward()
                     parts += torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float().cpu()
                     routing = out.routing if record else routing
@@ -312,6 +340,7 @@ class Trainer:
                         "window": window,
                         "batch_sequences": sequences,
                         "lr": lr,
+                        "precision": self.precision,
                         "loss": parts[0].item(),
                         "ce_loss": parts[1].item(),
                         "aux_loss": parts[2].item(),
@@ -342,7 +371,7 @@ class Trainer:
                         tok_s=f"{row['tokens_per_s']:.0f}",
                         refresh=False,
                     )
-                if self.step % cfg.checkpoint_every == 0 or done:
+                if self.step % cfg.checkpoint_every == 0 or done or self.step == last_step:
                     last_checkpoint = self._save(elapsed, final=done)
                 bar.update(int(1000 * self.budget.progress(self.step, elapsed)) - bar.n)
         finally:
@@ -356,6 +385,27 @@ class Trainer:
         return TrainResult(
             self.run_name, self.step, self.tokens, elapsed, val_loss, val_loss / LN2, last_checkpoint, self.metrics()
         )
+
+    def _prepare_folders(self) -> None:
+        """Fail before training, not after an hour, when the output folders cannot be written.
+
+        Also removes temporary files a killed process left behind (never taken as checkpoints).
+        """
+        for folder in (self.checkpoints, self.reports):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder) as probe:
+                    probe.write(b"moelab write check")
+                    probe.flush()
+                    os.fsync(probe.fileno())
+            except OSError as err:
+                raise OSError(
+                    err.errno,
+                    f"cannot write to {folder} ({err.strerror or err}); free disk space or point "
+                    "MOELAB_DATA_DIR / MOELAB_REPORTS_DIR at a writable folder. Nothing was trained or changed",
+                ) from err
+            for leftover in folder.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ records
     def metrics(self) -> pd.DataFrame:
@@ -387,11 +437,18 @@ class Trainer:
                 )
 
     def _write_metrics(self) -> None:
-        if self.rows:
-            atomic_write(self.reports / "metrics.parquet", lambda f: self.metrics().to_parquet(f, index=False))
-        if self.routing_rows:
-            routing = pd.DataFrame(self.routing_rows)
-            atomic_write(self.reports / "routing.parquet", lambda f: routing.to_parquet(f, index=False))
+        try:
+            if self.rows:
+                atomic_write(self.reports / "metrics.parquet", lambda f: self.metrics().to_parquet(f, index=False))
+            if self.routing_rows:
+                routing = pd.DataFrame(self.routing_rows)
+                atomic_write(self.reports / "routing.parquet", lambda f: routing.to_parquet(f, index=False))
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"could not write the metrics of {self.run_name} to {self.reports} ({err.strerror or err}); "
+                "the files there are the previous complete versions. Free disk space and resume",
+            ) from err
 
     def _save(self, elapsed: float, final: bool) -> Path:
         extra = {
@@ -403,6 +460,9 @@ class Trainer:
             "run_name": self.run_name,
             "dataset": self.dataset,
         }
+        # metrics first: a kill between the two writes leaves metrics ahead of the latest
+        # checkpoint (resume drops those rows and redoes the steps), never behind it
+        self._write_metrics()
         path = save_checkpoint(
             self.checkpoints / f"ckpt_{self.step:07d}.pt",
             self.model,
@@ -411,7 +471,6 @@ class Trainer:
             step=self.step,
             extra=extra,
         )
-        self._write_metrics()  # metrics never run ahead of what a resume can restore
         for old in list_checkpoints(self.checkpoints)[: -self.train_config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
@@ -421,6 +480,8 @@ class Trainer:
             "run_name": self.run_name,
             "dataset": self.dataset,
             "device": str(self.device),
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "torch": str(torch.__version__),
             "model": self.model_config.to_dict(),
             "train": self.train_config.to_dict(),
@@ -482,9 +543,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="machado", help="a prepared dataset under data/processed/")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     parser.add_argument("--config", type=Path, help="a YAML file of field: value overrides")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field (repeatable)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field (repeatable)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--stop-after-steps",
+        type=int,
+        metavar="N",
+        help="end this session after N steps with a checkpoint (the budget stays the run's; --resume continues)",
+    )
     args = parser.parse_args(argv)
 
     overrides: dict[str, Any] = {}
@@ -503,10 +572,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_config, train_config = build_configs(args.preset, overrides)
         trainer = Trainer(
-            model_config, train_config, args.run_name, dataset=args.dataset, device=args.device, progress=not args.no_progress
+            model_config,
+            train_config,
+            args.run_name,
+            dataset=args.dataset,
+            device=args.device,
+            progress=not args.no_progress,
         )
-        result = trainer.fit(resume=args.resume)
-    except (ValueError, FileExistsError, CheckpointError, TrainingDiverged) as err:
+        result = trainer.fit(resume=args.resume, stop_after_steps=args.stop_after_steps)
+    except (ValueError, OSError, CheckpointError, CorpusError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

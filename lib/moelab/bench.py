@@ -1,0 +1,475 @@
+"""The performance benchmark: ``python -m moelab.bench`` (``make bench``).
+
+Everything is measured side by side in one process with interleaved repeats (A B A B …),
+so machine noise hits every variant alike; the table holds medians and the medians of
+the paired ratios. It measures, for the named configs A, B, C:
+
+1. training-step tokens/s (forward + backward + clip + optimizer step) of moelab's model
+   against the naive reference of the same architecture (``tests/reference.py``: one
+   module per head and per expert, boolean-mask dispatch: the seed's approach), with
+   identical weights;
+2. MoE overhead: the MoE step time over a dense model with the same active parameters;
+3. achieved FLOP/s as a fraction of this machine's matmul peak, both measured here with
+   the same dtype and thread count (formula in :func:`train_flops_per_token`);
+4. generation tokens/s at batch 1 and 8 for windows 128 and 256 with the KV cache, against
+   full recomputation, and whether both produce the same tokens;
+5. peak memory of a training step;
+6. the same in bf16 where the hardware has native bf16 (see :mod:`moelab.precision`).
+
+Results go to ``reports/benchmarks/`` (bench.csv, bench.md, bench.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import ModelConfig
+from .model import Transformer
+from .paths import project_root, reports_dir
+from .precision import autocast, bf16_support
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    n_embd: int
+    n_layers: int
+    n_heads: int
+    window: int
+    batch: int
+    n_experts: int = 8
+    top_k: int = 2
+    n_common_experts: int = 0
+
+    def model_config(self, context_window: int | None = None) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=256,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_embd=self.n_embd,
+            context_window=context_window or self.window,
+            n_experts=self.n_experts,
+            top_k=self.top_k,
+            n_common_experts=self.n_common_experts,
+            pos_encoding="learned",
+            dropout=0.0,
+        )
+
+
+CONFIGS = {
+    "A": BenchConfig("A", n_embd=128, n_layers=4, n_heads=4, window=64, batch=32),
+    "B": BenchConfig("B", n_embd=256, n_layers=6, n_heads=4, window=128, batch=16),
+    "C": BenchConfig("C", n_embd=128, n_layers=4, n_heads=4, window=64, batch=32, n_common_experts=2),
+}
+
+# The issue's targets, checked in the printed table (ratio ≥ target unless marked ≤).
+TARGETS = {
+    "train speedup fp32 vs naive": (">=", 1.3),
+    "train speedup bf16 vs naive fp32": (">=", 2.5),
+    "MoE overhead fp32": ("<=", 1.10),
+    "MFU fp32": (">=", 0.45),
+    "generation tok/s (KV cache)": (">=", 400.0),
+}
+
+
+# ============================================================================ counting
+
+
+def matmul_params_per_token(config: ModelConfig, training: bool = True) -> int:
+    """Weights each token multiplies through: attention, router, common + top_k experts, head."""
+    d, h = config.n_embd, config.expert_hidden
+    router = config.n_experts * d * (2 if training and config.router_noise else 1) if config.is_moe else 0
+    ffn = (config.n_common_experts + (config.top_k if config.is_moe else 0)) * 2 * d * h
+    return config.n_layers * (4 * d * d + router + ffn) + d * config.vocab_size
+
+
+def train_flops_per_token(config: ModelConfig, window: int) -> int:
+    """6·N + 12·L·d·T (Chowdhery et al. 2022, PaLM, app. B): N = matmul weights per token,
+
+    the attention term counts every key position (as MFU conventionally does).
+    """
+    return 6 * matmul_params_per_token(config) + 12 * config.n_layers * config.n_embd * window
+
+
+# ============================================================================ timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, inner: int, device: torch.device, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``repeats`` rounds of A B C … with ``inner`` calls each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / inner)
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over repeats of numerator[i] / denominator[i] (pairs measured back to back)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
+    """Best FLOP/s of square matmuls (1024, 2048) in ``dtype`` with the current thread count."""
+    best = 0.0
+    for n in (1024, 2048):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        seconds = min(interleaved({"mm": lambda a=a, b=b: a @ b}, repeats, 2, device, warmup=1)["mm"])
+        best = max(best, 2 * n**3 / seconds)
+    return best
+
+
+# ============================================================================ models
+
+
+def naive_reference():
+    """``tests.reference.NaiveTransformer`` (the benchmark needs a checkout with tests/)."""
+    root = str(project_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from tests.reference import NaiveTransformer
+    except ImportError as err:
+        raise RuntimeError(
+            f"the naive reference lives in tests/reference.py of a moelab checkout; not found under {root} ({err}). "
+            "Run the benchmark from the repository."
+        ) from err
+    return NaiveTransformer
+
+
+def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """``moelab``, ``naive`` (same weights as ``moelab``) or ``dense`` (same active parameters)."""
+    torch.manual_seed(seed)
+    config = bench.model_config()
+    if kind == "dense":
+        return Transformer(config.dense_equivalent()).to(device)
+    model = Transformer(config).to(device)
+    if kind == "naive":
+        return naive_reference().from_model(model)
+    return model
+
+
+def training_step(
+    model: torch.nn.Module, kind: str, precision: str, device: torch.device, batch
+) -> Callable[[], float]:
+    """One optimizer step as the Trainer takes it (naive: default AdamW, as the seed had)."""
+    if kind == "naive":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x, y = batch
+    model.train()
+
+    def step() -> float:
+        with autocast(precision, device):
+            out = model(x, y)
+            loss = out[1] if kind == "naive" else out.loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def random_batch(bench: BenchConfig, device: torch.device, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, 256, (bench.batch, bench.window + 1), generator=generator).to(device)
+    return data[:, :-1], data[:, 1:]
+
+
+# ============================================================================ measures
+
+
+def bench_training(
+    bench: BenchConfig, device: torch.device, precisions: list[str], repeats: int, inner: int
+) -> list[dict]:
+    batch = random_batch(bench, device)
+    variants = [("naive", "fp32")] + [(kind, p) for p in precisions for kind in ("moelab", "dense")]
+    steps = {f"{kind} {p}": training_step(build(kind, bench, device), kind, p, device, batch) for kind, p in variants}
+    times = interleaved(steps, repeats, inner, device)
+    tokens = bench.batch * bench.window
+    flops = train_flops_per_token(bench.model_config(), bench.window) * tokens
+    dense_flops = train_flops_per_token(bench.model_config().dense_equivalent(), bench.window) * tokens
+    rows = []
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        rows.append(_row(bench, f"train tok/s {name}", tokens / median, "tok/s"))
+        step_flops = dense_flops if name.startswith("dense") else flops
+        rows.append(_row(bench, f"train GFLOP/s {name}", step_flops / median / 1e9, "GFLOP/s"))
+    for p in precisions:
+        rows.append(
+            _row(
+                bench,
+                f"train speedup {p} vs naive" + (" fp32" if p != "fp32" else ""),
+                paired_ratio(times["naive fp32"], times[f"moelab {p}"]),
+                "×",
+            )
+        )
+        rows.append(_row(bench, f"MoE overhead {p}", paired_ratio(times[f"moelab {p}"], times[f"dense {p}"]), "×"))
+    return rows
+
+
+def bench_memory(bench: BenchConfig, device: torch.device, precisions: list[str]) -> list[dict]:
+    """Peak memory of a training step per variant, each measured in a fresh process (CPU) or by CUDA's counter."""
+    rows = []
+    variants = [("naive", "fp32")] + [(kind, p) for p in precisions for kind in ("moelab", "dense")]
+    for kind, p in variants:
+        if device.type == "cuda":
+            peak = _step_memory(bench.name, kind, p, str(device))
+        else:
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                peak = pool.apply(_step_memory, (bench.name, kind, p, "cpu"))
+        rows.append(_row(bench, f"train peak MiB {kind} {p}", peak / 2**20, "MiB"))
+    return rows
+
+
+def _step_memory(config_name: str, kind: str, precision: str, device_name: str) -> int:
+    """Bytes a training step adds at its peak (gradients, optimizer state, activations)."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = torch.device(device_name)
+    bench = CONFIGS[config_name]
+    model = build(kind, bench, device)
+    step = training_step(model, kind, precision, device, random_batch(bench, device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    _reset_peak_rss()
+    before = _status_bytes("VmRSS")
+    for _ in range(2):
+        step()
+    return _status_bytes("VmHWM") - before
+
+
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status; peak memory is measured on Linux only")
+
+
+def _reset_peak_rss() -> None:
+    """Make VmHWM restart from the current RSS (Linux: write 5 to clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def bench_generation(
+    bench: BenchConfig, device: torch.device, windows: list[int], batches: list[int], repeats: int, new_tokens: int | None
+) -> list[dict]:
+    """Greedy generation from a 16-byte prompt up to the window, with and without the KV cache.
+
+    Full recomputation is quadratic in the window (minutes at window 256, batch 8), so
+    these rounds are few; both variants still alternate.
+    """
+    rows = []
+    for window in windows:
+        torch.manual_seed(0)
+        model = Transformer(bench.model_config(context_window=window)).to(device).eval()
+        count = new_tokens or window - 16
+        for batch in batches:
+            prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(2)).to(device)
+            model.generate(prompt, 4, temperature=0.0)  # warm up
+            outputs = {}
+
+            def run(use_cache: bool, model=model, prompt=prompt, count=count, outputs=outputs) -> None:
+                outputs[use_cache] = model.generate(prompt, count, temperature=0.0, use_cache=use_cache)
+
+            variants = {"cache": lambda run=run: run(True), "recompute": lambda run=run: run(False)}
+            times = interleaved(variants, repeats, 1, device, warmup=0)
+            label = f"window {window} batch {batch}"
+            cache_s, full_s = statistics.median(times["cache"]), statistics.median(times["recompute"])
+            rows.append(_row(bench, f"generation tok/s (KV cache) {label}", batch * count / cache_s, "tok/s"))
+            rows.append(_row(bench, f"generation tok/s (recompute) {label}", batch * count / full_s, "tok/s"))
+            rows.append(
+                _row(bench, f"generation cache speedup {label}", paired_ratio(times["recompute"], times["cache"]), "×")
+            )
+            rows.append(
+                _row(bench, f"generation exact {label}", float(torch.equal(outputs[True], outputs[False])), "bool")
+            )
+    return rows
+
+
+def _row(bench: BenchConfig | None, measure: str, value: float, unit: str) -> dict:
+    target = next(((op, t) for key, (op, t) in TARGETS.items() if measure.startswith(key)), None)
+    ok = None
+    if target is not None:
+        op, t = target
+        ok = value >= t if op == ">=" else value <= t
+    return {
+        "config": bench.name if bench is not None else "-",
+        "measure": measure,
+        "value": value,
+        "unit": unit,
+        "target": f"{target[0]} {target[1]:g}" if target else "",
+        "meets": {None: "", True: "yes", False: "no"}[ok],
+    }
+
+
+# ============================================================================ report
+
+
+def plot(table: pd.DataFrame, path) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = table[table["measure"].str.startswith("train tok/s")].copy()
+    train["variant"] = train["measure"].str.removeprefix("train tok/s ")
+    gen = table[table["measure"].str.startswith("generation tok/s")].copy()
+    gen["variant"] = gen["measure"].str.removeprefix("generation tok/s ")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    if not train.empty:
+        order = list(dict.fromkeys(train["variant"]))  # as measured: naive first
+        train.pivot(index="config", columns="variant", values="value")[order].plot.bar(ax=axes[0], rot=0)
+        axes[0].legend(fontsize=8)
+    axes[0].set(title="Training step throughput", xlabel="config", ylabel="tokens / s")
+    if not gen.empty:
+        colors = ["tab:green" if "cache" in v else "tab:gray" for v in gen["variant"]]
+        gen.set_index("variant")["value"].plot.barh(ax=axes[1], color=colors)
+        axes[1].set_xscale("log")
+        axes[1].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[1].set(title="Generation (greedy, log scale)", xlabel="tokens / s", ylabel="")
+    fig.suptitle(f"moelab benchmark · torch {torch.__version__}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moelab.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per round and variant (default 3)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for training (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: fp32, plus bf16 where the hardware has native bf16",
+    )
+    parser.add_argument("--generation-config", default="B", choices=list(CONFIGS))
+    parser.add_argument("--generation-threads", type=int, default=1, help="threads for generation (default 1)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens to generate (default: up to the window)")
+    parser.add_argument(
+        "--generation-repeats", type=int, default=2, help="rounds of generation (default 2: recomputation is slow)"
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "memory", "generation", "peak"])
+    parser.add_argument("--out", default=None, help="output folder (default reports/benchmarks)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = parser.parse_args(argv)
+    for name in ("repeats", "steps", "generation_threads", "generation_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    has_bf16, _, why = bf16_support(device)
+    precisions = {"fp32": ["fp32"], "bf16": ["bf16"], "auto": ["fp32", "bf16"] if has_bf16 else ["fp32"]}
+    precisions = precisions[args.precision]
+    print(f"moelab bench · torch {torch.__version__} · {device} · {threads} threads · bf16: {why}")
+    print(f"precisions: {', '.join(precisions)}; {args.repeats} interleaved rounds × {args.steps} steps\n", flush=True)
+
+    rows: list[dict] = []
+    peaks = {}
+    if "peak" not in args.skip:
+        for p in precisions:
+            peaks[p] = matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, device)
+            rows.append(_row(None, f"matmul peak GFLOP/s {p}", peaks[p] / 1e9, "GFLOP/s"))
+            print(f"matmul peak {p}: {peaks[p] / 1e9:.0f} GFLOP/s", flush=True)
+    for name in args.configs:
+        bench = CONFIGS[name]
+        if "train" not in args.skip:
+            print(f"config {name}: training steps …", flush=True)
+            trained = bench_training(bench, device, precisions, args.repeats, args.steps)
+            rows += trained
+            for row in trained:  # achieved FLOP/s over the measured peak
+                for p, peak in peaks.items():
+                    if row["measure"] == f"train GFLOP/s moelab {p}":
+                        rows.append(_row(bench, f"MFU {p}", row["value"] * 1e9 / peak, "fraction"))
+        if "memory" not in args.skip:
+            print(f"config {name}: peak memory …", flush=True)
+            rows += bench_memory(bench, device, precisions)
+    if "generation" not in args.skip:
+        print(f"generation (config {args.generation_config}, {args.generation_threads} thread(s)) …", flush=True)
+        with _threads(args.generation_threads):
+            rows += bench_generation(
+                CONFIGS[args.generation_config], device, [128, 256], [1, 8], args.generation_repeats, args.new_tokens
+            )
+
+    table = pd.DataFrame(rows)
+    table.insert(
+        1, "threads", [args.generation_threads if m.startswith("generation") else threads for m in table["measure"]]
+    )
+    out = reports_dir() / "benchmarks" if args.out is None else Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "bench.csv", index=False)
+    shown = table.assign(value=table["value"].map(_fmt))
+    (out / "bench.md").write_text(shown.to_markdown(index=False) + "\n")
+    plot(table, out / "bench.png")
+    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_colwidth", 60):
+        print("\n" + shown.to_string(index=False))
+    print(f"\nwritten: {out / 'bench.csv'}, bench.md, bench.png")
+    return 0
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

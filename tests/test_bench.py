@@ -1,0 +1,58 @@
+"""The benchmark's arithmetic, against counts taken from the modules, and a short run of it."""
+
+import pandas as pd
+import pytest
+import torch
+
+from moelab import Transformer
+from moelab.bench import CONFIGS, _step_memory, main, matmul_params_per_token, paired_ratio, train_flops_per_token
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_flop_count_uses_the_matmul_weights_a_token_passes_through(name):
+    config = CONFIGS[name].model_config()
+    model = Transformer(config)
+    # independent count from the modules: every Linear / expert matrix, routed experts at top_k / n
+    per_expert = model.blocks[0].moe.experts.w1[0].numel() + model.blocks[0].moe.experts.w2[0].numel()
+    counted = model.head.weight.numel()
+    for block in model.blocks:
+        counted += block.attn.qkv.weight.numel() + block.attn.proj.weight.numel()
+        counted += block.moe.gate.weight.numel() + block.moe.noise.weight.numel()
+        counted += config.top_k * per_expert
+        if block.moe.common is not None:
+            counted += block.moe.common.fc.weight.numel() + block.moe.common.proj.weight.numel()
+    assert matmul_params_per_token(config) == counted
+    window = CONFIGS[name].window
+    assert train_flops_per_token(config, window) == 6 * counted + 12 * config.n_layers * config.n_embd * window
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+
+
+def test_training_step_memory_covers_gradients_and_adam_state():
+    model = Transformer(CONFIGS["A"].model_config())
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    peak = _step_memory("A", "moelab", "fp32", "cpu")
+    assert 3 * param_bytes <= peak < 40 * param_bytes  # grads + two moments, plus activations
+
+
+def test_short_benchmark_run_writes_its_table(tmp_path, capsys):
+    main(["--configs", "A", "--repeats", "1", "--steps", "1", "--new-tokens", "3", "--skip", "memory", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "bench.csv")
+    measures = set(table["measure"])
+    for expected in (
+        "matmul peak GFLOP/s fp32",
+        "train tok/s naive fp32",
+        "train tok/s moelab fp32",
+        "train speedup fp32 vs naive",
+        "MoE overhead fp32",
+        "MFU fp32",
+        "generation tok/s (KV cache) window 256 batch 1",
+        "generation exact window 128 batch 8",
+    ):
+        assert expected in measures
+    assert (table.loc[table["measure"].str.startswith("generation exact"), "value"] == 1.0).all()
+    assert (table["value"] > 0).all()
+    assert (tmp_path / "bench.png").stat().st_size > 0 and "MoE overhead" in (tmp_path / "bench.md").read_text()
+    assert "train speedup fp32 vs naive" in capsys.readouterr().out
