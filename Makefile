@@ -13,14 +13,12 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/$(TORCH_VARIANT)
 KERNEL := moelab
 RUN ?= default
 PARAMS ?=
-# papermill with the moelab kernel, paths relative to notebooks/, an optional YAML parameter file
-PAPERMILL = $(BIN)/papermill --cwd notebooks -k $(KERNEL) $(if $(PARAMS),-f $(PARAMS))
 STAMP := $(VENV)/.setup-done-$(TORCH_VARIANT)
 
-.PHONY: setup run test lab bench help
+.PHONY: setup run test lab bench notebook-outputs help
 
 help:
-	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PARAMS=file.yaml)"
+	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PARAMS=file.yaml, FORCE=1)"
 	@echo "make test   the whole test suite (sets up .venv first)"
 	@echo "make lab    JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
 	@echo "make bench  the performance benchmark into reports/benchmarks/ (BENCH_ARGS=...)"
@@ -41,16 +39,10 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 	@echo "environment ready: $(VENV) (kernel '$(KERNEL)')"
 
-# The notebook pipeline, executed into reports/$(RUN)/.
-# 01 rewrites nothing when its inputs are unchanged; 02 trains run $(RUN) afresh.
+# The notebook pipeline, executed into reports/$(RUN)/, then the run's report
+# (lib/moelab/pipeline.py). Stages whose inputs are unchanged are skipped; FORCE=1 re-runs all.
 run: setup
-	@mkdir -p reports/$(RUN)
-	$(PAPERMILL) notebooks/01_data_prep.ipynb reports/$(RUN)/01_data_prep.ipynb
-	@echo "02_train: training run '$(RUN)' from scratch (an earlier run of that name is replaced)"
-	$(PAPERMILL) notebooks/02_train.ipynb reports/$(RUN)/02_train.ipynb -p run_name $(RUN) -p if_exists overwrite
-	$(PAPERMILL) notebooks/03_expert_utilization.ipynb reports/$(RUN)/03_expert_utilization.ipynb -p run_name $(RUN)
-	$(PAPERMILL) notebooks/04_sampling.ipynb reports/$(RUN)/04_sampling.ipynb -p run_name $(RUN)
-	$(BIN)/python -m moelab.report reports/$(RUN)
+	$(BIN)/python -m moelab.pipeline $(RUN) $(if $(PARAMS),-f $(PARAMS)) $(if $(FORCE),--force)
 
 test: setup
 	$(BIN)/python -m pytest
@@ -58,6 +50,10 @@ test: setup
 # Side-by-side timings (see lib/moelab/bench.py); e.g. BENCH_ARGS="--configs A --repeats 3".
 bench: setup
 	$(BIN)/python -m moelab.bench $(BENCH_ARGS)
+
+# Re-run the notebooks in the tiny profile and keep the outputs nbval compares (tools/checked_outputs.py).
+notebook-outputs: setup
+	$(BIN)/python tools/checked_outputs.py
 
 lab: setup
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks

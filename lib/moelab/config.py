@@ -437,6 +437,7 @@ def _presets() -> dict[str, Preset]:
                 eval_windows=8,
                 checkpoint_every=10,
                 log_every=2,
+                precision="fp32",  # the same numbers on every machine (tests compare them)
             ),
         ),
     }
