@@ -89,6 +89,9 @@ class Experts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(n, hidden, n_embd))
         self.b1 = nn.Parameter(torch.zeros(n, hidden)) if bias else None
         self.b2 = nn.Parameter(torch.zeros(n, n_embd)) if bias else None
+        # GPT-2's N(0, 0.02), so a layer used on its own is initialized too (Transformer re-initializes)
+        nn.init.normal_(self.w1, std=0.02)
+        nn.init.normal_(self.w2, std=0.02)
 
     def forward(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
         """Run expert e on its contiguous slice of ``x_sorted`` (``counts[e]`` rows).
@@ -210,7 +213,7 @@ class MoE(nn.Module):
         if self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
 
-        if flat.shape[0] == 1 and self.capacity_factor is None:  # one token (decoding): no sort, no scatter
+        if flat.shape[0] == 1 and self.capacity_factor is None and not self.training:  # decoding: no sort
             routed, dropped = (
                 self._single_token(flat, experts[0].tolist(), weights[0]),
                 torch.zeros_like(experts, dtype=torch.bool),

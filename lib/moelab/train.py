@@ -12,6 +12,7 @@ validation rows every ``eval_every``), routing snapshots to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, preset
 from .data import CorpusError, load_split
@@ -49,16 +51,28 @@ class TrainingDiverged(RuntimeError):
 
 
 class WindowSampler:
-    """Random training windows from a byte array; seeded per (seed, rank), with resumable state."""
+    """Random training windows from a byte array, with resumable state.
 
-    def __init__(self, data: np.ndarray, seed: int, rank: int = 0) -> None:
+    Every rank draws the same global batch from one seeded stream and keeps its own
+    contiguous share of the rows (rank r of W: rows r·n/W … (r+1)·n/W), so the data
+    a rank sees is a deterministic function of (seed, rank), W processes together see
+    exactly the batches of one process, and a resumed run may change the world size.
+    """
+
+    def __init__(self, data: np.ndarray, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.data = torch.from_numpy(np.array(data, dtype=np.uint8))
-        self.generator = torch.Generator().manual_seed(seed * 1009 + rank)
+        self.generator = torch.Generator().manual_seed(seed * 1009)
+        self.rank, self.world_size = rank, world_size
 
     def batch(self, sequences: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of a global batch of ``sequences`` windows."""
         if len(self.data) <= window + 1:
             raise ValueError(f"the training split has {len(self.data)} bytes, fewer than a window of {window} + 1")
+        if sequences % self.world_size:
+            raise ValueError(f"a batch of {sequences} sequences cannot be split evenly over {self.world_size} processes")
         starts = torch.randint(0, len(self.data) - window - 1, (sequences,), generator=self.generator)
+        share = sequences // self.world_size
+        starts = starts[self.rank * share : (self.rank + 1) * share]
         chunk = self.data[starts.unsqueeze(1) + torch.arange(window + 1)].long()
         return chunk[:, :-1], chunk[:, 1:]
 
@@ -85,7 +99,13 @@ def fixed_windows(data: np.ndarray, window: int, count: int) -> tuple[torch.Tens
 
 @torch.no_grad()
 def mean_loss(model: Transformer, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    """Mean cross-entropy in nats over every position of the given windows."""
+    """Mean cross-entropy in nats over every position of the given windows.
+
+    Under torchrun each rank scores every W-th window and the sums are reduced, so all
+    ranks return the mean over all windows.
+    """
+    info = distributed.from_env() if torch.distributed.is_initialized() else distributed.DistInfo()
+    x, y = x[info.rank :: info.world_size], y[info.rank :: info.world_size]
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -94,6 +114,7 @@ def mean_loss(model: Transformer, x: torch.Tensor, y: torch.Tensor, batch_size: 
         total += model(xb, yb).ce_loss.item() * yb.numel()
         count += yb.numel()
     model.train(was_training)
+    total, count = distributed.all_reduce(torch.tensor([total, count])).tolist()
     return total / count
 
 
@@ -185,7 +206,9 @@ class Trainer:
         self.train_config = train_config
         self.run_name = run_name
         self.dataset = dataset
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dist, self.device = distributed.setup(
+            torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        )
         self.progress = progress
         self.callbacks = list(callbacks)
         self.windows = WindowSchedule.from_configs(model_config, train_config)
@@ -197,21 +220,39 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
-        torch.manual_seed(self.train_config.seed)
+        torch.manual_seed(self.train_config.seed)  # the same initial weights on every rank
         self.model = Transformer(self.model_config).to(self.device)
-        self.step_model = self.model
-        if self.train_config.compile:
-            if self.model_config.dropout:  # inductor's own dropout RNG measured ~12% slower on CPU
-                torch._inductor.config.fallback_random = True
-            self.step_model = torch.compile(self.model)
         self.optimizer = make_optimizer(self.model, self.train_config, self.device)
-        self.sampler = WindowSampler(load_split(self.dataset, "train"), self.train_config.seed)
+        self.sampler = WindowSampler(
+            load_split(self.dataset, "train"), self.train_config.seed, self.dist.rank, self.dist.world_size
+        )
+        if self.dist.enabled:  # each rank its own dropout and router-noise stream
+            torch.manual_seed(self.train_config.seed * 7919 + self.dist.rank)
         self.val_x, self.val_y = fixed_windows(
             load_split(self.dataset, "val"), self.model_config.context_window, self.train_config.eval_windows
         )
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
         self.rows: list[dict] = []
         self.routing_rows: list[dict] = []
+
+    def _wrap(self) -> None:
+        """The module training steps call: DDP under torchrun, then torch.compile if asked for.
+
+        Every parameter gets a gradient in every step, also an expert that no token of
+        this rank chose (the stacked experts' backward returns zeros for it), so DDP
+        needs no ``find_unused_parameters`` pass and never waits for a missing gradient.
+        """
+        self.step_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.routing_model = self.step_model  # routing records run uncompiled (they return extra tensors)
+        if self.train_config.compile:
+            if self.model_config.dropout:  # inductor's own dropout RNG measured ~12% slower on CPU
+                torch._inductor.config.fallback_random = True
+            self.step_model = torch.compile(self.step_model)
 
     def _restore(self) -> Path | None:
         candidates = list_checkpoints(self.checkpoints)
@@ -230,9 +271,13 @@ class Trainer:
             state = payload["extra"]
             self.step, self.tokens, self.elapsed_before = payload["step"], state["tokens"], state["elapsed_s"]
             self.sampler.load_state_dict(state["sampler"])
-            torch.set_rng_state(state["rng_cpu"])
-            if torch.cuda.is_available() and state.get("rng_cuda") is not None:
-                torch.cuda.set_rng_state(state["rng_cuda"])
+            ranks = state.get("rng_ranks") or [{"cpu": state["rng_cpu"], "cuda": state.get("rng_cuda")}]
+            if len(ranks) == self.dist.world_size:
+                torch.set_rng_state(ranks[self.dist.rank]["cpu"])
+                if self.device.type == "cuda" and ranks[self.dist.rank]["cuda"] is not None:
+                    torch.cuda.set_rng_state(ranks[self.dist.rank]["cuda"], self.device)
+            else:  # another world size: data, optimizer and schedules continue exactly, noise streams restart
+                torch.manual_seed(self.train_config.seed * 7919 + self.dist.rank + 104729 * self.step)
             for name, target in (("metrics.parquet", self.rows), ("routing.parquet", self.routing_rows)):
                 if (self.reports / name).is_file():
                     frame = pd.read_parquet(self.reports / name)
@@ -254,14 +299,18 @@ class Trainer:
             raise ValueError("choose resume or overwrite, not both")
         if stop_after_steps is not None and not (isinstance(stop_after_steps, int) and stop_after_steps > 0):
             raise ValueError(f"stop_after_steps must be a positive integer or None, got {stop_after_steps!r}")
-        self._prepare_folders()
-        if overwrite:
-            for path in list_checkpoints(self.checkpoints):
-                path.unlink()
-            for name in ("metrics.parquet", "routing.parquet"):
-                (self.reports / name).unlink(missing_ok=True)
+        main = self.dist.is_main
+        if main:
+            self._prepare_folders()
+            if overwrite:
+                for path in list_checkpoints(self.checkpoints):
+                    path.unlink()
+                for name in ("metrics.parquet", "routing.parquet"):
+                    (self.reports / name).unlink(missing_ok=True)
+        distributed.barrier()
         self._build()
         restored = self._restore() if resume else None
+        self._wrap()
         if resume and restored is None and list_checkpoints(self.checkpoints):
             raise CheckpointError(f"no readable checkpoint in {self.checkpoints} to resume from")
         if not resume and list_checkpoints(self.checkpoints):
@@ -269,13 +318,15 @@ class Trainer:
                 f"run {self.run_name!r} already has checkpoints in {self.checkpoints}; "
                 "resume it (resume=True / --resume), overwrite it (overwrite=True), or choose another run name"
             )
-        info = json.dumps(self._run_info(), indent=2).encode()
-        atomic_write(self.reports / "config.json", lambda f: f.write(info))
+        if main:
+            info = json.dumps(self._run_info(), indent=2).encode()
+            atomic_write(self.reports / "config.json", lambda f: f.write(info))
 
         cfg = self.train_config
+        self._check_world_size()
         model, optimizer = self.model, self.optimizer
         model.train()
-        if self.progress:
+        if self.progress and main:
             print(
                 f"{self.run_name}: precision {self.precision} ({self.precision_reason}), device {self.device}"
                 + (", torch.compile" if cfg.compile else "")
@@ -288,7 +339,7 @@ class Trainer:
         bar = tqdm(
             total=1000,
             desc=self.run_name,
-            disable=not self.progress,
+            disable=not (self.progress and main),
             bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
         )
         bar.update(int(1000 * self.budget.progress(self.step, elapsed)))
@@ -306,14 +357,20 @@ class Trainer:
                 routing = None
                 for micro in range(cfg.grad_accum_steps):
                     x, y = self.sampler.batch(sequences, window)
-                    record = log_now and micro == cfg.grad_accum_steps - 1
-                    forward = model if record else self.step_model  # routing records stay eager
-                    with autocast(self.precision, self.device):
-                        out = forward(x.to(self.device), y.to(self.device), record_routing=record)
-                    (out.loss / cfg.grad_accum_steps).backward()
+                    last_micro = micro == cfg.grad_accum_steps - 1
+                    record = log_now and last_micro
+                    forward = self.routing_model if record else self.step_model
+                    # DDP averages gradients over ranks once, after the last micro-batch
+                    sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.step_model.no_sync()
+                    with sync:
+                        with autocast(self.precision, self.device):
+                            out = forward(x.to(self.device), y.to(self.device), record_routing=record)
+                        (out.loss / cfg.grad_accum_steps).backward()
                     parts += torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float().cpu()
                     routing = out.routing if record else routing
                 parts /= cfg.grad_accum_steps
+                if self.dist.enabled:  # the logged losses are means over all ranks
+                    parts = (distributed.all_reduce(parts) / self.dist.world_size).float()
                 if not torch.isfinite(parts[0]):
                     raise TrainingDiverged(
                         f"the loss became {parts[0].item()} at step {self.step + 1} (window {window}, lr {lr:.2e}). "
@@ -328,6 +385,8 @@ class Trainer:
                 self.step += 1
                 self.tokens += sequences * window * cfg.grad_accum_steps
                 elapsed = self.elapsed_before + time.perf_counter() - start
+                if self.dist.enabled:  # one clock for the budget, or ranks would stop at different steps
+                    elapsed = distributed.all_reduce(torch.tensor([elapsed]), "max").item()
                 done = self.budget.done(self.step, elapsed)
                 evaluate_now = self.step % cfg.eval_every == 0 or done
 
@@ -358,10 +417,11 @@ class Trainer:
                         eval_start = time.perf_counter()
                         val_loss = mean_loss(model, self.val_x, self.val_y, cfg.batch_size, self.device)
                         row["val_loss"], row["val_bpb"] = val_loss, val_loss / LN2
-                        self._routing_snapshot()
+                        if main:
+                            self._routing_snapshot()
                         start += time.perf_counter() - eval_start  # evaluation time is not training time
                     self.rows.append(row)
-                    for callback in self.callbacks:
+                    for callback in self.callbacks if main else ():
                         callback(row)
                     bar.set_postfix(
                         step=self.step,
@@ -372,7 +432,7 @@ class Trainer:
                         refresh=False,
                     )
                 if self.step % cfg.checkpoint_every == 0 or done or self.step == last_step:
-                    last_checkpoint = self._save(elapsed, final=done)
+                    last_checkpoint = self._save(elapsed)
                 bar.update(int(1000 * self.budget.progress(self.step, elapsed)) - bar.n)
         finally:
             bar.close()
@@ -380,11 +440,24 @@ class Trainer:
 
         if last_checkpoint is None:  # resumed a run whose budget was already spent
             last_checkpoint = latest_checkpoint(self.checkpoints)
+        distributed.barrier()
         if math.isnan(val_loss):
             val_loss = mean_loss(model, self.val_x, self.val_y, cfg.batch_size, self.device)
         return TrainResult(
             self.run_name, self.step, self.tokens, elapsed, val_loss, val_loss / LN2, last_checkpoint, self.metrics()
         )
+
+    def _check_world_size(self) -> None:
+        """Every batch of the window schedule must split evenly over the ranks."""
+        world = self.dist.world_size
+        cfg = self.train_config
+        uneven = [w for w in self.windows.windows if self.windows.batch_sequences(w, cfg.batch_size, cfg.batch_keep) % world]
+        if uneven:
+            raise ValueError(
+                f"batch_size: with {world} processes every batch must split evenly, but at window(s) {uneven} "
+                f"the batch has {[self.windows.batch_sequences(w, cfg.batch_size, cfg.batch_keep) for w in uneven]} "
+                f"sequences; choose a batch_size that makes them multiples of {world} (batch_size is the global batch)"
+            )
 
     def _prepare_folders(self) -> None:
         """Fail before training, not after an hour, when the output folders cannot be written.
@@ -437,6 +510,8 @@ class Trainer:
                 )
 
     def _write_metrics(self) -> None:
+        if not self.dist.is_main:
+            return
         try:
             if self.rows:
                 atomic_write(self.reports / "metrics.parquet", lambda f: self.metrics().to_parquet(f, index=False))
@@ -450,21 +525,38 @@ class Trainer:
                 "the files there are the previous complete versions. Free disk space and resume",
             ) from err
 
-    def _save(self, elapsed: float, final: bool) -> Path:
+    def _save(self, elapsed: float) -> Path:
+        """Rank 0 writes metrics then the checkpoint (with every rank's RNG state); all ranks wait for it."""
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        rng = {"cpu": torch.get_rng_state(), "cuda": cuda_rng}
+        rng_ranks = distributed.all_gather_object(rng)
+        path = self.checkpoints / f"ckpt_{self.step:07d}.pt"
+        if not self.dist.is_main:
+            distributed.barrier()
+            return path
         extra = {
             "tokens": self.tokens,
             "elapsed_s": elapsed,
             "sampler": self.sampler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "rng_cpu": rng["cpu"],
+            "rng_cuda": rng["cuda"],
+            "rng_ranks": rng_ranks,
+            "world_size": self.dist.world_size,
             "run_name": self.run_name,
             "dataset": self.dataset,
         }
+        try:
+            self._save_files(path, extra)
+        finally:
+            distributed.barrier()
+        return path
+
+    def _save_files(self, path: Path, extra: dict) -> None:
         # metrics first: a kill between the two writes leaves metrics ahead of the latest
         # checkpoint (resume drops those rows and redoes the steps), never behind it
         self._write_metrics()
-        path = save_checkpoint(
-            self.checkpoints / f"ckpt_{self.step:07d}.pt",
+        save_checkpoint(
+            path,
             self.model,
             train_config=self.train_config,
             optimizer=self.optimizer,
@@ -473,13 +565,13 @@ class Trainer:
         )
         for old in list_checkpoints(self.checkpoints)[: -self.train_config.keep_checkpoints]:
             old.unlink(missing_ok=True)
-        return path
 
     def _run_info(self) -> dict[str, Any]:
         return {
             "run_name": self.run_name,
             "dataset": self.dataset,
             "device": str(self.device),
+            "world_size": self.dist.world_size,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "torch": str(torch.__version__),
@@ -542,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", required=True, help="names data/checkpoints/<run>/ and reports/<run>/")
     parser.add_argument("--dataset", default="machado", help="a prepared dataset under data/processed/")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run's checkpoints and metrics first")
     parser.add_argument("--config", type=Path, help="a YAML file of field: value overrides")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field (repeatable)"
@@ -579,15 +672,37 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
-        result = trainer.fit(resume=args.resume, stop_after_steps=args.stop_after_steps)
+        result = trainer.fit(resume=args.resume, overwrite=args.overwrite, stop_after_steps=args.stop_after_steps)
     except (ValueError, OSError, CheckpointError, CorpusError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(
-        f"{result.run_name}: {result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s / 60:.1f} min; "
-        f"val {result.val_loss:.4f} nats = {result.val_bpb:.4f} bits/byte; checkpoint {result.checkpoint}"
-    )
+    finally:
+        distributed.cleanup()
+    if trainer.dist.is_main:
+        print(
+            f"{result.run_name}: {result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s / 60:.1f} min "
+            f"on {trainer.dist.world_size} process(es); val {result.val_loss:.4f} nats = {result.val_bpb:.4f} "
+            f"bits/byte; checkpoint {result.checkpoint}"
+        )
     return 0
+
+
+def result_from_files(run_name: str) -> TrainResult:
+    """A finished run's TrainResult, read back from its metrics and checkpoints (e.g. after torchrun)."""
+    metrics = pd.read_parquet(run_reports_dir(run_name) / "metrics.parquet")
+    last = metrics.iloc[-1]
+    evaluated = metrics.dropna(subset=["val_loss"])
+    val_loss = float(evaluated["val_loss"].iloc[-1]) if len(evaluated) else math.nan
+    return TrainResult(
+        run_name,
+        int(last["step"]),
+        int(last["tokens"]),
+        float(last["elapsed_s"]),
+        val_loss,
+        val_loss / LN2,
+        latest_checkpoint(run_name),
+        metrics,
+    )
 
 
 if __name__ == "__main__":
