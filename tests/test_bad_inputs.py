@@ -21,7 +21,11 @@ from .test_notebooks import run_notebook
 CONFIGS = [
     ("n_embd=0", lambda: ModelConfig(n_embd=0), "n_embd: must be a positive integer"),
     ("n_layers=-2", lambda: ModelConfig(n_layers=-2), "n_layers: must be a positive integer"),
-    ("n_embd not divisible by n_heads", lambda: ModelConfig(n_embd=30, n_heads=4), "n_embd: must be divisible by n_heads=4"),
+    (
+        "n_embd not divisible by n_heads",
+        lambda: ModelConfig(n_embd=30, n_heads=4),
+        "n_embd: must be divisible by n_heads=4",
+    ),
     ("top_k > n_experts", lambda: ModelConfig(n_experts=4, top_k=5), r"top_k: must be an integer in 1\.\.n_experts=4"),
     ("negative n_experts", lambda: ModelConfig(n_experts=-1), "n_experts: must be an integer >= 0"),
     ("dense without feed-forward", lambda: ModelConfig(n_experts=0), "n_common_experts: must be >= 1 when n_experts=0"),
@@ -38,7 +42,11 @@ CONFIGS = [
     ("max_minutes=0", lambda: TrainConfig(max_minutes=0), "max_minutes: must be > 0"),
     ("unknown batch_keep", lambda: TrainConfig(batch_keep="bytes"), "batch_keep: must be one of sequences, tokens"),
     ("unknown precision", lambda: TrainConfig(precision="fp16"), "precision: must be one of auto, fp32, bf16"),
-    ("warmup fraction > 1", lambda: TrainConfig(window_warmup_fraction=1.5), r"window_warmup_fraction: must be in \[0, 1\]"),
+    (
+        "warmup fraction > 1",
+        lambda: TrainConfig(window_warmup_fraction=1.5),
+        r"window_warmup_fraction: must be in \[0, 1\]",
+    ),
     ("unknown field", lambda: TrainConfig.from_dict({"learning_rat": 0.1}), "unknown TrainConfig field.*learning_rat"),
     ("unknown preset", lambda: preset("huge"), "preset: unknown name 'huge'; choose one of seed, cpu, long, tiny"),
 ]
@@ -82,7 +90,9 @@ def test_split_with_no_works(tmp_path):
 def test_non_utf8_corpus_file_under_strict_policy(tmp_path):
     (tmp_path / "conto").mkdir()
     (tmp_path / "conto" / "latin1.txt").write_bytes("Não há".encode("latin-1"))
-    with pytest.raises(CorpusError, match=r"latin1\.txt: 2 invalid UTF-8 sequence.*first at byte offset 1 \(e3\).*decode_errors"):
+    with pytest.raises(
+        CorpusError, match=r"latin1\.txt: 2 invalid UTF-8 sequence.*first at byte offset 1 \(e3\).*decode_errors"
+    ):
         load_works(tmp_path, decode_errors="strict", progress=False)
 
 

@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-import torch
 
 from moelab import Transformer
 from moelab.bench import CONFIGS, _step_memory, main, matmul_params_per_token, paired_ratio, train_flops_per_token
@@ -38,7 +37,22 @@ def test_training_step_memory_covers_gradients_and_adam_state():
 
 
 def test_short_benchmark_run_writes_its_table(tmp_path, capsys):
-    main(["--configs", "A", "--repeats", "1", "--steps", "1", "--new-tokens", "3", "--skip", "memory", "--out", str(tmp_path)])
+    main(
+        [
+            "--configs",
+            "A",
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--new-tokens",
+            "3",
+            "--skip",
+            "memory",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     table = pd.read_csv(tmp_path / "bench.csv")
     measures = set(table["measure"])
     for expected in (

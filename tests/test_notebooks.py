@@ -124,6 +124,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
     for name in ("01_data_prep", "02_train", "03_expert_utilization", "04_sampling"):
         assert (run / f"{name}.html").is_file() and f'href="{name}.html"' in page
     assert "figures/expert_load.png" in page and "bits per byte" in page
+    assert "Pipeline (make run): 01_data_prep" in page  # stage times from pipeline.json
     assert "# moelab run `nb-tiny`" in (run / "README.md").read_text()
 
     # unchanged inputs: every stage is skipped; a parameter only notebook 04 takes re-runs only 04

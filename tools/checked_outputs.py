@@ -44,11 +44,15 @@ def main() -> int:
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         metadata = dict(nb.metadata)  # kept as committed (execution adds widget state, versions)
-        NotebookClient(nb, kernel_name="moelab", timeout=900, resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, kernel_name="moelab", timeout=900, resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
         keep_checked_outputs(nb)
         nb.metadata = nbformat.from_dict(metadata)
         nbformat.write(nb, path)
-        print(f"{path.name}: kept the outputs of {sum(TAG in c.metadata.get('tags', []) for c in nb.cells)} checked cell(s)")
+        print(
+            f"{path.name}: kept the outputs of {sum(TAG in c.metadata.get('tags', []) for c in nb.cells)} checked cell(s)"
+        )
     return 0
 
 

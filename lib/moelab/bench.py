@@ -290,7 +290,12 @@ def _reset_peak_rss() -> None:
 
 
 def bench_generation(
-    bench: BenchConfig, device: torch.device, windows: list[int], batches: list[int], repeats: int, new_tokens: int | None
+    bench: BenchConfig,
+    device: torch.device,
+    windows: list[int],
+    batches: list[int],
+    repeats: int,
+    new_tokens: int | None,
 ) -> list[dict]:
     """Greedy generation from a 16-byte prompt up to the window, with and without the KV cache.
 

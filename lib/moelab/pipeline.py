@@ -26,6 +26,7 @@ from typing import Any
 
 from .notebook import resolve_profile
 from .paths import atomic_write, project_root, reports_dir
+from .report import duration, write_report
 
 STAGES = ("01_data_prep", "02_train", "03_expert_utilization", "04_sampling")
 KERNEL = "moelab"
@@ -134,10 +135,8 @@ def run_pipeline(
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         _save_state(state_path, state)
-        log(f"{stage}: done in {_duration(seconds)}")
+        log(f"{stage}: done in {duration(seconds)}")
         results.append(StageResult(stage, "ran", seconds, output))
-
-    from .report import write_report
 
     index = write_report(folder)
     log(f"report: {index}")
@@ -149,12 +148,10 @@ def _save_state(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moelab.pipeline", description="Run the four notebooks and the report.")
+    parser = argparse.ArgumentParser(
+        prog="python -m moelab.pipeline", description="Run the four notebooks and the report."
+    )
     parser.add_argument("run", nargs="?", default="default", help="run name: reports/<run>/ (default: default)")
     parser.add_argument("-f", "--parameters", type=Path, help="a YAML file of notebook parameters (papermill -f)")
     parser.add_argument("--force", action="store_true", help="re-run every stage, up to date or not")
@@ -174,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     total = sum(r.seconds for r in results)
-    print("stages: " + ", ".join(f"{r.stage} {r.status}" + (f" {_duration(r.seconds)}" if r.status == "ran" else "") for r in results))
-    print(f"total {_duration(total)}")
+    print(
+        "stages: "
+        + ", ".join(f"{r.stage} {r.status}" + (f" {duration(r.seconds)}" if r.status == "ran" else "") for r in results)
+    )
+    print(f"total {duration(total)}")
     return 0
 
 

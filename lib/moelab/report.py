@@ -61,6 +61,9 @@ def summary(folder: Path) -> dict:
             tokens_per_s=float(last["tokens"] / max(last["elapsed_s"], 1e-9)),
             val_bpb=float(evaluated["val_bpb"].iloc[-1]) if len(evaluated) else math.nan,
         )
+    if (folder / "pipeline.json").is_file():  # stage times recorded by moelab.pipeline (make run)
+        stages = json.loads((folder / "pipeline.json").read_text())
+        facts["stages"] = {name: info["seconds"] for name, info in stages.items() if "seconds" in info}
     if (folder / "comparison.csv").is_file():
         facts["comparison"] = pd.read_csv(folder / "comparison.csv", index_col=0)
     if (folder / "balance.parquet").is_file():
@@ -86,7 +89,14 @@ def _headline(facts: dict) -> list[str]:
             f"Training: {facts['steps']:,} steps, {facts['tokens'] / 1e6:.2f} M tokens in {facts['minutes']:.1f} min "
             f"({facts['tokens_per_s']:,.0f} tokens/s); validation {facts['val_bpb']:.3f} bits per byte."
         )
+    if facts.get("stages"):
+        times = " · ".join(f"{name} {duration(seconds)}" for name, seconds in facts["stages"].items())
+        lines.append(f"Pipeline (make run): {times}; total {duration(sum(facts['stages'].values()))}.")
     return lines
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def write_report(folder: str | Path) -> Path:
@@ -107,6 +117,16 @@ def write_report(folder: str | Path) -> Path:
         md += ["## A sample", "", "```text", facts["sample"], "```", "", "More in [samples.md](samples.md).", ""]
     for name, caption in figures:
         md += [f"## {caption}", "", f"![{caption}](figures/{name})", ""]
+    bench = (folder / "benchmarks" / "bench.png").is_file()  # python -m moelab.bench --out <run>/benchmarks
+    if bench:
+        md += [
+            "## Benchmark",
+            "",
+            "![benchmark](benchmarks/bench.png)",
+            "",
+            "Table: [bench.md](benchmarks/bench.md).",
+            "",
+        ]
     (folder / "README.md").write_text("\n".join(md), encoding="utf-8")
 
     body = [f"<h1>moelab run <code>{html.escape(facts['run'])}</code></h1>"]
@@ -115,15 +135,21 @@ def write_report(folder: str | Path) -> Path:
     for name, table in tables.items():
         body.append(f"<h2>{name.capitalize()}</h2>" + table.round(3).to_html())
     if facts.get("sample"):
-        body.append(f"<h2>A sample</h2><pre>{html.escape(facts['sample'])}</pre><p><a href='samples.md'>more samples</a></p>")
+        body.append(
+            f"<h2>A sample</h2><pre>{html.escape(facts['sample'])}</pre><p><a href='samples.md'>more samples</a></p>"
+        )
     for name, caption in figures:
         body.append(f"<h2>{html.escape(caption)}</h2><img src='figures/{name}' style='max-width:100%'>")
+    if bench:
+        body.append(
+            "<h2>Benchmark</h2><img src='benchmarks/bench.png' style='max-width:100%'>"
+            "<p>Table: <a href='benchmarks/bench.md'>bench.md</a>, <a href='benchmarks/bench.csv'>bench.csv</a></p>"
+        )
     page = (
         "<!doctype html><meta charset='utf-8'><title>moelab run</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-        "pre{white-space:pre-wrap}</style>"
-        + "\n".join(body)
+        "pre{white-space:pre-wrap}</style>" + "\n".join(body)
     )
     index = folder / "index.html"
     index.write_text(page, encoding="utf-8")

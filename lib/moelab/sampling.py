@@ -164,15 +164,24 @@ def list_runs(root: str | os.PathLike | None = None) -> list[str]:
     """Runs that have at least one checkpoint under data/checkpoints/, newest first."""
     root = Path(root) if root is not None else data_dir() / "checkpoints"
     runs = [p for p in root.glob("*") if p.is_dir() and any(p.glob("ckpt_*.pt"))]
-    return [p.name for p in sorted(runs, key=lambda p: max(f.stat().st_mtime for f in p.glob("ckpt_*.pt")), reverse=True)]
+    return [
+        p.name for p in sorted(runs, key=lambda p: max(f.stat().st_mtime for f in p.glob("ckpt_*.pt")), reverse=True)
+    ]
 
 
-def samples_markdown(run_name: str, checkpoint: str, results: list[tuple[str, SampleSettings, list[str], Prompt]]) -> str:
+def samples_markdown(
+    run_name: str, checkpoint: str, results: list[tuple[str, SampleSettings, list[str], Prompt]]
+) -> str:
     """A readable report of samples: one section per prompt with the settings used."""
     lines = [f"# Samples from `{run_name}`", "", f"Checkpoint: `{checkpoint}`", ""]
     for prompt_text, settings, texts, prompt in results:
         shown = prompt_text.replace("\n", "⏎") or "(empty)"
-        lines += [f"## Prompt: “{shown}”", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in asdict(settings).items()), ""]
+        lines += [
+            f"## Prompt: “{shown}”",
+            "",
+            "Settings: " + ", ".join(f"{k}={v}" for k, v in asdict(settings).items()),
+            "",
+        ]
         lines += [f"_{note}_" for note in prompt.notes] + ([""] if prompt.notes else [])
         for i, text in enumerate(texts, start=1):
             lines += [f"**Sample {i}**", "", "```text", (prompt_text or prompt.text) + text, "```", ""]

@@ -69,7 +69,9 @@ class WindowSampler:
         if len(self.data) <= window + 1:
             raise ValueError(f"the training split has {len(self.data)} bytes, fewer than a window of {window} + 1")
         if sequences % self.world_size:
-            raise ValueError(f"a batch of {sequences} sequences cannot be split evenly over {self.world_size} processes")
+            raise ValueError(
+                f"a batch of {sequences} sequences cannot be split evenly over {self.world_size} processes"
+            )
         starts = torch.randint(0, len(self.data) - window - 1, (sequences,), generator=self.generator)
         share = sequences // self.world_size
         starts = starts[self.rank * share : (self.rank + 1) * share]
@@ -361,7 +363,9 @@ class Trainer:
                     record = log_now and last_micro
                     forward = self.routing_model if record else self.step_model
                     # DDP averages gradients over ranks once, after the last micro-batch
-                    sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.step_model.no_sync()
+                    sync = (
+                        contextlib.nullcontext() if last_micro or not self.dist.enabled else self.step_model.no_sync()
+                    )
                     with sync:
                         with autocast(self.precision, self.device):
                             out = forward(x.to(self.device), y.to(self.device), record_routing=record)
@@ -451,7 +455,9 @@ class Trainer:
         """Every batch of the window schedule must split evenly over the ranks."""
         world = self.dist.world_size
         cfg = self.train_config
-        uneven = [w for w in self.windows.windows if self.windows.batch_sequences(w, cfg.batch_size, cfg.batch_keep) % world]
+        uneven = [
+            w for w in self.windows.windows if self.windows.batch_sequences(w, cfg.batch_size, cfg.batch_keep) % world
+        ]
         if uneven:
             raise ValueError(
                 f"batch_size: with {world} processes every batch must split evenly, but at window(s) {uneven} "
