@@ -11,6 +11,7 @@ model can weight and log them.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -108,50 +109,128 @@ class ExpertMLP(torch.autograd.Function):
 
     Autograd through per-expert slices of stacked weights would build every weight
     gradient from slices (a zero-filled or stacked full-size copy per layer); here each
-    expert's gradient is written in place into one (n, ·, ·) tensor.
+    expert's gradient is written in place into one (n, ·, ·) tensor. Two kernels compute
+    the same thing: a loop of one matmul per expert, or ``torch.nn.functional.grouped_mm``
+    (one call for all experts; see :func:`use_grouped_mm`).
     """
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, counts):
-        pre = x.new_empty(x.shape[0], w1.shape[-1])
-        act = torch.empty_like(pre)
-        out = x.new_empty(x.shape[0], w2.shape[-1])
+        grouped = use_grouped_mm(x)
         with torch.autocast(x.device.type, enabled=False):
-            for e, rows in _slices(counts):
-                if b1 is None:
-                    torch.mm(x[rows], w1[e], out=pre[rows])
-                else:
-                    torch.addmm(b1[e], x[rows], w1[e], out=pre[rows])
-                act[rows] = F.gelu(pre[rows])
-                if b2 is None:
-                    torch.mm(act[rows], w2[e], out=out[rows])
-                else:
-                    torch.addmm(b2[e], act[rows], w2[e], out=out[rows])
+            try:
+                pre, act, out = (_grouped_forward if grouped else _loop_forward)(x, w1, b1, w2, b2, counts)
+            except RuntimeError as err:
+                if not grouped or GROUPED_MM is not None:
+                    raise
+                # automatic choice only: a GPU or shape grouped_mm refuses (its kernels have layout
+                # limits that differ by GPU) falls back to the loop for the rest of the process
+                _GROUPED_REFUSED.add(x.device.type)
+                warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=2)
+                grouped = False
+                pre, act, out = _loop_forward(x, w1, b1, w2, b2, counts)
         ctx.save_for_backward(x, w1, w2, pre, act)
-        ctx.counts, ctx.has_bias = counts, (b1 is not None, b2 is not None)
+        ctx.counts, ctx.has_bias, ctx.grouped = counts, (b1 is not None, b2 is not None), grouped
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, w1, w2, pre, act = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        grad_x = torch.empty_like(x)
-        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]) if ctx.has_bias[0] else None
-        grad_b2 = x.new_zeros(w2.shape[0], w2.shape[-1]) if ctx.has_bias[1] else None
         with torch.autocast(x.device.type, enabled=False):
-            for e, rows in _slices(ctx.counts):
-                g = grad_out[rows]
-                torch.mm(act[rows].t(), g, out=grad_w2[e])
-                g_pre = torch.ops.aten.gelu_backward(g @ w2[e].t(), pre[rows])
-                torch.mm(x[rows].t(), g_pre, out=grad_w1[e])
-                torch.mm(g_pre, w1[e].t(), out=grad_x[rows])
-                if grad_b2 is not None:
-                    torch.sum(g, 0, out=grad_b2[e])
-                if grad_b1 is not None:
-                    torch.sum(g_pre, 0, out=grad_b1[e])
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None
+            backward = _grouped_backward if ctx.grouped else _loop_backward
+            grads = backward(grad_out.contiguous(), x, w1, w2, pre, act, ctx.counts, ctx.has_bias)
+        return (*grads, None)
+
+
+# Which kernel ExpertMLP uses: None = automatic (grouped_mm on CUDA in bf16), True / False to force.
+GROUPED_MM: bool | None = None
+
+
+_GROUPED_REFUSED: set[str] = set()
+
+
+def use_grouped_mm(x: Tensor) -> bool:
+    if GROUPED_MM is not None:
+        return GROUPED_MM
+    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm") and "cuda" not in _GROUPED_REFUSED
+
+
+def _loop_forward(x, w1, b1, w2, b2, counts):
+    pre = x.new_empty(x.shape[0], w1.shape[-1])
+    act = torch.empty_like(pre)
+    out = x.new_empty(x.shape[0], w2.shape[-1])
+    for e, rows in _slices(counts):
+        if b1 is None:
+            torch.mm(x[rows], w1[e], out=pre[rows])
+        else:
+            torch.addmm(b1[e], x[rows], w1[e], out=pre[rows])
+        act[rows] = F.gelu(pre[rows])
+        if b2 is None:
+            torch.mm(act[rows], w2[e], out=out[rows])
+        else:
+            torch.addmm(b2[e], act[rows], w2[e], out=out[rows])
+    return pre, act, out
+
+
+def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias):
+    grad_x = torch.empty_like(x)
+    grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+    grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]) if has_bias[0] else None
+    grad_b2 = x.new_zeros(w2.shape[0], w2.shape[-1]) if has_bias[1] else None
+    for e, rows in _slices(counts):
+        g = grad_out[rows]
+        torch.mm(act[rows].t(), g, out=grad_w2[e])
+        g_pre = torch.ops.aten.gelu_backward(g @ w2[e].t(), pre[rows])
+        torch.mm(x[rows].t(), g_pre, out=grad_w1[e])
+        torch.mm(g_pre, w1[e].t(), out=grad_x[rows])
+        if grad_b2 is not None:
+            torch.sum(g, 0, out=grad_b2[e])
+        if grad_b1 is not None:
+            torch.sum(g_pre, 0, out=grad_b1[e])
+    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def _group_layout(counts, device):
+    """grouped_mm's offsets (the end row of each expert) and each row's expert."""
+    sizes = torch.tensor(counts, device=device)
+    offsets = sizes.cumsum(0).to(torch.int32)
+    return offsets, torch.repeat_interleave(torch.arange(len(counts), device=device), sizes)
+
+
+def _pad_rows(t: Tensor, multiple: int = 8) -> Tensor:
+    """Zero rows appended up to a multiple of 8, so a transposed copy has 16-byte-aligned strides
+    (grouped_mm needs them; rows past the last offset are ignored)."""
+    extra = -t.shape[0] % multiple
+    return F.pad(t, (0, 0, 0, extra)) if extra else t
+
+
+def _transposed_rows(t: Tensor) -> Tensor:
+    return _pad_rows(t).t().contiguous()
+
+
+def _grouped_forward(x, w1, b1, w2, b2, counts):
+    offsets, row_expert = _group_layout(counts, x.device)
+    pre = F.grouped_mm(x, w1, offs=offsets)
+    if b1 is not None:
+        pre += b1[row_expert]
+    act = F.gelu(pre)
+    out = F.grouped_mm(act, w2, offs=offsets)
+    if b2 is not None:
+        out += b2[row_expert]
+    return pre, act, out
+
+
+def _grouped_backward(grad_out, x, w1, w2, pre, act, counts, has_bias):
+    offsets, row_expert = _group_layout(counts, x.device)
+    g_pre = torch.ops.aten.gelu_backward(F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets), pre)
+    # weight gradients: (n, ·, ·) from row-partitioned 2D operands; zeros for an expert without rows
+    grad_w2 = F.grouped_mm(_transposed_rows(act), _pad_rows(grad_out), offs=offsets)
+    grad_w1 = F.grouped_mm(_transposed_rows(x), _pad_rows(g_pre), offs=offsets)
+    grad_x = F.grouped_mm(g_pre, w1.transpose(1, 2).contiguous(), offs=offsets)
+    grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]).index_add_(0, row_expert, g_pre) if has_bias[0] else None
+    grad_b2 = x.new_zeros(w2.shape[0], w2.shape[-1]).index_add_(0, row_expert, grad_out) if has_bias[1] else None
+    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 
 def _slices(counts: tuple[int, ...]):
