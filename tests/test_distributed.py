@@ -160,3 +160,14 @@ def test_notebook_02_trains_with_two_processes(tmp_path, monkeypatch):
     metrics = pd.read_parquet(run / "metrics.parquet")
     assert metrics["step"].max() == 30 and metrics["val_bpb"].notna().sum() == 3
     assert (run / "figures" / "training_curves.png").is_file()
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(toy_dataset, monkeypatch):
+    import moelab.train as train_module
+    from moelab import preset
+
+    three_ranks = train_module.distributed.DistInfo(rank=0, world_size=3, local_rank=0)
+    monkeypatch.setattr(train_module.distributed, "setup", lambda device: (three_ranks, device))
+    p = preset("tiny")  # batches of 8 sequences
+    with pytest.raises(ValueError, match=r"batch_size: with 3 processes .* \[8\] sequences"):
+        train_module.Trainer(p.model, p.train, "uneven", dataset=toy_dataset)

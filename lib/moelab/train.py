@@ -219,6 +219,7 @@ class Trainer:
         self.checkpoints = checkpoint_dir(run_name)
         self.reports = run_reports_dir(run_name)
         self.precision, self.precision_reason = resolve_precision(train_config.precision, self.device)
+        self._check_world_size()
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
@@ -325,7 +326,6 @@ class Trainer:
             atomic_write(self.reports / "config.json", lambda f: f.write(info))
 
         cfg = self.train_config
-        self._check_world_size()
         model, optimizer = self.model, self.optimizer
         model.train()
         if self.progress and main:
