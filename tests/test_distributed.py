@@ -169,5 +169,5 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(toy_datase
     three_ranks = train_module.distributed.DistInfo(rank=0, world_size=3, local_rank=0)
     monkeypatch.setattr(train_module.distributed, "setup", lambda device: (three_ranks, device))
     p = preset("tiny")  # batches of 8 sequences
-    with pytest.raises(ValueError, match=r"batch_size: with 3 processes .* \[8\] sequences"):
+    with pytest.raises(ValueError, match=r"batch_size: with 3 processes .* the batch has \[8, 8, 8\] sequences"):
         train_module.Trainer(p.model, p.train, "uneven", dataset=toy_dataset)
