@@ -254,7 +254,6 @@ def bench_memory(bench: BenchConfig, device: torch.device, precisions: list[str]
 
 def _step_memory(config_name: str, kind: str, precision: str, device_name: str) -> int:
     """Bytes a training step adds at its peak (gradients, optimizer state, activations)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     device = torch.device(device_name)
     bench = CONFIGS[config_name]
     model = build(kind, bench, device)

@@ -149,7 +149,7 @@ def launch(
         args = ["--preset", preset, "--run-name", run_name, "--dataset", dataset, "--config", str(config_file)]
         args += {"error": [], "resume": ["--resume"], "overwrite": ["--overwrite"]}[if_exists] + list(extra_args or [])
         command = torchrun_command(nproc, args)
-        echo("$ " + " ".join(command[1:3] + ["--standalone", f"--nproc_per_node={nproc}"] + command[7:]) + "\n")
+        echo("$ torchrun " + " ".join(command[3:]) + "\n")  # the equivalent command line
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
         while chunk := process.stdout.read1(4096):
