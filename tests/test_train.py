@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from moelab import Transformer, load_model, preset
+from moelab.optim import no_decay
 from moelab.train import (
     Trainer,
     TrainingDiverged,
@@ -12,7 +13,6 @@ from moelab.train import (
     build_configs,
     latest_checkpoint,
     main,
-    no_decay,
     parse_value,
 )
 

@@ -20,7 +20,7 @@ import seaborn as sns
 import torch
 
 from .data import char_class
-from .model import Transformer
+from .model import Transformer, eval_mode
 
 BYTE_CLASSES = ("lowercase", "uppercase", "multi-byte (UTF-8)", "digit", "space", "punctuation", "newline", "other")  # "other": controls, symbols
 
@@ -71,16 +71,14 @@ def collect_routing(
     if windows.ndim != 2 or windows.shape[1] > model.config.context_window:
         raise ValueError(f"windows must be (n, length <= {model.config.context_window}), got {windows.shape}")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     parts: dict[str, list[np.ndarray]] = {"experts": [], "weights": [], "probs": [], "dropped": []}
-    for i in range(0, len(windows), batch_size):
-        x = torch.tensor(windows[i : i + batch_size], dtype=torch.long, device=device)
-        records = model(x, record_routing=True).routing
-        for name in parts:
-            stacked = torch.stack([getattr(r, name) for r in records]).flatten(1, 2)  # (L, B·T, ·)
-            parts[name].append((stacked.float() if stacked.is_floating_point() else stacked).cpu().numpy())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(windows), batch_size):
+            x = torch.tensor(windows[i : i + batch_size], dtype=torch.long, device=device)
+            records = model(x, record_routing=True).routing
+            for name in parts:
+                stacked = torch.stack([getattr(r, name) for r in records]).flatten(1, 2)  # (L, B·T, ·)
+                parts[name].append((stacked.float() if stacked.is_floating_point() else stacked).cpu().numpy())
     token_labels = None if labels is None else np.repeat(np.asarray(labels), windows.shape[1])
     return Routing(
         bytes=windows.reshape(-1),

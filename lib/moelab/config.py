@@ -330,6 +330,12 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
+def config_diff(old: ModelConfig | TrainConfig, new: ModelConfig | TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ between two configs of one kind: {field: (old, new)}."""
+    before, after = old.to_dict(), new.to_dict()
+    return {k: (before.get(k), after.get(k)) for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .paths import atomic_write, data_dir
+from .paths import atomic_write, data_dir, sha256_file
 
 MACHADO_REPO = "luxedo/dataset-machado-de-assis"
 MACHADO_COMMIT = "a13ca4a72f268f46db64804a67930d4c0f6db8e7"
@@ -62,14 +62,6 @@ def machado_manifest() -> pd.DataFrame:
 
 def manifest_sha256(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(manifest.to_csv(index=False).encode()).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

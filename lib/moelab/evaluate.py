@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_model
 from .data import clean_text
-from .model import Transformer
+from .model import Transformer, eval_mode
 
 LN2 = math.log(2.0)
 START = b"\n"  # the context of the first byte
@@ -67,21 +67,19 @@ def score_bytes(model: Transformer, data: bytes, stride: int | None = None, batc
             break
         begin += stride
 
-    was_training = model.training
-    model.eval()
     total = 0.0
     full = [s for s in spans if s[1] - s[0] == window]
     short = [s for s in spans if s[1] - s[0] != window]
-    for group in [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in short]:
-        x = torch.stack([sequence[b:e] for b, e, _ in group]).to(device)
-        y = torch.stack([sequence[b + 1 : e + 1] for b, e, _ in group]).to(device)
-        logits = model(x).logits
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-        positions = torch.arange(x.shape[1], device=device)
-        for row, (b, _, first) in enumerate(group):
-            total += nll[row, positions + b >= first].sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for group in [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in short]:
+            x = torch.stack([sequence[b:e] for b, e, _ in group]).to(device)
+            y = torch.stack([sequence[b + 1 : e + 1] for b, e, _ in group]).to(device)
+            logits = model(x).logits
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+            positions = torch.arange(x.shape[1], device=device)
+            for row, (b, _, first) in enumerate(group):
+                total += nll[row, positions + b >= first].sum().item()
     return EvalResult(n_targets, total, stride, window)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,17 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .moe import MoE, RoutingRecord
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run a block of code with ``module`` in eval mode, then restore its training flag."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
 
 # ---------------------------------------------------------------------------- positions
 
@@ -312,9 +324,7 @@ class Transformer(nn.Module):
             generator.manual_seed(seed)
 
         window = self.config.context_window
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             seq = idx
             cache: KVCache | None = None
             for _ in range(max_new_tokens):
@@ -331,8 +341,6 @@ class Transformer(nn.Module):
                 seq = torch.cat([seq, next_tokens.unsqueeze(1)], dim=1)
                 routing = [_last_position(r) for r in out.routing] if record_routing else None
                 yield GenerationStep(next_tokens, routing)
-        finally:
-            self.train(was_training)
 
     def generate(
         self,

@@ -21,6 +21,15 @@ from torch import Tensor, nn
 from .config import ModelConfig
 
 
+def expert_load(expert_indices: Tensor, n_experts: int) -> Tensor:
+    """Share of routed token slots each expert receives, shape (n_experts,), summing to 1.
+
+    expert_indices: chosen expert ids of any shape (tokens × top_k slots).
+    """
+    slots = torch.bincount(expert_indices.reshape(-1), minlength=n_experts).float()
+    return slots / max(expert_indices.numel(), 1)
+
+
 def load_balancing_loss(router_probs: Tensor, expert_indices: Tensor, n_experts: int) -> Tensor:
     """Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4), top-k form as in Mixtral.
 
@@ -31,8 +40,7 @@ def load_balancing_loss(router_probs: Tensor, expert_indices: Tensor, n_experts:
 
     router_probs: (tokens, N) softmax of the router logits; expert_indices: (tokens, k).
     """
-    slots = torch.bincount(expert_indices.reshape(-1), minlength=n_experts).to(router_probs.dtype)
-    fraction = slots / expert_indices.numel()
+    fraction = expert_load(expert_indices, n_experts).to(router_probs.dtype)
     mean_prob = router_probs.mean(dim=0)
     return n_experts * torch.sum(fraction * mean_prob)
 

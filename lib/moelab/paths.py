@@ -8,6 +8,7 @@ variables override each place: MOELAB_DATA_DIR, MOELAB_REPORTS_DIR.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -42,6 +43,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; give the file the mode any file the user writes gets (0666 & ~umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -56,3 +59,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     finally:
         os.close(dir_fd)
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_run_name(name: str, what: str = "run_name") -> str:
+    """A run name is a plain folder name (it names data/checkpoints/<run>/ and reports/<run>/)."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(
+            f"{what} must be a plain folder name (no '/', not starting with '.'), got {name!r}; "
+            "for example 'default' or 'cpu-seed2'"
+        )
+    return name

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .notebook import resolve_profile
-from .paths import atomic_write, project_root, reports_dir
+from .paths import atomic_write, check_run_name, project_root, reports_dir, sha256_file
 from .report import duration, write_report
 
 STAGES = ("01_data_prep", "02_train", "03_expert_utilization", "04_sampling")
@@ -79,8 +79,7 @@ def run_pipeline(
 ) -> list[StageResult]:
     import papermill
 
-    if not run or "/" in run or run.startswith("."):
-        raise ValueError(f"run must be a plain folder name, got {run!r}")
+    check_run_name(run, "run")
     params = params or {}
     notebooks = Path(notebooks_dir) if notebooks_dir is not None else project_root() / "notebooks"
     folder = run_folder(run)
@@ -102,7 +101,7 @@ def run_pipeline(
         values = stage_parameters(stage, run, {k: v for k, v in params.items() if k in declared[stage]})
         fingerprint = hashlib.sha256(
             json.dumps(
-                [previous, hashlib.sha256(source.read_bytes()).hexdigest(), values, code, profile],
+                [previous, sha256_file(source), values, code, profile],
                 sort_keys=True,
                 default=str,
             ).encode()

@@ -33,10 +33,12 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ModelConfig, TrainConfig, preset
+from .config import ModelConfig, TrainConfig, config_diff, preset
 from .data import CorpusError, load_split
-from .model import Transformer
-from .paths import atomic_write, data_dir, reports_dir
+from .model import Transformer, eval_mode
+from .moe import expert_load
+from .optim import make_optimizer
+from .paths import atomic_write, check_run_name, data_dir, reports_dir
 from .precision import autocast, resolve_precision
 from .schedule import Budget, LRSchedule, WindowSchedule
 
@@ -108,34 +110,14 @@ def mean_loss(model: Transformer, x: torch.Tensor, y: torch.Tensor, batch_size: 
     """
     info = distributed.from_env() if torch.distributed.is_initialized() else distributed.DistInfo()
     x, y = x[info.rank :: info.world_size], y[info.rank :: info.world_size]
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        total += model(xb, yb).ce_loss.item() * yb.numel()
-        count += yb.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+            total += model(xb, yb).ce_loss.item() * yb.numel()
+            count += yb.numel()
     total, count = distributed.all_reduce(torch.tensor([total, count])).tolist()
     return total / count
-
-
-# ============================================================================ optimizer
-
-
-def no_decay(name: str) -> bool:
-    """Biases and LayerNorm gains are not decayed; weight matrices (and embeddings) are."""
-    return name.endswith(("bias", ".b1", ".b2")) or ".ln" in f".{name}" or name.startswith("ln_f")
-
-
-def make_optimizer(model: Transformer, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if not no_decay(n)]
-    keep = [p for n, p in model.named_parameters() if no_decay(n)]
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    try:  # the fused kernel is one op for all parameters (CPU and CUDA)
-        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas)
 
 
 # ============================================================================ files
@@ -202,8 +184,7 @@ class Trainer:
     ) -> None:
         model_config.validate()
         train_config.check_against(model_config)
-        if not run_name or "/" in run_name or run_name.startswith("."):
-            raise ValueError(f"run_name must be a plain folder name, got {run_name!r}")
+        check_run_name(run_name)
         self.model_config = model_config
         self.train_config = train_config
         self.run_name = run_name
@@ -265,9 +246,8 @@ class Trainer:
             except CheckpointError as err:
                 warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
                 continue
-            saved = ModelConfig.from_dict(payload["model_config"])
-            if saved != self.model_config:
-                diff = [k for k, v in saved.to_dict().items() if self.model_config.to_dict()[k] != v]
+            diff = config_diff(ModelConfig.from_dict(payload["model_config"]), self.model_config)
+            if diff:
                 raise CheckpointError(f"cannot resume {self.run_name}: the model config differs in {', '.join(diff)}")
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -495,14 +475,11 @@ class Trainer:
         """Per-layer expert load and mean router probability on the first validation windows."""
         if not self.model_config.is_moe:
             return
-        was_training = self.model.training
-        self.model.eval()
         n = min(len(self.val_x), self.train_config.batch_size)
-        out = self.model(self.val_x[:n].to(self.device), record_routing=True)
-        self.model.train(was_training)
+        with eval_mode(self.model):
+            out = self.model(self.val_x[:n].to(self.device), record_routing=True)
         for layer, record in enumerate(out.routing):
-            load = torch.bincount(record.experts.flatten(), minlength=self.model_config.n_experts).float()
-            load /= load.sum()
+            load = expert_load(record.experts, self.model_config.n_experts)
             importance = record.probs.reshape(-1, self.model_config.n_experts).mean(0)
             for expert in range(self.model_config.n_experts):
                 self.routing_rows.append(
@@ -591,8 +568,7 @@ def _load_columns(routing, n_experts: int) -> dict[str, float]:
     """Share of routed token slots per expert, per layer: columns load_l{layer}_e{expert}."""
     columns = {}
     for layer, record in enumerate(routing):
-        counts = torch.bincount(record.experts.flatten(), minlength=n_experts).float()
-        for expert, share in enumerate((counts / counts.sum()).tolist()):
+        for expert, share in enumerate(expert_load(record.experts, n_experts).tolist()):
             columns[f"load_l{layer}_e{expert}"] = share
     return columns
 
