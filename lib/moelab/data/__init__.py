@@ -1,0 +1,89 @@
+"""Corpora: fetch, read, clean, catalog, split by work, and encode to byte arrays.
+
+One job per module; every public name is re-exported here, so ``from moelab.data
+import prepare_dataset`` and ``from moelab import data; data.prepare_dataset(...)`` work.
+
+- ``sources``: the Machado manifest, fetching it sha256-verified (``data/raw``, a
+  mirror, or a download), and reading any corpus (Machado, a folder of ``.txt``, a
+  CSV/parquet table) into one row per work under a UTF-8 decoding policy.
+- ``cleaning``: ``clean_text`` and its rules, in order.
+- ``dataset``: the catalog, splits by work, ``prepare_dataset`` writing
+  ``data/processed/<dataset>/`` and ``load_dataset`` / ``load_split`` reading it.
+- ``stats``: text statistics for a byte-level model (UTF-8 profile, character classes).
+"""
+
+from .cleaning import (
+    CLEANING_RULES,
+    CLEANING_VERSION,
+    clean_text,
+    clean_text_with_report,
+    drop_page_numbers,
+    drop_running_headers,
+    join_wrapped_lines,
+    normalize_unicode,
+    normalize_whitespace,
+    rejoin_hyphenated_words,
+)
+from .dataset import (
+    SEPARATOR,
+    SPLITS,
+    PreparedDataset,
+    assign_splits,
+    build_catalog,
+    load_dataset,
+    load_split,
+    prepare_dataset,
+)
+from .sources import (
+    DECODE_POLICIES,
+    MACHADO_BASE_URL,
+    MACHADO_COMMIT,
+    MACHADO_REPO,
+    MIRROR_ENV,
+    CorpusError,
+    FetchReport,
+    decode_bytes,
+    fetch_machado,
+    find_invalid_utf8,
+    load_works,
+    machado_manifest,
+    manifest_sha256,
+)
+from .stats import char_class, character_frequencies, utf8_profile
+
+__all__ = [
+    "CLEANING_RULES",
+    "CLEANING_VERSION",
+    "DECODE_POLICIES",
+    "MACHADO_BASE_URL",
+    "MACHADO_COMMIT",
+    "MACHADO_REPO",
+    "MIRROR_ENV",
+    "SEPARATOR",
+    "SPLITS",
+    "CorpusError",
+    "FetchReport",
+    "PreparedDataset",
+    "assign_splits",
+    "build_catalog",
+    "char_class",
+    "character_frequencies",
+    "clean_text",
+    "clean_text_with_report",
+    "decode_bytes",
+    "drop_page_numbers",
+    "drop_running_headers",
+    "fetch_machado",
+    "find_invalid_utf8",
+    "join_wrapped_lines",
+    "load_dataset",
+    "load_split",
+    "load_works",
+    "machado_manifest",
+    "manifest_sha256",
+    "normalize_unicode",
+    "normalize_whitespace",
+    "prepare_dataset",
+    "rejoin_hyphenated_words",
+    "utf8_profile",
+]

@@ -1,0 +1,345 @@
+"""The prepared dataset: catalog, splits by work, encoding to byte arrays, loading.
+
+Data flow::
+
+    source ──► data/raw/<dataset>/         (sources.py: Machado fetched verified, or a folder / table)
+           ──► data/processed/<dataset>/   train.bin val.bin test.bin (uint8), catalog.parquet, meta.json
+
+Each split file holds whole works, cleaned (cleaning.py), UTF-8 encoded and joined by
+``SEPARATOR``; the catalog gives each work's ``split`` and byte ``offset`` in its file.
+``meta.json`` is written last and carries a fingerprint of the inputs and settings, so
+re-preparing unchanged inputs rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..paths import atomic_write, data_dir
+from .cleaning import CLEANING_VERSION, clean_text_with_report
+from .sources import CorpusError, load_works
+
+SPLITS = ("train", "val", "test")
+SEPARATOR = "\n\n"  # between works in a .bin file
+
+# ============================================================================ catalog and splits
+
+
+def build_catalog(works: pd.DataFrame, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """One row per work with its sizes before and after cleaning; returns (catalog, cleaned texts)."""
+    rows, cleaned_texts = [], []
+    for work in tqdm(list(works.itertuples()), desc="cleaning", unit="work", disable=not progress):
+        cleaned, report = clean_text_with_report(work.text)
+        cleaned_texts.append(cleaned)
+        rows.append(
+            {
+                "category": work.category,
+                "work": work.work,
+                "bytes": work.bytes,
+                "characters": len(work.text),
+                "lines": work.text.count("\n") + (0 if work.text.endswith("\n") or not work.text else 1),
+                "words": len(work.text.split()),
+                "sha256": work.sha256,
+                "decode_issues": work.decode_issues,
+                "cleaned_bytes": len(cleaned.encode("utf-8")),
+                "paragraphs": cleaned.count("\n") + 1 if cleaned else 0,
+                **{f"changed_{name}": count for name, count in report.items()},
+            }
+        )
+    return pd.DataFrame(rows), cleaned_texts
+
+
+
+def assign_splits(
+    catalog: pd.DataFrame,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 1337,
+    size_column: str = "cleaned_bytes",
+    tolerance: float = 0.25,
+) -> pd.Series:
+    """Assign whole works to train/val/test, about the given fractions of bytes.
+
+    Stratified by category: held-out works are drawn from the categories in turn
+    (seeded shuffle), a work is taken only if it keeps the split within
+    ``(1 + tolerance)`` of its byte target, and every category keeps at least one
+    work in train. A split that nothing fits gets the smallest eligible work, so
+    val and test are never empty when there are enough works.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    rng = random.Random(seed)
+    queues = _shuffled_by_category(catalog, rng)
+    categories = sorted(queues)
+    rng.shuffle(categories)
+    sizes = catalog[size_column]
+    total = float(sizes.sum())
+    held_out = _HeldOut(sizes, queues, {"val": val_fraction * total, "test": test_fraction * total}, tolerance)
+    while held_out.hungry() and held_out.take_round(categories):
+        pass
+    held_out.fill_empty(categories)
+    return held_out.split
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < value < 0.5:
+            raise ValueError(f"{name} must be in (0, 0.5), got {value!r}")
+    if val_fraction + test_fraction >= 0.5:
+        raise ValueError("val_fraction + test_fraction must leave most of the corpus for training (< 0.5)")
+
+
+def _shuffled_by_category(catalog: pd.DataFrame, rng: random.Random) -> dict[str, list]:
+    """Each category's catalog rows, in a seeded random order."""
+    queues = {}
+    for category, group in catalog.groupby("category", sort=True):
+        order = list(group.index)
+        rng.shuffle(order)
+        queues[category] = order
+    return queues
+
+
+class _HeldOut:
+    """assign_splits' state: every work's split, and how many bytes val and test hold against their targets."""
+
+    def __init__(self, sizes: pd.Series, queues: dict[str, list], targets: dict[str, float], tolerance: float) -> None:
+        self.sizes, self.queues, self.targets, self.tolerance = sizes, queues, targets, tolerance
+        self.filled = {name: 0.0 for name in targets}
+        self.split = pd.Series("train", index=sizes.index, dtype=object)
+
+    def eligible(self, category: str) -> list:
+        """The category's works still in train, unless taking one would leave it none there."""
+        left_in_train = [i for i in self.queues[category] if self.split[i] == "train"]
+        return left_in_train if len(left_in_train) > 1 else []
+
+    def hungry(self) -> list[str]:
+        """Held-out splits still below their target, less the tolerance."""
+        return [s for s in self.targets if self.filled[s] < self.targets[s] * (1 - self.tolerance)]
+
+    def take(self, index, name: str) -> None:
+        self.split[index] = name
+        self.filled[name] += self.sizes[index]
+
+    def take_round(self, categories: list[str]) -> bool:
+        """Each category in turn gives its next fitting work to the hungriest split; False if none was taken."""
+        progressed = False
+        for category in categories:
+            hungry = self.hungry()
+            if not hungry:
+                break
+            name = max(hungry, key=lambda s: (self.targets[s] - self.filled[s]) / self.targets[s])
+            limit = self.targets[name] * (1 + self.tolerance)
+            fits = [i for i in self.eligible(category) if self.filled[name] + self.sizes[i] <= limit]
+            if fits:
+                self.take(fits[0], name)
+                progressed = True
+        return progressed
+
+    def fill_empty(self, categories: list[str]) -> None:
+        """A held-out split that nothing fitted gets the smallest eligible work."""
+        for name in self.targets:
+            if self.filled[name] == 0:
+                candidates = [i for c in categories for i in self.eligible(c)]
+                if candidates:
+                    self.take(min(candidates, key=lambda i: (self.sizes[i], i)), name)
+
+
+# ============================================================================ the prepared dataset
+
+
+@dataclass
+class PreparedDataset:
+    """A processed dataset on disk: its folder, catalog and meta.json contents."""
+
+    path: Path
+    catalog: pd.DataFrame
+    meta: dict
+    rewritten: bool = field(default=True)
+
+    def cleaned_texts(self) -> pd.Series:
+        """Each work's cleaned text, read back from the split files, indexed by (category, work)."""
+        texts = {}
+        for split in SPLITS:
+            members = self.catalog[self.catalog["split"] == split]
+            if members.empty:
+                continue
+            blob = (self.path / f"{split}.bin").read_bytes()
+            for row in members.itertuples():
+                texts[(row.category, row.work)] = blob[row.offset : row.offset + row.cleaned_bytes].decode("utf-8")
+        return pd.Series(texts, name="text").rename_axis(["category", "work"])
+
+    def split_sizes(self) -> pd.DataFrame:
+        """Bytes and works per split, as a DataFrame."""
+        table = self.catalog.groupby("split").agg(works=("work", "size"), bytes=("cleaned_bytes", "sum"))
+        table = table.reindex(list(SPLITS)).fillna(0).astype(int)
+        table["share"] = table["bytes"] / table["bytes"].sum()
+        return table
+
+def prepare_dataset(
+    source: str | os.PathLike = "machado",
+    dataset: str | None = None,
+    *,
+    data_root: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    split_seed: int = 1337,
+    max_works_per_category: int | None = None,
+    text_column: str = "text",
+    decode_errors: str = "replace",
+    progress: bool = True,
+) -> PreparedDataset:
+    """Fetch/read, clean, catalog, split and encode a corpus into ``data/processed/<dataset>/``.
+
+    ``max_works_per_category`` keeps only the smallest works of each category (quick
+    runs). Re-running with the same inputs and settings rewrites nothing.
+    """
+    root = Path(data_root) if data_root is not None else data_dir()
+    dataset = _dataset_name(source, dataset)
+    raw_dir = root / "raw" / "machado" if str(source) == "machado" else None
+    works, info = load_works(
+        source, mirror=mirror, raw_dir=raw_dir, text_column=text_column, decode_errors=decode_errors, progress=progress
+    )
+    works = _smallest_works(works, max_works_per_category)
+    if works.empty:
+        raise CorpusError(f"the corpus {source!s} has no works to prepare")
+    settings = {
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "split_seed": split_seed,
+        "max_works_per_category": max_works_per_category,
+        "decode_errors": decode_errors,
+        "cleaning_version": CLEANING_VERSION,
+        "separator": SEPARATOR,
+    }
+    fingerprint = _fingerprint(works, settings)
+    out = root / "processed" / dataset
+    existing = _load_if_current(out, fingerprint)
+    if existing is not None:
+        return existing
+
+    catalog, cleaned = build_catalog(works, progress=progress)
+    catalog["split"] = assign_splits(catalog, val_fraction, test_fraction, split_seed)
+    _check_no_split_empty(catalog, source)  # before anything is written: an earlier prepared dataset stays as it was
+    encoded = _encode_splits(catalog, cleaned)
+    meta = {"dataset": dataset, **_meta(catalog, encoded), "source": info, **settings, "fingerprint": fingerprint}
+    _write_dataset(out, catalog, encoded, meta)
+    return PreparedDataset(out, catalog, meta, rewritten=True)
+
+
+def _dataset_name(source: str | os.PathLike, dataset: str | None) -> str:
+    """The dataset's folder name: as given, else "machado" or the source file's or folder's stem."""
+    dataset = dataset or (Path(str(source)).stem if str(source) != "machado" else "machado")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", dataset):
+        raise ValueError(f"dataset must be a simple folder name (letters, digits, . _ -), got {dataset!r}")
+    return dataset
+
+
+def _smallest_works(works: pd.DataFrame, per_category: int | None) -> pd.DataFrame:
+    """Only the ``per_category`` smallest works of each category (all when None)."""
+    if per_category is None:
+        return works
+    return (
+        works.sort_values(["bytes", "work"])
+        .groupby("category", sort=False)
+        .head(per_category)
+        .sort_values(["category", "work"])
+        .reset_index(drop=True)
+    )
+
+
+def _fingerprint(works: pd.DataFrame, settings: dict) -> str:
+    """sha256 of the works' names and contents and of the settings: what a prepared dataset depends on."""
+    inputs = {"works": sorted(zip(works["category"], works["work"], works["sha256"])), **settings}
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+
+
+def _check_no_split_empty(catalog: pd.DataFrame, source: str | os.PathLike) -> None:
+    counts = catalog["split"].value_counts()
+    missing = [s for s in SPLITS if counts.get(s, 0) == 0 or catalog.loc[catalog["split"] == s, "cleaned_bytes"].sum() == 0]
+    if missing:
+        raise CorpusError(
+            f"the corpus {source!s} has {len(catalog)} work(s) with text; the {' and '.join(missing)} split(s) would "
+            "get no text. Splits hold whole works and every category keeps one in train, so give at least three "
+            "non-empty works (e.g. one more in a category that has two)"
+        )
+
+
+def _encode_splits(catalog: pd.DataFrame, cleaned: list[str]) -> dict[str, bytes]:
+    """Each split's works, UTF-8 encoded and joined by SEPARATOR; sets each work's ``offset`` in the catalog."""
+    separator = SEPARATOR.encode()
+    catalog["offset"] = 0
+    encoded = {}
+    for split in SPLITS:
+        members = catalog.index[catalog["split"] == split]
+        blobs = [cleaned[i].encode("utf-8") for i in members]
+        offsets = np.cumsum([0] + [len(b) + len(separator) for b in blobs[:-1]]).tolist() if blobs else []
+        catalog.loc[members, "offset"] = offsets
+        encoded[split] = separator.join(blobs)
+    return encoded
+
+
+def _meta(catalog: pd.DataFrame, encoded: dict[str, bytes]) -> dict:
+    """meta.json's description of the encoding and of each split file."""
+    return {
+        "tokenizer": "bytes (UTF-8)",
+        "vocab_size": 256,
+        "dtype": "uint8",
+        "separator": SEPARATOR,
+        "splits": {
+            s: {"bytes": len(encoded[s]), "works": int((catalog["split"] == s).sum()), "sha256": hashlib.sha256(encoded[s]).hexdigest()}
+            for s in SPLITS
+        },
+    }
+
+
+def _write_dataset(out: Path, catalog: pd.DataFrame, encoded: dict[str, bytes], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        atomic_write(out / f"{split}.bin", lambda f, blob=encoded[split]: f.write(blob))
+    atomic_write(out / "catalog.parquet", lambda f: catalog.to_parquet(f, index=False))
+    meta_json = json.dumps(meta, indent=2, ensure_ascii=False).encode()
+    atomic_write(out / "meta.json", lambda f: f.write(meta_json))  # last: marks completion
+
+
+def _load_if_current(folder: Path, fingerprint: str) -> PreparedDataset | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("fingerprint") != fingerprint:
+            return None
+        for split in SPLITS:
+            if (folder / f"{split}.bin").stat().st_size != meta["splits"][split]["bytes"]:
+                return None
+        return PreparedDataset(folder, pd.read_parquet(folder / "catalog.parquet"), meta, rewritten=False)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_dataset(dataset: str = "machado", data_root: str | os.PathLike | None = None) -> PreparedDataset:
+    """Open a prepared dataset (run notebook 01 or prepare_dataset first)."""
+    folder = (Path(data_root) if data_root is not None else data_dir()) / "processed" / dataset
+    if not (folder / "meta.json").is_file():
+        raise CorpusError(f"no prepared dataset at {folder}; run notebooks/01_data_prep.ipynb or moelab.data.prepare_dataset()")
+    meta = json.loads((folder / "meta.json").read_text())
+    return PreparedDataset(folder, pd.read_parquet(folder / "catalog.parquet"), meta, rewritten=False)
+
+
+def load_split(dataset: str, split: str, data_root: str | os.PathLike | None = None) -> np.memmap:
+    """A split's bytes as a read-only uint8 memory map."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    prepared = load_dataset(dataset, data_root)
+    path = prepared.path / f"{split}.bin"
+    if path.stat().st_size == 0:
+        raise CorpusError(f"{path} is empty: the {split} split has no works; use a larger corpus or other fractions")
+    return np.memmap(path, dtype=np.uint8, mode="r")
+
