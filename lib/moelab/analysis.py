@@ -19,8 +19,10 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from .data import char_class
+from . import moe
+from .data import SEPARATOR, char_class
 from .model import Transformer, eval_mode
+
 
 BYTE_CLASSES = ("lowercase", "uppercase", "multi-byte (UTF-8)", "digit", "space", "punctuation", "newline", "other")  # "other": controls, symbols
 
@@ -101,11 +103,12 @@ def evenly_spaced_windows(data: np.ndarray, length: int, count: int) -> np.ndarr
 def category_windows(texts: pd.Series, length: int, per_category: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows spread evenly over each category's texts, and the category of each window.
 
-    texts: cleaned texts indexed by (category, work), as ``PreparedDataset.cleaned_texts()`` gives.
+    texts: cleaned texts indexed by (category, work), as ``PreparedDataset.cleaned_texts()`` gives;
+    a category's works are joined as in the split files (by ``moelab.data.SEPARATOR``).
     """
     windows, labels = [], []
     for category, group in texts.groupby(level="category"):
-        data = np.frombuffer("\n\n".join(group).encode("utf-8"), dtype=np.uint8)
+        data = np.frombuffer(SEPARATOR.join(group).encode("utf-8"), dtype=np.uint8)
         if len(data) < length:
             continue
         chosen = evenly_spaced_windows(data, length, per_category)
@@ -119,8 +122,9 @@ def category_windows(texts: pd.Series, length: int, per_category: int) -> tuple[
 
 def expert_load(routing: Routing) -> pd.DataFrame:
     """Share of routed token slots each expert receives: layers × experts, rows sum to 1."""
-    counts = np.stack([np.bincount(routing.experts[l].ravel(), minlength=routing.n_experts) for l in range(routing.n_layers)])
-    return _layer_expert_frame(counts / counts.sum(axis=1, keepdims=True))
+    experts = torch.from_numpy(np.asarray(routing.experts, dtype=np.int64))
+    shares = [moe.expert_load(experts[layer], routing.n_experts).double().numpy() for layer in range(routing.n_layers)]
+    return _layer_expert_frame(np.stack(shares))
 
 
 def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -240,6 +244,22 @@ def expert_palette(n_experts: int) -> list[str]:
     return [f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}" for r, g, b in sns.color_palette("tab10" if n_experts <= 10 else "tab20", n_experts)]
 
 
+def _expert_style(color: str) -> str:
+    return f"background:{color}55;border-bottom:2px solid {color}"
+
+
+def expert_span(shown_html: str, expert: int, palette: list[str]) -> str:
+    """HTML (already escaped) marked with its expert's color, the expert named on hover."""
+    return f'<span title="expert {expert}" style="{_expert_style(palette[expert])}">{shown_html}</span>'
+
+
+def expert_legend(palette: list[str], n_experts: int) -> str:
+    """One colored label per expert: the key of :func:`expert_span`'s colors."""
+    return " ".join(
+        f'<span style="{_expert_style(palette[e])};padding:0 6px">expert {e}</span>' for e in range(n_experts)
+    )
+
+
 def routing_html(text: str, model: Transformer, layer: int, title: str = "") -> str:
     """The text with each character colored by the top-1 expert of its (first) byte in ``layer``, with a legend."""
     data = text.encode("utf-8")[: model.config.context_window * 64]
@@ -257,11 +277,8 @@ def routing_html(text: str, model: Transformer, layer: int, title: str = "") -> 
         width = len(ch.encode("utf-8"))
         position += width
         shown = "⏎<br>" if ch == "\n" else html.escape(ch)
-        spans.append(f'<span title="expert {expert}" style="background:{palette[expert]}55;border-bottom:2px solid {palette[expert]}">{shown}</span>')
-    legend = " ".join(
-        f'<span style="background:{palette[e]}55;border-bottom:2px solid {palette[e]};padding:0 6px">expert {e}</span>'
-        for e in range(model.config.n_experts)
-    )
+        spans.append(expert_span(shown, expert, palette))
+    legend = expert_legend(palette, model.config.n_experts)
     heading = f"<h4>{html.escape(title)}</h4>" if title else ""
     return (
         f'<div class="moelab-routing">{heading}<p style="font-size:90%">Top-1 expert of each byte in layer {layer} '

@@ -25,6 +25,7 @@ import torch
 from .model import Transformer, check_sampling_args
 from .paths import data_dir
 from .tokenizer import ByteTokenizer
+from .train import list_checkpoints  # moves to .runs with the trainer's split
 
 EMPTY_PROMPT = "\n"
 MAX_NEW_TOKENS = 4000  # a bound on one request, so an interactive UI never hangs for long
@@ -163,10 +164,9 @@ def generate_texts(model: Transformer, prompt_text: str, settings: SampleSetting
 def list_runs(root: str | os.PathLike | None = None) -> list[str]:
     """Runs that have at least one checkpoint under data/checkpoints/, newest first."""
     root = Path(root) if root is not None else data_dir() / "checkpoints"
-    runs = [p for p in root.glob("*") if p.is_dir() and any(p.glob("ckpt_*.pt"))]
-    return [
-        p.name for p in sorted(runs, key=lambda p: max(f.stat().st_mtime for f in p.glob("ckpt_*.pt")), reverse=True)
-    ]
+    checkpoints = {folder.name: list_checkpoints(folder) for folder in root.glob("*") if folder.is_dir()}
+    newest = {run: max(f.stat().st_mtime for f in files) for run, files in checkpoints.items() if files}
+    return sorted(newest, key=newest.get, reverse=True)
 
 
 def samples_markdown(

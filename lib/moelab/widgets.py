@@ -17,7 +17,7 @@ import ipywidgets as w
 from .checkpoint import CheckpointError, load_model
 from .model import Transformer
 from .sampling import Piece, SampleSettings, list_runs, prepare_prompt, stream
-from .train import latest_checkpoint
+from .train import latest_checkpoint  # moves to .runs with the trainer's split
 
 DEFAULT_PROMPT = "Capitu olhou para mim e disse"
 NO_RUNS = "(no trained runs: train one in notebook 02)"
@@ -177,7 +177,7 @@ class SamplerUI:
         self._say(summary + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
 
     def _render(self, prompt_text: str, samples: list[list[Piece]], n_experts: int) -> str:
-        from .analysis import expert_palette
+        from .analysis import expert_legend, expert_palette, expert_span
 
         palette = expert_palette(max(n_experts, 1))
         blocks = []
@@ -185,19 +185,12 @@ class SamplerUI:
             body = []
             for piece in pieces:
                 text = html.escape(piece.text)
-                if piece.expert is None:
-                    body.append(text)
-                else:
-                    color = palette[piece.expert]
-                    body.append(f'<span title="expert {piece.expert}" style="background:{color}55;border-bottom:2px solid {color}">{text}</span>')
+                body.append(text if piece.expert is None else expert_span(text, piece.expert, palette))
             blocks.append(
                 f'<div class="moelab-sample"><b>Sample {i}</b>'
                 f'<pre style="white-space:pre-wrap;font-size:95%"><span style="color:#888">{html.escape(prompt_text)}</span>{"".join(body)}</pre></div>'
             )
         legend = ""
         if any(p.expert is not None for s in samples for p in s):
-            legend = "<div>" + " ".join(
-                f'<span style="background:{palette[e]}55;border-bottom:2px solid {palette[e]};padding:0 6px">expert {e}</span>'
-                for e in range(n_experts)
-            ) + "</div>"
+            legend = f"<div>{expert_legend(palette, n_experts)}</div>"
         return legend + "".join(blocks)
