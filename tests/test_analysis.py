@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from moelab import ModelConfig, Transformer
+from moelab.data import SEPARATOR
 from moelab.analysis import (
     Routing,
     balance_stats,
@@ -15,7 +16,9 @@ from moelab.analysis import (
     coactivation,
     collect_routing,
     evenly_spaced_windows,
+    expert_legend,
     expert_load,
+    expert_palette,
     routing_html,
     specialization,
 )
@@ -126,6 +129,9 @@ def test_windows_helpers():
     windows, labels = category_windows(texts, 10, 3)
     assert list(labels) == ["conto"] * 3 + ["poesia"] * 3  # teatro is shorter than one window
     assert bytes(windows[3]) == b"y" * 10
+    two_works = pd.Series({("conto", "a"): "x" * 6, ("conto", "b"): "y" * 6}, name="text").rename_axis(["category", "work"])
+    windows, _ = category_windows(two_works, 12 + len(SEPARATOR), 1)
+    assert bytes(windows[0]) == ("x" * 6 + SEPARATOR + "y" * 6).encode()  # works joined as in the split files
 
 
 def test_routing_html_colors_every_character_and_escapes():
@@ -133,3 +139,4 @@ def test_routing_html_colors_every_character_and_escapes():
     assert html_text.count('<span title="expert') == len("a <b> é\nfim")
     assert "&lt;" in html_text and "&gt;" in html_text and "<b>" not in html_text
     assert "layer 1" in html_text and "expert 3" in html_text
+    assert expert_legend(expert_palette(4), 4) in html_text  # the legend the sampler widget shows too

@@ -363,3 +363,16 @@ def test_bad_dataset_name_and_missing_dataset(tmp_path):
         prepare_dataset(tmp_path, "../evil", data_root=tmp_path / "data", progress=False)
     with pytest.raises(CorpusError, match="run notebooks/01_data_prep.ipynb"):
         load_split("nothing", "train", data_root=tmp_path / "data")
+
+
+def test_the_data_package_re_exports_its_modules_public_names():
+    import moelab.data
+    from moelab.data import cleaning, dataset, sources, stats
+
+    for module in (sources, cleaning, dataset, stats):
+        for name in dir(module):
+            value = getattr(module, name)
+            if name.startswith("_") or getattr(value, "__module__", module.__name__) != module.__name__:
+                continue  # private, or imported from elsewhere
+            if callable(value) or name.isupper():
+                assert getattr(moelab.data, name) is value and name in moelab.data.__all__, name

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from moelab import ByteTokenizer, ModelConfig, Transformer, save_checkpoint
+from moelab.analysis import expert_legend, expert_palette
 from moelab.sampling import SampleSettings, generate_texts, list_runs, prepare_prompt, samples_markdown, stream
 from moelab.widgets import NO_RUNS, SamplerUI
 
@@ -93,6 +94,7 @@ def test_widget_generates_deterministically_and_colors_by_expert(runs):
     ui.num_samples.value, ui.color.value, ui.layer.value = 2, True, 1
     ui.generate_button.click()
     assert "Sample 2" in ui.output.value and 'title="expert' in ui.output.value
+    assert expert_legend(expert_palette(4), 4) in ui.output.value  # the legend routing_html shows too
     assert not ui.generate_button.disabled and ui.stop_button.disabled
 
 
