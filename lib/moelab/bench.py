@@ -5,7 +5,7 @@ so machine noise hits every variant alike; the table holds medians and the media
 the paired ratios. It measures, for the named configs A, B, C:
 
 1. training-step tokens/s (forward + backward + clip + optimizer step) of moelab's model
-   against the naive reference of the same architecture (``tests/reference.py``: one
+   against the naive baseline of the same architecture (:mod:`moelab.baseline`: one
    module per head and per expert, boolean-mask dispatch: the seed's approach), with
    identical weights;
 2. MoE overhead: the MoE step time over a dense model with the same active parameters;
@@ -35,9 +35,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .baseline import NaiveTransformer
 from .config import ModelConfig
 from .model import Transformer
-from .paths import project_root, reports_dir
+from .paths import reports_dir
 from .precision import autocast, bf16_support
 
 
@@ -88,11 +89,13 @@ TARGETS = {
 
 
 def matmul_params_per_token(config: ModelConfig, training: bool = True) -> int:
-    """Weights each token multiplies through: attention, router, common + top_k experts, head."""
-    d, h = config.n_embd, config.expert_hidden
-    router = config.n_experts * d * (2 if training and config.router_noise else 1) if config.is_moe else 0
-    ffn = (config.n_common_experts + (config.top_k if config.is_moe else 0)) * 2 * d * h
-    return config.n_layers * (4 * d * d + router + ffn) + d * config.vocab_size
+    """Weights each token multiplies through: attention, router, common + top_k experts, head.
+
+    From :meth:`ModelConfig.param_counts` ("matmul", training); the router-noise weights
+    are used in training only.
+    """
+    noise = config.n_experts * config.n_embd if config.is_moe and config.router_noise else 0
+    return config.param_counts()["matmul"] - (0 if training else config.n_layers * noise)
 
 
 def train_flops_per_token(config: ModelConfig, window: int) -> int:
@@ -149,21 +152,6 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> f
 # ============================================================================ models
 
 
-def naive_reference():
-    """``tests.reference.NaiveTransformer`` (the benchmark needs a checkout with tests/)."""
-    root = str(project_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        from tests.reference import NaiveTransformer
-    except ImportError as err:
-        raise RuntimeError(
-            f"the naive reference lives in tests/reference.py of a moelab checkout; not found under {root} ({err}). "
-            "Run the benchmark from the repository."
-        ) from err
-    return NaiveTransformer
-
-
 def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) -> torch.nn.Module:
     """``moelab``, ``naive`` (same weights as ``moelab``) or ``dense`` (same active parameters)."""
     torch.manual_seed(seed)
@@ -172,7 +160,7 @@ def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) ->
         return Transformer(config.dense_equivalent()).to(device)
     model = Transformer(config).to(device)
     if kind == "naive":
-        return naive_reference().from_model(model)
+        return NaiveTransformer.from_model(model)
     return model
 
 
