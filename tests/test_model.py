@@ -1,8 +1,13 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from moelab import ByteTokenizer, KVCache, ModelConfig, Transformer, preset
-from moelab.model import sample_next_token
+from moelab.generation import sample_next_token
+from moelab.model import init_parameters
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 POS_ENCODINGS = ["learned", "sinusoidal", "rope"]
 
@@ -19,7 +24,7 @@ def make_model(**changes) -> Transformer:
 
 
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
-@pytest.mark.parametrize("capacity_factor", [None, 1.0])
+@pytest.mark.parametrize("capacity_factor", [None, 1.0, 0.5])
 def test_causality(pos_encoding, capacity_factor):
     model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor)
     idx = torch.randint(0, 256, (1, 12))
@@ -32,6 +37,26 @@ def test_causality(pos_encoding, capacity_factor):
         assert not torch.allclose(new_logits[:, t], logits[:, t])
 
 
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+def test_rows_do_not_depend_on_their_batch_neighbours(capacity_factor):
+    model = make_model(capacity_factor=capacity_factor)
+    idx = torch.randint(0, 256, (3, 12))
+    logits = model(idx).logits
+    changed = idx.clone()
+    changed[0] = torch.randint(0, 256, (12,))
+    torch.testing.assert_close(model(changed).logits[1:], logits[1:], rtol=0, atol=1e-12)
+    torch.testing.assert_close(model(idx[2:]).logits, logits[2:], rtol=0, atol=1e-12)  # batch size 1
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+def test_a_prefix_gives_the_logits_of_the_same_positions_of_the_whole(capacity_factor):
+    model = make_model(capacity_factor=capacity_factor)
+    idx = torch.randint(0, 256, (2, 12))
+    routing = model(idx, record_routing=True).routing
+    assert capacity_factor is None or any(r.dropped.any() for r in routing)  # the capacity path is exercised
+    torch.testing.assert_close(model(idx[:, :7]).logits, model(idx).logits[:, :7], rtol=0, atol=1e-12)
+
+
 def test_positions_matter():
     """Without positions, attention cannot tell "ABC" from "BAC" at the last byte."""
     for pos_encoding in POS_ENCODINGS:
@@ -42,8 +67,9 @@ def test_positions_matter():
 
 
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
-def test_cached_prefix_then_chunk_matches_full_forward(pos_encoding):
-    model = make_model(pos_encoding=pos_encoding)
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+def test_cached_prefix_then_chunk_matches_full_forward(pos_encoding, capacity_factor):
+    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor)
     idx = torch.randint(0, 256, (3, 11))
     full = model(idx).logits
     cache = KVCache(model.config, 3, idx.device, torch.float64)
@@ -60,8 +86,9 @@ def test_cached_prefix_then_chunk_matches_full_forward(pos_encoding):
     [{"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.7, "top_k": 20, "top_p": 0.9}],
     ids=["greedy", "sampled", "top-k-top-p"],
 )
-def test_kv_cached_generation_equals_full_recomputation(pos_encoding, sampling):
-    model = make_model(pos_encoding=pos_encoding)
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+def test_kv_cached_generation_equals_full_recomputation(pos_encoding, sampling, capacity_factor):
+    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor)
     prompt = torch.randint(0, 256, (2, 3))
     # 20 new tokens with a window of 12: runs past the window, where the window slides
     cached = model.generate(prompt, 20, seed=7, use_cache=True, **sampling)
@@ -210,9 +237,9 @@ def test_seed_preset_is_the_seeds_hyperparameters():
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_naive_seed_style_reference_computes_the_same_model(pos_encoding, bias):
-    """tests/reference.py's per-head, per-expert-mask model (the benchmark's baseline) with moelab's
+    """moelab.baseline's per-head, per-expert-mask model (the benchmark's baseline) with moelab's
     weights gives the same logits, loss and gradients."""
-    from .reference import NaiveTransformer
+    from moelab.baseline import NaiveTransformer
 
     model = Transformer(
         small_config(pos_encoding=pos_encoding, bias=bias, n_common_experts=2, router_noise=False)
@@ -240,3 +267,39 @@ def test_naive_seed_style_reference_computes_the_same_model(pos_encoding, bias):
         torch.testing.assert_close(experts.w1.grad[e], w1_grad, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(experts.w2.grad[e], w2_grad, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(model.blocks[1].moe.gate.weight.grad, naive.blocks[1].moe.gate.weight.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_checkpoint_of_the_previous_version_loads_and_gives_its_logits():
+    """tests/fixtures/checkpoint_6f3e1e7.pt was written by moelab at commit 6f3e1e7 (state_dict keys unchanged)."""
+    from moelab import load_checkpoint, load_model
+
+    path = FIXTURES / "checkpoint_6f3e1e7.pt"
+    model, extra = load_model(path), load_checkpoint(path)["extra"]
+    logits = model(torch.tensor(extra["idx"])).logits[:, -1]
+    torch.testing.assert_close(logits, torch.tensor(extra["logits"]), rtol=1e-5, atol=1e-5)
+    # it was built with torch.manual_seed(0): today's initialization rule draws the same weights
+    torch.manual_seed(0)
+    fresh = Transformer(model.config).state_dict()
+    assert fresh.keys() == model.state_dict().keys()
+    assert all(torch.equal(fresh[k], v) for k, v in model.state_dict().items())
+
+
+def test_initialization_rule():
+    """GPT-2's rule by rank and markers: matrices N(0, .02), residual projections N(0, .02/sqrt(2L)), gains 1, biases 0."""
+    torch.manual_seed(0)
+    config = small_config(n_layers=3, n_embd=64, n_heads=2, expert_hidden=256, n_experts=8, context_window=64)
+    model = Transformer(config)
+    residual_std = 0.02 / (2 * 3) ** 0.5
+    stds = {n: p.std().item() for n, p in model.named_parameters() if p.dim() >= 2 and "b1" not in n and "b2" not in n}
+    for name, std in stds.items():
+        expected = residual_std if name.endswith(("attn.proj.weight", "common.proj.weight", "experts.w2")) else 0.02
+        assert std == pytest.approx(expected, rel=0.1), name
+    block = model.blocks[0]
+    for p in (block.ln1.weight, model.ln_f.weight):
+        assert torch.equal(p, torch.ones_like(p))
+    for p in (block.ln1.bias, block.attn.qkv.bias, block.moe.experts.b1, block.moe.experts.b2, model.head.bias):
+        assert torch.equal(p, torch.zeros_like(p))
+    with torch.no_grad():
+        model.blocks[0].ln1.weight.fill_(3.0)
+    init_parameters(model, config.n_layers)  # the rule alone re-draws every parameter
+    assert torch.equal(model.blocks[0].ln1.weight, torch.ones_like(model.blocks[0].ln1.weight))

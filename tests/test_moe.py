@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from moelab import ModelConfig, load_balancing_loss, router_z_loss
-from moelab.moe import MoE
-
-from .reference import reference_moe, reference_z_loss
+from moelab.experts import ExpertMLP, Experts, gelu_mlp
+from moelab.moe import MoE, capacity_keep, moe_losses
 
 
 def make_moe(**changes) -> MoE:
@@ -16,6 +15,56 @@ def make_moe(**changes) -> MoE:
         for p in moe.parameters():
             p.normal_(0, 0.3)
     return moe
+
+
+def reference_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """The MoE layer one token at a time, one expert at a time (eval mode, no router noise).
+
+    x: (B, T, d). Common experts are read back as n separate experts from their fused
+    weights. Capacity, per sequence: the slot of position t is dropped when its expert
+    was already chosen ceil(capacity_factor * (t+1) * k / N) times at earlier positions
+    of the same sequence (dropped choices count too).
+    """
+    out = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        chosen_before = [0] * max(moe.n_experts, 1)
+        for t in range(x.shape[1]):
+            xt, y = x[b, t], torch.zeros(x.shape[-1], dtype=x.dtype)
+            if moe.common is not None:
+                w1, b1 = moe.common.fc.weight, moe.common.fc.bias
+                w2, b2 = moe.common.proj.weight, moe.common.proj.bias
+                for start in range(0, w1.shape[0], moe.expert_hidden):
+                    part = slice(start, start + moe.expert_hidden)
+                    h = w1[part] @ xt + (b1[part] if b1 is not None else 0)
+                    y = y + w2[:, part] @ torch.nn.functional.gelu(h)
+                if b2 is not None:
+                    y = y + b2
+            if moe.n_experts:
+                probs = torch.softmax(moe.gate.weight @ xt, dim=0)
+                ranked = sorted(range(moe.n_experts), key=lambda e: -probs[e].item())[: moe.top_k]
+                gates = [probs[e] for e in ranked]
+                if moe.top_k > 1:
+                    gates = [g / sum(gates) for g in gates]
+                capacity = None
+                if moe.capacity_factor is not None:
+                    capacity = math.ceil(moe.capacity_factor * (t + 1) * moe.top_k / moe.n_experts)
+                ex = moe.experts
+                for e, g in zip(ranked, gates):
+                    if capacity is None or chosen_before[e] < capacity:
+                        h = xt @ ex.w1[e] + (ex.b1[e] if ex.b1 is not None else 0)
+                        y = y + g * (torch.nn.functional.gelu(h) @ ex.w2[e] + (ex.b2[e] if ex.b2 is not None else 0))
+                for e in ranked:
+                    chosen_before[e] += 1
+            out[b, t] = y
+    return out
+
+
+def reference_z_loss(logits: torch.Tensor) -> float:
+    """(1/B) sum_i (log sum_j exp(x_ij))^2, in plain Python floats."""
+    total = 0.0
+    for row in logits.tolist():
+        total += math.log(sum(math.exp(v) for v in row)) ** 2
+    return total / len(logits)
 
 
 @pytest.mark.parametrize(
@@ -34,56 +83,119 @@ def make_moe(**changes) -> MoE:
 )
 def test_dispatch_matches_per_token_reference(changes):
     moe = make_moe(**changes)
-    x = torch.randn(40, 16, dtype=torch.float64)
-    fast = moe(x.view(4, 10, 16)).y.view(40, 16)
-    slow = reference_moe(moe, x)
-    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10)
+    x = torch.randn(4, 10, 16, dtype=torch.float64)
+    torch.testing.assert_close(moe(x)[0], reference_moe(moe, x), rtol=1e-10, atol=1e-10)
 
 
-def test_capacity_drops_are_recorded():
-    moe = make_moe(top_k=2, capacity_factor=0.25)
-    x = torch.randn(1, 48, 16, dtype=torch.float64)
-    routing = moe(x, record_routing=True).routing
-    capacity = moe.capacity(48)
-    kept = routing.experts[~routing.dropped]
-    assert routing.dropped.any()
-    assert torch.bincount(kept, minlength=6).max().item() <= capacity
+def test_capacity_drops_later_tokens_and_respects_the_growing_capacity():
+    moe = make_moe(top_k=2, capacity_factor=0.5)
+    x = torch.randn(3, 48, 16, dtype=torch.float64)
+    router = moe(x)[1]
+    assert router.dropped.any()
+    kept = torch.nn.functional.one_hot(router.experts, 6).mul(~router.dropped.unsqueeze(-1)).sum(2)  # (B, T, N)
+    capacity = torch.tensor([math.ceil(0.5 * (t + 1) * 2 / 6) for t in range(48)])
+    assert (kept.cumsum(1) <= capacity.view(1, 48, 1)).all()  # no expert holds more than C(t) up to t
+    # a sequence's drops depend on its own tokens only, and on none after them
+    alone = moe(x[1:2, :20])[1]
+    torch.testing.assert_close(alone.dropped, router.dropped[1:2, :20])
+
+
+def test_capacity_with_counts_carried_equals_one_pass():
+    experts = torch.randint(0, 4, (2, 12, 2))
+    experts[..., 1] = (experts[..., 0] + 1) % 4  # distinct choices per token, as top-k gives
+    whole = capacity_keep(experts, 0.6, 4)
+    counts = torch.zeros(2, 4, dtype=torch.long)
+    parts = [capacity_keep(experts[:, a:b], 0.6, 4, a, counts) for a, b in ((0, 5), (5, 6), (6, 12))]
+    assert torch.equal(torch.cat(parts, 1), whole)
+    assert torch.equal(counts, torch.nn.functional.one_hot(experts, 4).sum((1, 2)))
 
 
 def test_router_noise_only_in_training():
     moe = make_moe()
     x = torch.randn(2, 8, 16, dtype=torch.float64)
-    torch.testing.assert_close(moe(x).y, moe(x).y)
+    torch.testing.assert_close(moe(x)[0], moe(x)[0])
     moe.train()
-    assert not torch.allclose(moe(x).y, moe(x).y)
+    assert not torch.allclose(moe(x)[0], moe(x)[0])
 
 
-def test_routing_record_shapes_and_weights():
+def test_router_output_shapes_and_weights():
     moe = make_moe(top_k=3)
-    routing = moe(torch.randn(2, 5, 16, dtype=torch.float64), record_routing=True).routing
-    assert routing.experts.shape == (2, 5, 3) and routing.probs.shape == (2, 5, 6)
-    torch.testing.assert_close(routing.weights.sum(-1), torch.ones(2, 5, dtype=torch.float64))
+    router = moe(torch.randn(2, 5, 16, dtype=torch.float64))[1]
+    assert router.experts.shape == (2, 5, 3) and router.probs.shape == (2, 5, 6) and router.logits.shape == (2, 5, 6)
+    assert router.dropped is None  # dropless
+    torch.testing.assert_close(router.weights.sum(-1), torch.ones(2, 5, dtype=torch.float64))
     # the chosen experts are the most probable ones, best first
-    torch.testing.assert_close(routing.probs.gather(-1, routing.experts), routing.probs.topk(3).values)
+    torch.testing.assert_close(router.probs.gather(-1, router.experts), router.probs.topk(3).values)
+    record = router.record()
+    assert not record.weights.requires_grad and record.dropped.shape == (2, 5, 3) and not record.dropped.any()
 
 
-def test_aux_loss_is_one_for_uniform_and_n_for_collapsed_routing():
+def test_top1_gate_is_the_raw_probability():
+    router = make_moe(top_k=1)(torch.randn(1, 4, 16, dtype=torch.float64))[1]
+    torch.testing.assert_close(router.weights, router.probs.max(-1, keepdim=True).values)
+
+
+def hf_mixtral_load_balancing_loss(router_logits: list[torch.Tensor], num_experts: int, top_k: int) -> float:
+    """Hugging Face Mixtral's ``load_balancing_loss_func`` (no attention mask), written out:
+    the gate logits of all layers are concatenated (pooled), then
+    ``num_experts * sum_e mean_tokens(one_hot(top_k experts))[e] * mean_tokens(softmax)[e]``,
+    where the first mean sums to top_k over experts."""
+    logits = torch.cat(router_logits, dim=0)
+    probs = torch.softmax(logits, dim=-1)
+    _, selected = torch.topk(probs, top_k, dim=-1)
+    expert_mask = torch.nn.functional.one_hot(selected, num_experts)  # (tokens, k, N)
+    tokens_per_expert = expert_mask.float().mean(dim=0)  # (k, N)
+    router_prob_per_expert = probs.mean(dim=0)  # (N,)
+    return (num_experts * torch.sum(tokens_per_expert * router_prob_per_expert.unsqueeze(0))).item()
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_aux_loss_is_hf_mixtral_divided_by_top_k(top_k):
+    n = 8
+    logits = torch.randn(50, n, dtype=torch.float64) * 2
+    probs = logits.softmax(-1)
+    ours = load_balancing_loss(probs, probs.topk(top_k).indices, n).item()
+    assert ours == pytest.approx(hf_mixtral_load_balancing_loss([logits], n, top_k) / top_k, rel=1e-6)  # f in float32
+
+
+def test_aux_loss_averages_layers_where_hf_pools_them():
+    n, k = 6, 2
+    layers = [torch.randn(30, n, dtype=torch.float64) * s for s in (1.0, 4.0)]
+    routers = []
+    for logits in layers:
+        probs = logits.softmax(-1)
+        weights, experts = probs.topk(k)
+        routers.append(_router(logits, probs, experts, weights))
+    aux, _ = moe_losses(routers, n, like=layers[0])
+    per_layer = [hf_mixtral_load_balancing_loss([logits], n, k) / k for logits in layers]
+    assert aux.item() == pytest.approx(sum(per_layer) / 2, rel=1e-6)
+    # pooling over layers is a different number in general (same number of tokens: the mean of f·P products differs)
+    assert hf_mixtral_load_balancing_loss(layers, n, k) / k != pytest.approx(aux.item(), rel=1e-6)
+
+
+def _router(logits, probs, experts, weights):
+    from moelab.moe import RouterOutput
+
+    return RouterOutput(logits, probs, experts, weights, None)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+def test_aux_loss_is_one_for_uniform_and_n_over_k_for_collapsed_routing(top_k):
     n, tokens = 8, 64
     uniform_probs = torch.full((tokens, n), 1.0 / n)
-    balanced_choice = torch.arange(tokens * 2).view(tokens, 2) % n
+    balanced_choice = torch.arange(tokens * top_k).view(tokens, top_k) % n
     assert load_balancing_loss(uniform_probs, balanced_choice, n).item() == pytest.approx(1.0)
 
+    # collapse: every token sends its k slots to experts 0..k-1, all probability on expert 0
     collapsed_probs = torch.zeros(tokens, n)
     collapsed_probs[:, 0] = 1.0
-    collapsed_choice = torch.zeros(tokens, 1, dtype=torch.long)
-    assert load_balancing_loss(collapsed_probs, collapsed_choice, n).item() == pytest.approx(n)
+    collapsed_choice = torch.arange(top_k).expand(tokens, top_k)
+    assert load_balancing_loss(collapsed_probs, collapsed_choice, n).item() == pytest.approx(n / top_k)
 
     # any routing whose choices follow its probabilities is at least as costly as uniform
     for _ in range(20):
-        logits = torch.randn(tokens, n) * 3
-        probs = logits.softmax(-1)
-        choice = probs.topk(2).indices
-        assert load_balancing_loss(probs, choice, n).item() >= 1.0 - 1e-6
+        probs = (torch.randn(tokens, n) * 3).softmax(-1)
+        assert load_balancing_loss(probs, probs.topk(top_k).indices, n).item() >= 1.0 - 1e-6
 
 
 def test_aux_loss_formula_by_hand():
@@ -105,56 +217,86 @@ def test_z_loss_matches_formula():
     assert router_z_loss(torch.zeros(3, 4)).item() == pytest.approx(math.log(4) ** 2, rel=1e-6)
 
 
-def test_single_token_path_matches_reference():
+def test_moe_losses_are_zero_for_dense_layers():
+    aux, z = moe_losses([None, None], 0, like=torch.zeros(2, dtype=torch.bfloat16))
+    assert aux.item() == 0 and z.item() == 0 and aux.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"top_k": 2}, {"top_k": 1, "n_common_experts": 1}, {"top_k": 3, "bias": False}, {"capacity_factor": 0.3}],
+    ids=str,
+)
+def test_single_token_path_matches_reference(changes):
     """One token (the decoding case) takes a sort-free path; it must compute the same function."""
-    for changes in ({"top_k": 2}, {"top_k": 1, "n_common_experts": 1}, {"top_k": 3, "bias": False}):
-        moe = make_moe(**changes)
-        x = torch.randn(1, 16, dtype=torch.float64)
-        torch.testing.assert_close(moe(x.view(1, 1, 16)).y.view(1, 16), reference_moe(moe, x), rtol=1e-10, atol=1e-10)
+    moe = make_moe(**changes)
+    x = torch.randn(1, 1, 16, dtype=torch.float64)
+    torch.testing.assert_close(moe(x)[0], reference_moe(moe, x), rtol=1e-10, atol=1e-10)
 
 
 def test_expert_mlp_backward_passes_gradcheck():
     """The hand-written backward of the stacked experts, against finite differences (empty experts included)."""
-    from moelab.moe import ExpertMLP
 
     def param(*shape):
         return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
     x, w1, b1, w2, b2 = param(10, 4), param(3, 4, 5), param(3, 5), param(3, 5, 4), param(3, 4)
-    assert torch.autograd.gradcheck(lambda *a: ExpertMLP.apply(*a, (4, 0, 6)), (x, w1, b1, w2, b2))
-    assert torch.autograd.gradcheck(lambda x, w1, w2: ExpertMLP.apply(x, w1, None, w2, None, (0, 10, 0)), (x, w1, w2))
+    assert torch.autograd.gradcheck(lambda *a: ExpertMLP.apply(*a, (4, 0, 6), False), (x, w1, b1, w2, b2))
+    assert torch.autograd.gradcheck(lambda x, w1, w2: ExpertMLP.apply(x, w1, None, w2, None, (0, 10, 0), False), (x, w1, w2))
 
 
 def test_bf16_autocast_keeps_experts_in_bf16_and_stays_close_to_fp32():
     moe = make_moe(n_common_experts=1).float()
     x = torch.randn(2, 24, 16)
-    exact = moe(x).y
+    exact = moe(x)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        approx = moe(x).y
+        approx = moe(x)[0]
     assert approx.dtype == torch.bfloat16
     assert (approx.float() - exact).abs().max() < 0.05 * exact.abs().max()
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_grouped_mm_kernel_matches_the_per_expert_loop(bias, monkeypatch):
-    """The grouped_mm kernel (the default on CUDA in bf16) computes what the loop computes, gradients too."""
-    import moelab.moe as moe_module
-
+def _run_kernel(kernel, bias, x, counts, dtype=torch.float32, device="cpu"):
     torch.manual_seed(0)
-    experts = moe_module.Experts(4, 8, 16, bias)
+    experts = Experts(4, 8, 16, bias, kernel=kernel).to(device)
     with torch.no_grad():
         for p in experts.parameters():
             p.normal_(0, 0.3)
+    xg = x.to(device, dtype).clone().requires_grad_()
+    out = experts(xg, counts)
+    (out.float() * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
+    return [out, xg.grad] + [p.grad for p in experts.parameters()]
+
+
+@pytest.mark.parametrize("kernel", ["loop", "grouped", "auto"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_each_kernel_matches_the_plain_path(kernel, bias):
+    """Outputs and gradients (input and every weight) of each kernel against plain autograd per expert."""
     x = torch.randn(13, 8)
     counts = [5, 0, 6, 2]  # an expert without rows, too
-    results = {}
-    for grouped in (False, True):
-        monkeypatch.setattr(moe_module, "GROUPED_MM", grouped)
-        experts.zero_grad()
-        xg = x.clone().requires_grad_()
-        out = experts(xg, counts)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results[grouped] = [out, xg.grad] + [p.grad for p in experts.parameters()]
-    for loop, grouped in zip(results[False], results[True]):
-        torch.testing.assert_close(grouped, loop, rtol=1e-5, atol=1e-6)
-    assert results[True][2][1].abs().sum() == 0  # the empty expert's w1 gradient
+    plain = _run_kernel("plain", bias, x, counts)
+    fast = _run_kernel(kernel, bias, x, counts)
+    for got, want in zip(fast, plain):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert fast[2].abs().sum() > 0 and fast[2][1].abs().sum() == 0  # the empty expert's w1 gradient
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="grouped_mm in bf16 needs CUDA")
+def test_auto_kernel_on_cuda_bf16_matches_the_plain_path():
+    x = torch.randn(40, 8)
+    counts = [17, 0, 9, 14]
+    plain = _run_kernel("plain", True, x, counts, torch.bfloat16, "cuda")
+    for name in ("auto", "grouped", "loop"):
+        fast = _run_kernel(name, True, x, counts, torch.bfloat16, "cuda")
+        for got, want in zip(fast, plain):
+            torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        Experts(2, 4, 4, True, kernel="fast")
+
+
+def test_gelu_mlp_is_linear_gelu_linear():
+    x, w1, b1, w2, b2 = torch.randn(3, 4), torch.randn(4, 5), torch.randn(5), torch.randn(5, 4), torch.randn(4)
+    want = torch.nn.functional.gelu(x @ w1 + b1) @ w2 + b2
+    torch.testing.assert_close(gelu_mlp(x, w1, b1, w2, b2), want)

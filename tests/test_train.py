@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from moelab import Transformer, load_model, preset
-from moelab.optim import no_decay
+from moelab import ModelConfig, TrainConfig, Transformer, load_model, preset
+from moelab.model import decay_groups
+from moelab.optim import make_optimizer
 from moelab.train import (
     Trainer,
     TrainingDiverged,
@@ -118,10 +119,43 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(toy_datase
 
 
 def test_weight_decay_groups():
+    """Every matrix decays, embeddings included (nanoGPT's rule); vectors and the router-noise weights do not."""
+    config = ModelConfig(n_layers=1, n_heads=2, n_embd=16, context_window=8, n_experts=4, top_k=2,
+                         n_common_experts=1, bias=True, router_noise=True, tie_weights=True)
+    decay, keep = decay_groups(Transformer(config))
+    assert [n for n, _ in decay] == [
+        "tok_emb.weight",
+        "pos_emb.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.moe.common.fc.weight",
+        "blocks.0.moe.common.proj.weight",
+        "blocks.0.moe.gate.weight",
+        "blocks.0.moe.experts.w1",
+        "blocks.0.moe.experts.w2",
+    ]
+    assert [n for n, _ in keep] == [
+        "blocks.0.ln1.weight",
+        "blocks.0.ln1.bias",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.proj.bias",
+        "blocks.0.ln2.weight",
+        "blocks.0.ln2.bias",
+        "blocks.0.moe.common.fc.bias",
+        "blocks.0.moe.common.proj.bias",
+        "blocks.0.moe.noise.weight",
+        "blocks.0.moe.experts.b1",
+        "blocks.0.moe.experts.b2",
+        "ln_f.weight",
+        "ln_f.bias",
+        "head.bias",
+    ]
     model = Transformer(preset("tiny").model)
-    decayed = {n for n, _ in model.named_parameters() if not no_decay(n)}
-    assert "blocks.0.moe.experts.w1" in decayed and "tok_emb.weight" in decayed and "blocks.0.attn.qkv.weight" in decayed
-    assert not decayed & {"blocks.0.moe.experts.b1", "blocks.0.ln1.weight", "ln_f.bias", "blocks.0.attn.qkv.bias"}
+    optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decayed, kept = optimizer.param_groups
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (0.1, 0.0)
+    assert [p for _, p in decay_groups(model)[0]] == decayed["params"]
+    assert len(decayed["params"]) + len(kept["params"]) == len(list(model.parameters()))
 
 
 def test_command_line(toy_dataset, capsys):

@@ -5,7 +5,7 @@ so machine noise hits every variant alike; the table holds medians and the media
 the paired ratios. It measures, for the named configs A, B, C:
 
 1. training-step tokens/s (forward + backward + clip + optimizer step) of moelab's model
-   against the naive reference of the same architecture (``tests/reference.py``: one
+   against the naive baseline of the same architecture (:mod:`moelab.baseline`: one
    module per head and per expert, boolean-mask dispatch: the seed's approach), with
    identical weights;
 2. MoE overhead: the MoE step time over a dense model with the same active parameters;
@@ -35,9 +35,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .baseline import NaiveTransformer
 from .config import ModelConfig
 from .model import Transformer
-from .paths import project_root, reports_dir
+from .paths import reports_dir
 from .precision import autocast, bf16_support
 
 
@@ -54,18 +55,10 @@ class BenchConfig:
     n_common_experts: int = 0
 
     def model_config(self, context_window: int | None = None) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=256,
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            n_embd=self.n_embd,
-            context_window=context_window or self.window,
-            n_experts=self.n_experts,
-            top_k=self.top_k,
-            n_common_experts=self.n_common_experts,
-            pos_encoding="learned",
-            dropout=0.0,
-        )
+        shape = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_embd=self.n_embd)
+        experts = dict(n_experts=self.n_experts, top_k=self.top_k, n_common_experts=self.n_common_experts)
+        window = context_window or self.window
+        return ModelConfig(vocab_size=256, context_window=window, pos_encoding="learned", dropout=0.0, **shape, **experts)
 
 
 CONFIGS = {
@@ -88,11 +81,13 @@ TARGETS = {
 
 
 def matmul_params_per_token(config: ModelConfig, training: bool = True) -> int:
-    """Weights each token multiplies through: attention, router, common + top_k experts, head."""
-    d, h = config.n_embd, config.expert_hidden
-    router = config.n_experts * d * (2 if training and config.router_noise else 1) if config.is_moe else 0
-    ffn = (config.n_common_experts + (config.top_k if config.is_moe else 0)) * 2 * d * h
-    return config.n_layers * (4 * d * d + router + ffn) + d * config.vocab_size
+    """Weights each token multiplies through: attention, router, common + top_k experts, head.
+
+    From :meth:`ModelConfig.param_counts` ("matmul", training); the router-noise weights
+    are used in training only.
+    """
+    noise = config.n_experts * config.n_embd if config.is_moe and config.router_noise else 0
+    return config.param_counts()["matmul"] - (0 if training else config.n_layers * noise)
 
 
 def train_flops_per_token(config: ModelConfig, window: int) -> int:
@@ -149,21 +144,6 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> f
 # ============================================================================ models
 
 
-def naive_reference():
-    """``tests.reference.NaiveTransformer`` (the benchmark needs a checkout with tests/)."""
-    root = str(project_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        from tests.reference import NaiveTransformer
-    except ImportError as err:
-        raise RuntimeError(
-            f"the naive reference lives in tests/reference.py of a moelab checkout; not found under {root} ({err}). "
-            "Run the benchmark from the repository."
-        ) from err
-    return NaiveTransformer
-
-
 def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) -> torch.nn.Module:
     """``moelab``, ``naive`` (same weights as ``moelab``) or ``dense`` (same active parameters)."""
     torch.manual_seed(seed)
@@ -172,7 +152,7 @@ def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) ->
         return Transformer(config.dense_equivalent()).to(device)
     model = Transformer(config).to(device)
     if kind == "naive":
-        return naive_reference().from_model(model)
+        return NaiveTransformer.from_model(model)
     return model
 
 
@@ -226,14 +206,8 @@ def bench_training(
         step_flops = dense_flops if name.startswith("dense") else flops
         rows.append(_row(bench, f"train GFLOP/s {name}", step_flops / median / 1e9, "GFLOP/s"))
     for p in precisions:
-        rows.append(
-            _row(
-                bench,
-                f"train speedup {p} vs naive" + (" fp32" if p != "fp32" else ""),
-                paired_ratio(times["naive fp32"], times[f"moelab {p}"]),
-                "×",
-            )
-        )
+        speedup = paired_ratio(times["naive fp32"], times[f"moelab {p}"])
+        rows.append(_row(bench, f"train speedup {p} vs naive" + (" fp32" if p != "fp32" else ""), speedup, "×"))
         rows.append(_row(bench, f"MoE overhead {p}", paired_ratio(times[f"moelab {p}"], times[f"dense {p}"]), "×"))
     return rows
 
@@ -331,10 +305,7 @@ def bench_generation(
 
 def _row(bench: BenchConfig | None, measure: str, value: float, unit: str) -> dict:
     target = next(((op, t) for key, (op, t) in TARGETS.items() if measure.startswith(key)), None)
-    ok = None
-    if target is not None:
-        op, t = target
-        ok = value >= t if op == ">=" else value <= t
+    ok = None if target is None else (value >= target[1] if target[0] == ">=" else value <= target[1])
     return {
         "config": bench.name if bench is not None else "-",
         "measure": measure,
@@ -348,6 +319,11 @@ def _row(bench: BenchConfig | None, measure: str, value: float, unit: str) -> di
 # ============================================================================ report
 
 
+def _variants(table: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    rows = table[table["measure"].str.startswith(prefix)]
+    return rows.assign(variant=rows["measure"].str.removeprefix(prefix))
+
+
 def plot(table: pd.DataFrame, path) -> None:
     import matplotlib
     import matplotlib.ticker
@@ -355,10 +331,7 @@ def plot(table: pd.DataFrame, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = table[table["measure"].str.startswith("train tok/s")].copy()
-    train["variant"] = train["measure"].str.removeprefix("train tok/s ")
-    gen = table[table["measure"].str.startswith("generation tok/s")].copy()
-    gen["variant"] = gen["measure"].str.removeprefix("generation tok/s ")
+    train, gen = (_variants(table, prefix) for prefix in ("train tok/s ", "generation tok/s "))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     if not train.empty:
         order = list(dict.fromkeys(train["variant"]))  # as measured: naive first
@@ -378,34 +351,31 @@ def plot(table: pd.DataFrame, path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m moelab.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--steps", type=int, default=3, help="training steps per round and variant (default 3)")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads for training (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="auto: fp32, plus bf16 where the hardware has native bf16",
-    )
-    parser.add_argument("--generation-config", default="B", choices=list(CONFIGS))
-    parser.add_argument("--generation-threads", type=int, default=1, help="threads for generation (default 1)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="tokens to generate (default: up to the window)")
-    parser.add_argument(
-        "--generation-repeats", type=int, default=2, help="rounds of generation (default 2: recomputation is slow)"
-    )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "memory", "generation", "peak"])
-    parser.add_argument("--out", default=None, help="output folder (default reports/benchmarks)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add = parser.add_argument
+    add("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    add("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
+    add("--steps", type=int, default=3, help="training steps per round and variant (default 3)")
+    add("--threads", type=int, default=None, help="torch threads for training (default: torch's choice)")
+    add("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+        help="auto: fp32, plus bf16 where the hardware has native bf16")
+    add("--generation-config", default="B", choices=list(CONFIGS))
+    add("--generation-threads", type=int, default=1, help="threads for generation (default 1)")
+    add("--new-tokens", type=int, default=None, help="tokens to generate (default: up to the window)")
+    add("--generation-repeats", type=int, default=2, help="rounds of generation (default 2: recomputation is slow)")
+    add("--skip", nargs="*", default=[], choices=["train", "memory", "generation", "peak"])
+    add("--out", default=None, help="output folder (default reports/benchmarks)")
+    add("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)
     for name in ("repeats", "steps", "generation_threads", "generation_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -470,9 +440,7 @@ def _threads(n: int):
 
 
 def _fmt(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return "nan" if math.isnan(value) else f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 if __name__ == "__main__":

@@ -169,23 +169,30 @@ class ModelConfig:
 
         ``total``: every parameter. ``active``: those one token uses (routed experts
         counted ``top_k`` times, not ``n_experts``). ``embedding``: token + learned
-        position tables (the tied output head is not counted twice).
+        position tables (the tied output head is not counted twice). ``matmul``: the
+        weight-matrix entries one training token multiplies through (attention, router
+        with its noise weights, common + top_k routed experts, output head; not the
+        embedding lookups): the N of the 6·N FLOPs per token.
         """
-        d, h, b = self.n_embd, self.expert_hidden, int(self.bias)
-        layer_norm = d + b * d
-        expert = d * h + b * h + h * d + b * d
-        attention = d * 3 * d + b * 3 * d + d * d + b * d
-        router = d * self.n_experts * (2 if self.router_noise else 1) if self.is_moe else 0
+        d, h, b, V = self.n_embd, self.expert_hidden, int(self.bias), self.vocab_size
+        # each component as (matrix entries, vector entries)
+        layer_norm = (0, d + b * d)
+        expert = (2 * d * h, b * (h + d))
+        attention = (4 * d * d, b * 4 * d)
+        router = (d * self.n_experts * (2 if self.router_noise else 1) if self.is_moe else 0, 0)
         # common experts are stored fused as one FFN of width n_common * h: one output bias
-        common = self.n_common_experts * (expert - b * d) + (b * d if self.n_common_experts else 0)
-        per_layer_fixed = 2 * layer_norm + attention + router + common
-        token_embedding = self.vocab_size * d
+        n_common = self.n_common_experts
+        common = (n_common * expert[0], b * (n_common * h + d) if n_common else 0)
+        per_layer_fixed = [2 * layer_norm[1], sum(attention), sum(router), sum(common)]
+        token_embedding = V * d
         position = self.context_window * d if self.pos_encoding == "learned" else 0
-        head = (0 if self.tie_weights else d * self.vocab_size) + b * self.vocab_size
-        outside = token_embedding + position + layer_norm + head
-        total = outside + self.n_layers * (per_layer_fixed + self.n_experts * expert)
-        active = outside + self.n_layers * (per_layer_fixed + self.active_top_k * expert)
-        return {"total": total, "active": active, "embedding": token_embedding + position}
+        head = (0 if self.tie_weights else d * V) + b * V
+        outside = token_embedding + position + layer_norm[1] + head
+        total = outside + self.n_layers * (sum(per_layer_fixed) + self.n_experts * sum(expert))
+        active = outside + self.n_layers * (sum(per_layer_fixed) + self.active_top_k * sum(expert))
+        routed = self.active_top_k * expert[0]
+        matmul = d * V + self.n_layers * (attention[0] + router[0] + common[0] + routed)
+        return {"total": total, "active": active, "embedding": token_embedding + position, "matmul": matmul}
 
     # ------------------------------------------------------------- conversions
     def to_dict(self) -> dict[str, Any]:

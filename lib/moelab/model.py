@@ -2,7 +2,8 @@
 
 Read top to bottom: positional encodings, attention (fused QKV +
 ``scaled_dot_product_attention``, optional KV cache), the block (attention + MoE
-feed-forward), the model with its output dataclass, and ``generate``.
+feed-forward), the initialization and weight-decay rules, the model with its output
+dataclass, and generation (sampling helpers in :mod:`moelab.generation`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .moe import MoE, RoutingRecord
+from .generation import GenerationStep, check_sampling_args, last_position, sample_next_token
+from .moe import MoE, RouterOutput, RoutingRecord, moe_losses
 
 @contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
@@ -62,13 +64,23 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Preallocated keys and values of every layer, for incremental decoding."""
+    """Preallocated keys and values of every layer, for incremental decoding.
+
+    With a capacity limit it also carries, per layer, sequence and expert, how many
+    slots the cached positions chose (``expert_counts`` (L, B, N)), so the next
+    positions are dropped exactly as in a full recomputation (see :func:`moelab.moe.capacity_keep`).
+    """
 
     def __init__(self, config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
         shape = (config.n_layers, batch_size, config.n_heads, config.context_window, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled (same for every layer once a forward pass ends)
+        self.expert_counts = None
+        if config.is_moe and config.capacity_factor is not None:
+            self.expert_counts = torch.zeros(
+                config.n_layers, batch_size, config.n_experts, device=device, dtype=torch.long
+            )
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         start, end = self.length, self.length + k.shape[2]
@@ -84,6 +96,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def residual_projections(self) -> list[Tensor]:
+        """The weights that write into the residual stream (the init rule scales them down)."""
+        return [self.proj.weight]
 
     def forward(
         self,
@@ -115,14 +131,6 @@ class CausalSelfAttention(nn.Module):
 # ---------------------------------------------------------------------------- block
 
 
-@dataclass
-class BlockOutput:
-    x: Tensor
-    aux_loss: Tensor
-    z_loss: Tensor
-    routing: RoutingRecord | None
-
-
 class Block(nn.Module):
     """Pre-LN residual block: x + attn(ln(x)), then x + moe(ln(x))."""
 
@@ -134,10 +142,69 @@ class Block(nn.Module):
         self.moe = MoE(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, cache, layer, record_routing, losses=True) -> BlockOutput:
+    def forward(self, x, rope, cache: KVCache | None, layer: int) -> tuple[Tensor, RouterOutput | None]:
+        start = cache.length if cache is not None else 0
+        counts = cache.expert_counts[layer] if cache is not None and cache.expert_counts is not None else None
         x = x + self.dropout(self.attn(self.ln1(x), rope, cache, layer))
-        moe = self.moe(self.ln2(x), record_routing, losses)
-        return BlockOutput(x + self.dropout(moe.y), moe.aux_loss, moe.z_loss, moe.routing)
+        y, router = self.moe(self.ln2(x), start=start, expert_counts=counts)
+        return x + self.dropout(y), router
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def _own_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, nn.Module]]:
+    """(name, parameter, the module that holds it), in ``named_parameters`` order (a tied weight once)."""
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        for local, p in module.named_parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield (f"{prefix}.{local}" if prefix else local), p, module
+
+
+def _marked(model: nn.Module, marker: str) -> set[int]:
+    """Ids of the parameters that modules list through a marker method (``residual_projections``, ...)."""
+    return {id(p) for m in model.modules() if hasattr(m, marker) for p in getattr(m, marker)()}
+
+
+def is_matrix(p: Tensor, module: nn.Module) -> bool:
+    """A weight matrix (or embedding table); the stacked experts count their leading expert dim out."""
+    return p.dim() - getattr(module, "stacked_dims", 0) >= 2
+
+
+@torch.no_grad()
+def init_parameters(model: nn.Module, n_layers: int) -> None:
+    """The initialization rule (GPT-2), by tensor rank and the residual-projection markers.
+
+    Matrices N(0, 0.02); matrices a module lists in ``residual_projections()`` (attention
+    output, common experts' output, routed experts' w2: they add into the residual
+    stream) N(0, 0.02 / sqrt(2 n_layers)); LayerNorm gains 1; every other vector (biases,
+    stacked expert biases) 0. Parameters are drawn in ``named_parameters`` order.
+    """
+    residual = _marked(model, "residual_projections")
+    residual_std = 0.02 / math.sqrt(2 * n_layers)
+    for _, p, module in _own_parameters(model):
+        if is_matrix(p, module):
+            nn.init.normal_(p, std=residual_std if id(p) in residual else 0.02)
+        elif isinstance(module, nn.LayerNorm) and p is module.weight:
+            nn.init.ones_(p)
+        else:
+            nn.init.zeros_(p)
+
+
+def decay_groups(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+    """The weight-decay rule: (decayed, not decayed) (name, parameter) pairs, in ``named_parameters`` order.
+
+    Every matrix decays, embeddings included (nanoGPT's rule: every >= 2-D tensor);
+    vectors (biases, LayerNorm gains) do not, nor the matrices a module lists in
+    ``undecayed_weights()`` (the router-noise weights: see :meth:`moelab.moe.MoE.undecayed_weights`).
+    """
+    undecayed = _marked(model, "undecayed_weights")
+    decay, keep = [], []
+    for name, p, module in _own_parameters(model):
+        (decay if is_matrix(p, module) and id(p) not in undecayed else keep).append((name, p))
+    return decay, keep
 
 
 # ---------------------------------------------------------------------------- model
@@ -158,14 +225,6 @@ class ModelOutput:
     ce_loss: Tensor | None
     aux_loss: Tensor
     z_loss: Tensor
-    routing: list[RoutingRecord] | None = None
-
-
-@dataclass
-class GenerationStep:
-    """One generated position: tokens (B,) and, if asked for, the routing that produced them."""
-
-    tokens: Tensor
     routing: list[RoutingRecord] | None = None
 
 
@@ -192,31 +251,15 @@ class Transformer(nn.Module):
             self.head.weight = self.tok_emb.weight
         self.reset_parameters()
 
-    @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers)."""
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith(("bias", ".b1", ".b2")):
-                nn.init.zeros_(p)
-            elif name.endswith(("ln1.weight", "ln2.weight", "ln_f.weight")):
-                nn.init.ones_(p)
-            elif name.endswith(("attn.proj.weight", "common.proj.weight", "experts.w2")):
-                nn.init.normal_(p, std=residual_std)
-            else:
-                nn.init.normal_(p, std=0.02)
+        """Re-draw every parameter by the initialization rule (:func:`init_parameters`)."""
+        init_parameters(self, self.config.n_layers)
 
     # ------------------------------------------------------------------ counts
     def num_parameters(self) -> dict[str, int]:
-        """Counted from the module: total and active per token (see ModelConfig.param_counts)."""
-        total = sum(p.numel() for p in self.parameters())
-        routed_unused = 0
-        for block in self.blocks:
-            experts = getattr(block.moe, "experts", None)
-            if experts is not None:
-                per_expert = sum(p[0].numel() for p in experts.parameters())
-                routed_unused += (self.config.n_experts - self.config.top_k) * per_expert
-        return {"total": total, "active": total - routed_unused}
+        """Counted from the module: total and active per token (the "all" row of :meth:`parameter_table`)."""
+        counts = self.parameter_table().loc["all"]
+        return {"total": int(counts["total"]), "active": int(counts["active"])}
 
     def parameter_table(self):
         """Parameters by component as a DataFrame: total, and active per token (routed experts × top_k / n)."""
@@ -275,21 +318,19 @@ class Transformer(nn.Module):
             rope = (self.rope_cos[start : start + T].to(x.dtype), self.rope_sin[start : start + T].to(x.dtype))
         x = self.dropout(x)
 
-        aux_losses, z_losses, routing = [], [], [] if record_routing else None
-        losses = targets is not None or self.training
+        routers = []
         for layer, block in enumerate(self.blocks):
-            out = block(x, rope, kv_cache, layer, record_routing, losses)
-            x = out.x
-            aux_losses.append(out.aux_loss)
-            z_losses.append(out.z_loss)
-            if routing is not None:
-                routing.append(out.routing)
+            x, router = block(x, rope, kv_cache, layer)
+            routers.append(router)
         if kv_cache is not None:
             kv_cache.length += T
         logits = self.head(self.ln_f(x))
 
-        aux_loss = torch.stack(aux_losses).mean()
-        z_loss = torch.stack(z_losses).mean()
+        if targets is not None or self.training:
+            aux_loss, z_loss = moe_losses(routers, self.config.n_experts, like=x)
+        else:  # decoding and plain inference do not pay for the losses
+            aux_loss = z_loss = x.new_zeros((), dtype=torch.promote_types(x.dtype, torch.float32))
+        routing = [None if r is None else r.record() for r in routers] if record_routing else None
         ce_loss = loss = None
         if targets is not None:
             wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 under autocast
@@ -339,7 +380,7 @@ class Transformer(nn.Module):
                     out = self(ctx, kv_cache=cache, record_routing=record_routing)
                 next_tokens = sample_next_token(out.logits[:, -1, :], temperature, top_k, top_p, generator)
                 seq = torch.cat([seq, next_tokens.unsqueeze(1)], dim=1)
-                routing = [_last_position(r) for r in out.routing] if record_routing else None
+                routing = [last_position(r) for r in out.routing] if record_routing else None
                 yield GenerationStep(next_tokens, routing)
 
     def generate(
@@ -376,43 +417,3 @@ class Transformer(nn.Module):
         ]
         idx = idx.unsqueeze(0) if idx.ndim == 1 else idx
         return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
-
-
-def _last_position(record: RoutingRecord) -> RoutingRecord:
-    return RoutingRecord(
-        record.experts[:, -1], record.weights[:, -1], record.probs[:, -1], record.dropped[:, -1]
-    )
-
-
-def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
-        raise ValueError(f"top_k must be None or an integer in 1..{vocab_size}, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
-
-
-def sample_next_token(
-    logits: Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator,
-) -> Tensor:
-    """Pick one token per row of logits (B, V): greedy at temperature 0, else sample."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # drop a token when the ones before it already reach top_p (the first is always kept)
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,225 @@
+"""The routed experts and their fast kernels.
+
+:class:`Experts` holds ``n`` GELU MLPs with stacked weights, w1 (n, d, h) and w2 (n, h, d).
+The MoE layer (:mod:`moelab.moe`) sorts token slots by expert and calls
+``experts(x_sorted, counts)`` once: expert ``e`` runs on its contiguous slice of
+``counts[e]`` rows. Which kernel computes that is the module's ``kernel`` attribute:
+
+- ``"plain"``: autograd through one :func:`gelu_mlp` per expert (the readable reference);
+- ``"loop"``: one matmul per expert into preallocated buffers, with a hand-written
+  backward (:class:`ExpertMLP`) that writes each expert's weight gradient in place into
+  one (n, ·, ·) tensor (autograd through slices of stacked weights would build a
+  zero-filled full-size gradient per expert);
+- ``"grouped"``: the same backward, but ``torch.nn.functional.grouped_mm`` runs all
+  experts in one call;
+- ``"auto"`` (default): ``grouped`` on CUDA in bf16, else ``loop``. If the GPU refuses
+  grouped_mm (its kernels have layout limits that differ by GPU), this module warns and
+  uses ``loop`` from then on.
+
+Decoding one token skips the sort: :meth:`Experts.one_token` runs the token's k experts
+by index. All paths compute the same function; tests check each against ``plain``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KERNELS = ("auto", "plain", "loop", "grouped")
+
+
+def affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """x @ w + b with w stored (in, out)."""
+    return x @ w if b is None else torch.addmm(b, x, w)
+
+
+def gelu_mlp(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
+    """The feed-forward of one expert: gelu(x w1 + b1) w2 + b2, with w1 (d, h) and w2 (h, d)."""
+    return affine(F.gelu(affine(x, w1, b1)), w2, b2)
+
+
+class Experts(nn.Module):
+    """``n`` feed-forward experts with stacked weights: w1 (n, d, h), w2 (n, h, d), b1 (n, h), b2 (n, d)."""
+
+    stacked_dims = 1  # every parameter has a leading expert dimension (the init and decay rules read this)
+
+    def __init__(self, n: int, n_embd: int, hidden: int, bias: bool, kernel: str = "auto") -> None:
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        self.kernel = kernel
+        self.w1 = nn.Parameter(torch.empty(n, n_embd, hidden))
+        self.w2 = nn.Parameter(torch.empty(n, hidden, n_embd))
+        self.b1 = nn.Parameter(torch.zeros(n, hidden)) if bias else None
+        self.b2 = nn.Parameter(torch.zeros(n, n_embd)) if bias else None
+        # GPT-2's N(0, 0.02), so a layer used on its own is initialized too (Transformer re-initializes)
+        nn.init.normal_(self.w1, std=0.02)
+        nn.init.normal_(self.w2, std=0.02)
+
+    def residual_projections(self) -> list[Tensor]:
+        """The weights that write into the residual stream (the init rule scales them down)."""
+        return [self.w2]
+
+    def forward(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
+        """Run expert e on its contiguous slice of ``x_sorted`` (``counts[e]`` rows).
+
+        Weights are cast once to the activations' dtype (bf16 under autocast).
+        """
+        dtype = x_sorted.dtype
+        weights = [None if p is None else p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2)]
+        kernel = self.kernel
+        if kernel == "auto":
+            grouped = x_sorted.is_cuda and dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
+            kernel = "grouped" if grouped else "loop"
+        if kernel == "plain":
+            return plain_experts(x_sorted, *weights, counts)
+        try:
+            return ExpertMLP.apply(x_sorted, *weights, tuple(counts), kernel == "grouped")
+        except RuntimeError as err:
+            if self.kernel != "auto" or kernel != "grouped":
+                raise
+            warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=2)
+            self.kernel = "loop"
+            return ExpertMLP.apply(x_sorted, *weights, tuple(counts), False)
+
+    def one_token(self, row: Tensor, experts: list[int], gates: Tensor) -> Tensor:
+        """The gate-weighted sum of the chosen experts on one token row (1, d), run by index (decoding)."""
+        device = row.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else row.dtype
+        b1, b2 = self.b1, self.b2
+        out = None
+        for e, gate in zip(experts, gates.to(dtype).unbind(0)):
+            y = gelu_mlp(
+                row.to(dtype),
+                self.w1[e].to(dtype),
+                None if b1 is None else b1[e].to(dtype),
+                self.w2[e].to(dtype),
+                None if b2 is None else b2[e].to(dtype),
+            )
+            out = y * gate if out is None else out + y * gate
+        return torch.zeros_like(row, dtype=dtype) if out is None else out  # None: capacity dropped every slot
+
+
+def plain_experts(x, w1, b1, w2, b2, counts) -> Tensor:
+    """The reference kernel: autograd through one :func:`gelu_mlp` per expert slice."""
+    parts = [
+        gelu_mlp(x[rows], w1[e], None if b1 is None else b1[e], w2[e], None if b2 is None else b2[e])
+        for e, rows in _slices(counts)
+    ]
+    return torch.cat(parts) if parts else x.new_zeros(0, w2.shape[-1])
+
+
+class ExpertMLP(torch.autograd.Function):
+    """GELU MLPs over contiguous row slices, one per expert, with a hand-written backward.
+
+    ``apply(x, w1, b1, w2, b2, counts, grouped)``: one matmul per expert (``grouped=False``)
+    or ``grouped_mm`` over all experts at once (``grouped=True``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, counts, grouped):
+        with torch.autocast(x.device.type, enabled=False):
+            pre, act, out = (_grouped_forward if grouped else _loop_forward)(x, w1, b1, w2, b2, counts)
+        ctx.save_for_backward(x, w1, w2, pre, act)
+        ctx.counts, ctx.has_bias, ctx.grouped = counts, (b1 is not None, b2 is not None), grouped
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, w1, w2, pre, act = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            backward = _grouped_backward if ctx.grouped else _loop_backward
+            grads = backward(grad_out.contiguous(), x, w1, w2, pre, act, ctx.counts, ctx.has_bias)
+        return (*grads, None, None)
+
+
+def _loop_forward(x, w1, b1, w2, b2, counts):
+    """:func:`gelu_mlp` per expert, written into preallocated buffers (pre-activation and
+    activation are kept for the backward)."""
+    pre = x.new_empty(x.shape[0], w1.shape[-1])
+    act = torch.empty_like(pre)
+    out = x.new_empty(x.shape[0], w2.shape[-1])
+    for e, rows in _slices(counts):
+        if b1 is None:
+            torch.mm(x[rows], w1[e], out=pre[rows])
+        else:
+            torch.addmm(b1[e], x[rows], w1[e], out=pre[rows])
+        act[rows] = F.gelu(pre[rows])
+        if b2 is None:
+            torch.mm(act[rows], w2[e], out=out[rows])
+        else:
+            torch.addmm(b2[e], act[rows], w2[e], out=out[rows])
+    return pre, act, out
+
+
+def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias):
+    grad_x = torch.empty_like(x)
+    grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+    grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]) if has_bias[0] else None
+    grad_b2 = x.new_zeros(w2.shape[0], w2.shape[-1]) if has_bias[1] else None
+    for e, rows in _slices(counts):
+        g = grad_out[rows]
+        torch.mm(act[rows].t(), g, out=grad_w2[e])
+        g_pre = torch.ops.aten.gelu_backward(g @ w2[e].t(), pre[rows])
+        torch.mm(x[rows].t(), g_pre, out=grad_w1[e])
+        torch.mm(g_pre, w1[e].t(), out=grad_x[rows])
+        if grad_b2 is not None:
+            torch.sum(g, 0, out=grad_b2[e])
+        if grad_b1 is not None:
+            torch.sum(g_pre, 0, out=grad_b1[e])
+    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def _group_layout(counts, device):
+    """grouped_mm's offsets (the end row of each expert) and each row's expert."""
+    sizes = torch.tensor(counts, device=device)
+    offsets = sizes.cumsum(0).to(torch.int32)
+    return offsets, torch.repeat_interleave(torch.arange(len(counts), device=device), sizes)
+
+
+def _pad_rows(t: Tensor, multiple: int = 8) -> Tensor:
+    """Zero rows appended up to a multiple of 8, so a transposed copy has 16-byte-aligned strides
+    (grouped_mm needs them; rows past the last offset are ignored)."""
+    extra = -t.shape[0] % multiple
+    return F.pad(t, (0, 0, 0, extra)) if extra else t
+
+
+def _transposed_rows(t: Tensor) -> Tensor:
+    return _pad_rows(t).t().contiguous()
+
+
+def _grouped_forward(x, w1, b1, w2, b2, counts):
+    offsets, row_expert = _group_layout(counts, x.device)
+    pre = F.grouped_mm(x, w1, offs=offsets)
+    if b1 is not None:
+        pre += b1[row_expert]
+    act = F.gelu(pre)
+    out = F.grouped_mm(act, w2, offs=offsets)
+    if b2 is not None:
+        out += b2[row_expert]
+    return pre, act, out
+
+
+def _grouped_backward(grad_out, x, w1, w2, pre, act, counts, has_bias):
+    offsets, row_expert = _group_layout(counts, x.device)
+    g_pre = torch.ops.aten.gelu_backward(F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets), pre)
+    # weight gradients: (n, ·, ·) from row-partitioned 2D operands; zeros for an expert without rows
+    grad_w2 = F.grouped_mm(_transposed_rows(act), _pad_rows(grad_out), offs=offsets)
+    grad_w1 = F.grouped_mm(_transposed_rows(x), _pad_rows(g_pre), offs=offsets)
+    grad_x = F.grouped_mm(g_pre, w1.transpose(1, 2).contiguous(), offs=offsets)
+    grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]).index_add_(0, row_expert, g_pre) if has_bias[0] else None
+    grad_b2 = x.new_zeros(w2.shape[0], w2.shape[-1]).index_add_(0, row_expert, grad_out) if has_bias[1] else None
+    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def _slices(counts):
+    """(expert, row slice) for every expert with at least one row."""
+    start = 0
+    for e, count in enumerate(counts):
+        if count:
+            yield e, slice(start, start + count)
+        start += count
