@@ -1,7 +1,7 @@
 import pytest
 
 from moelab import ModelConfig, TrainConfig, preset
-from moelab.config import presets_table
+from moelab.presets import presets_table
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,11 @@ import torch
 
 from moelab import Transformer, load_model, preset
 from moelab.optim import no_decay
-from moelab.train import (
-    Trainer,
-    TrainingDiverged,
-    WindowSampler,
-    build_configs,
-    latest_checkpoint,
-    main,
-    parse_value,
-)
+from moelab.batches import WindowSampler
+from moelab.presets import build_configs
+from moelab.runs import latest_checkpoint
+from moelab.train import main, parse_value
+from moelab.trainer import Trainer, TrainingDiverged
 
 
 def tiny(**train_changes):
