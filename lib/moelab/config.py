@@ -43,6 +43,16 @@ def _check_types(config: Any) -> None:
         _check(ok, f.name, f"must be {wanted}{' or None' if kind != base else ''}, got {value!r}")
 
 
+def _check_known_fields(cls: type, values: dict[str, Any], extra: set[str] = frozenset()) -> None:
+    """A dict of config values names only fields of ``cls`` (plus ``extra`` aliases)."""
+    known = {f.name for f in dataclasses.fields(cls)} | set(extra)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
+        )
+
+
 def _positive_int(value: Any, field_name: str) -> None:
     _check(
         isinstance(value, int) and not isinstance(value, bool) and value > 0,
@@ -193,12 +203,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)} | {"num_embeds"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ModelConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
-            )
+        _check_known_fields(cls, values, extra={"num_embeds"})
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ModelConfig":
@@ -318,12 +323,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         values = {cls.ALIASES.get(k, k): v for k, v in values.items()}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
-            )
+        _check_known_fields(cls, values)
         return cls(**values)
 
     def replace(self, **changes: Any) -> "TrainConfig":

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from tqdm.auto import tqdm
 
-LN2 = math.log(2.0)
+from .scoring import LN2
 
 
 def format_duration(seconds: float) -> str:
