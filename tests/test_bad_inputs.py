@@ -14,7 +14,8 @@ import pytest
 from moelab import CheckpointError, ModelConfig, TrainConfig, latest_checkpoint, load_model, preset
 from moelab.data import CorpusError, load_works, prepare_dataset
 from moelab.sampling import prepare_prompt
-from moelab.train import Trainer, WindowSampler, fixed_windows
+from moelab.batches import WindowSampler, fixed_windows
+from moelab.trainer import Trainer
 
 from .test_notebooks import run_notebook
 

@@ -1,7 +1,8 @@
 import pytest
 
 from moelab import ModelConfig, TrainConfig, preset
-from moelab.config import presets_table
+from moelab.config import config_diff
+from moelab.presets import PRESETS, presets_table
 
 
 @pytest.mark.parametrize(
@@ -88,3 +89,55 @@ def test_presets_table():
     for name in table.index:
         p = preset(name)
         p.train.check_against(p.model)
+
+
+def _presets_at_6f3e1e7():
+    """The presets as config.py wrote them before they became data (commit 6f3e1e7), verbatim."""
+    return {
+        "seed": (
+            ModelConfig(vocab_size=256, n_layers=6, n_heads=4, n_embd=1028, context_window=32, n_experts=8, top_k=2,
+                        n_common_experts=2, pos_encoding="learned", dropout=0.1),
+            TrainConfig(max_steps=2000, batch_size=64, lr=1e-4, current_context_window=8, context_window_step=8),
+        ),
+        "cpu": (
+            ModelConfig(n_layers=4, n_heads=4, n_embd=128, context_window=64, n_experts=8, top_k=2, n_common_experts=1,
+                        expert_hidden=256, pos_encoding="rope"),
+            TrainConfig(max_steps=None, max_minutes=10.0, batch_size=32, lr=2e-3, current_context_window=16,
+                        context_window_step=16, batch_keep="tokens"),
+        ),
+        "long": (
+            ModelConfig(n_layers=4, n_heads=6, n_embd=192, context_window=64, n_experts=8, top_k=2, n_common_experts=1,
+                        expert_hidden=384, pos_encoding="rope"),
+            TrainConfig(max_steps=None, max_minutes=60.0, batch_size=32, lr=2e-3, current_context_window=16,
+                        context_window_step=16, batch_keep="tokens", eval_every=250, checkpoint_every=500),
+        ),
+        "tiny": (
+            ModelConfig(n_layers=2, n_heads=2, n_embd=32, context_window=16, n_experts=4, top_k=2, n_common_experts=1,
+                        expert_hidden=64),
+            TrainConfig(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=2, current_context_window=8,
+                        context_window_step=4, eval_every=10, eval_windows=8, checkpoint_every=10, log_every=2,
+                        precision="fp32"),
+        ),
+    }
+
+
+def test_presets_keep_their_values():
+    old = _presets_at_6f3e1e7()
+    assert list(PRESETS) == list(old)
+    for name, (model, train) in old.items():
+        p = preset(name)
+        assert p.model == model and p.train == train, name
+        assert config_diff(p.model, model) == {} and config_diff(p.train, train) == {}, name
+
+
+def test_preset_table_holds_only_values_that_differ_from_the_defaults():
+    defaults = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
+    for name, entry in PRESETS.items():
+        assert set(entry) == {"description", "model", "train"} and entry["description"], name
+        for kind in ("model", "train"):
+            for field, value in entry[kind].items():
+                assert field in defaults[kind], (name, field)
+                default = defaults[kind][field]
+                if field == "expert_hidden":  # its default is derived: 4 * n_embd
+                    default = 4 * entry["model"].get("n_embd", defaults["model"]["n_embd"])
+                assert value != default, f"{name}.{kind}.{field} repeats the default {value!r}"

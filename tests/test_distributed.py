@@ -17,7 +17,7 @@ from moelab import ModelConfig, load_checkpoint
 from moelab.distributed import torchrun_command
 from moelab.moe import MoE
 from moelab.paths import data_dir, reports_dir
-from moelab.train import list_checkpoints
+from moelab.runs import list_checkpoints
 
 # no router noise and no dropout: per-rank random streams would differ from one process's
 SAME_MATH = ["--set", "router_noise=false", "--set", "dropout=0.0", "--set", "log_every=1"]
@@ -163,7 +163,7 @@ def test_notebook_02_trains_with_two_processes(tmp_path, monkeypatch):
 
 
 def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(toy_dataset, monkeypatch):
-    import moelab.train as train_module
+    import moelab.trainer as train_module
     from moelab import preset
 
     three_ranks = train_module.distributed.DistInfo(rank=0, world_size=3, local_rank=0)

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from moelab import ModelConfig, Transformer, save_checkpoint
 from moelab.data import clean_text
-from moelab.evaluate import evaluate, main, score_bytes
+from moelab.evaluate import main
+from moelab.scoring import score_bytes, score_text
 
 
 def small_model() -> Transformer:
@@ -43,13 +44,13 @@ def test_every_byte_is_scored_once_with_its_window(stride, length):
 def test_untrained_model_is_near_eight_bits_and_cleaning_is_optional(tmp_path):
     model = Transformer(ModelConfig(n_layers=1, n_heads=2, n_embd=16, context_window=16, n_experts=2, top_k=1))
     text = "Não consultes dicionários.\nCasmurro não está aqui no sentido que eles lhe dão, mas no que lhe pôs o vulgo de homem calado e metido consigo.\n"
-    result = evaluate(model, text)
+    result = score_text(model, text)
     assert abs(result.bits_per_byte - 8.0) < 0.5
     assert result.bytes == len(text.encode())
-    assert evaluate(model, text, clean=True).bytes == len(clean_text(text).encode())
-    assert evaluate(model, "").bytes == 0 and math.isnan(evaluate(model, "").bits_per_byte)
+    assert score_text(model, text, clean=True).bytes == len(clean_text(text).encode())
+    assert score_text(model, "").bytes == 0 and math.isnan(score_text(model, "").bits_per_byte)
     with pytest.raises(ValueError, match="stride"):
-        evaluate(model, text, stride=17)
+        score_text(model, text, stride=17)
 
 
 def test_command_line(tmp_path, capsys):
@@ -69,14 +70,23 @@ def test_command_line(tmp_path, capsys):
     assert "no checkpoint file" in capsys.readouterr().err
 
 
-def test_package_level_evaluate_and_clean_command_lines():
+def test_command_lines_run_without_the_sys_modules_warning():
+    """``python -m`` runs each command line once: no module of the package imports it first
+    (which Python reports as "'moelab.train' found in sys.modules ..." RuntimeWarning)."""
     import subprocess
     import sys
 
-    import moelab
+    import moelab.evaluate
 
-    model = small_model()
-    assert moelab.evaluate(model, b"Capitu").bytes == 6  # the module is callable as the function
+    assert not callable(moelab.evaluate)  # a plain module; the function is moelab.scoring.score_text
     for module in ("moelab.train", "moelab.evaluate"):
-        done = subprocess.run([sys.executable, "-W", "error", "-m", module, "--help"], capture_output=True, text=True)
-        assert done.returncode == 0 and "usage: python -m" in done.stdout, done.stderr
+        for flags in ([], ["-W", "error"]):
+            done = subprocess.run([sys.executable, *flags, "-m", module, "--help"], capture_output=True, text=True)
+            assert done.returncode == 0 and "usage: python -m" in done.stdout, done.stderr
+            assert "found in sys.modules" not in done.stderr and "RuntimeWarning" not in done.stderr, done.stderr
+
+
+def test_score_text_reads_a_checkpoint(tmp_path):
+    model = small_model().float()
+    checkpoint = save_checkpoint(tmp_path / "m.pt", model)
+    assert score_text(checkpoint, "Capitu").nats == pytest.approx(score_text(model, b"Capitu").nats)

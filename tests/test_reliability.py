@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from moelab import ByteTokenizer, CheckpointError, load_checkpoint, preset
 from moelab.paths import data_dir, reports_dir
 from moelab.schedule import LRSchedule, WindowSchedule
-from moelab.train import Trainer, list_checkpoints
+from moelab.runs import list_checkpoints
+from moelab.trainer import Trainer
 
 COMPARED = ["step", "tokens", "window", "batch_sequences", "lr", "loss", "ce_loss", "aux_loss", "z_loss", "grad_norm"]
 
@@ -209,3 +210,31 @@ def test_leftover_temporary_files_are_not_checkpoints(tmp_path):
     (tmp_path / ".ckpt_0000010.pt.abc.tmp").write_bytes(b"half a checkpoint")
     (tmp_path / "ckpt_0000005.pt").write_bytes(b"")
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_0000005.pt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_mode_of_any_file_the_user_writes(toy_dataset, tmp_path, umask):
+    import os
+    import stat
+
+    from moelab.paths import atomic_write, current_umask
+
+    def mode(path) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("plain")
+        expected = mode(tmp_path / "plain.txt")
+        assert expected == 0o666 & ~umask
+        atomic_write(tmp_path / "atomic.bin", lambda f: f.write(b"atomic"))
+        assert mode(tmp_path / "atomic.bin") == expected
+        run = f"umask-{umask:03o}"
+        Trainer(preset("tiny").model, preset("tiny").train.replace(max_steps=2), run, dataset=toy_dataset, progress=False).fit()
+        for name in ("metrics.parquet", "config.json", "routing.parquet"):
+            assert mode(reports_dir() / run / name) == expected, name
+    finally:
+        os.umask(previous)
+    assert current_umask() == previous

@@ -4,18 +4,14 @@ import pandas as pd
 import pytest
 import torch
 
-from moelab import ModelConfig, TrainConfig, Transformer, load_model, preset
+from moelab import ModelConfig, TrainConfig, Transformer, load_model
+from moelab.batches import WindowSampler
 from moelab.model import decay_groups
 from moelab.optim import make_optimizer
-from moelab.train import (
-    Trainer,
-    TrainingDiverged,
-    WindowSampler,
-    build_configs,
-    latest_checkpoint,
-    main,
-    parse_value,
-)
+from moelab.presets import build_configs, preset
+from moelab.runs import latest_checkpoint
+from moelab.train import main, parse_value
+from moelab.trainer import Trainer, TrainingDiverged
 
 
 def tiny(**train_changes):
@@ -208,3 +204,47 @@ def test_compiled_training_matches_eager(toy_dataset):
     eager = Trainer(model, train, "eager", dataset=toy_dataset, progress=False).fit().metrics
     compiled = Trainer(model, train.replace(compile=True), "compiled", dataset=toy_dataset, progress=False).fit().metrics
     assert compiled["loss"].tolist() == pytest.approx(eager["loss"].tolist(), rel=1e-4)
+
+
+def test_progress_lines_instead_of_the_bar(toy_dataset, capsys, monkeypatch):
+    from moelab.progress import format_duration
+
+    monkeypatch.setenv("MOELAB_PROGRESS", "log")
+    model, train = tiny(max_steps=6, log_every=2, eval_every=3)
+    trainer = Trainer(model, train, "lines", dataset=toy_dataset)
+    trainer.progress_every_s = 0  # a line after every step (10 s by default)
+    trainer.fit()
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("lines: step")]
+    assert len(lines) == 1 + 6 + 1  # the starting point, every step, the end
+    assert "step 6 · loss " in lines[-1] and " bpb · " in lines[-1] and "tok/s" in lines[-1] and lines[-1].endswith("done")
+    assert "elapsed " in lines[3] and "left ~" in lines[3] and "val -" in lines[1] and "val -" not in lines[4]
+    assert "%|" not in captured.err  # no tqdm bar
+    assert [format_duration(s) for s in (42, 187, 7500)] == ["42s", "3m07s", "2h05m"]
+
+    monkeypatch.setenv("MOELAB_PROGRESS", "log")
+    quiet = Trainer(model, train, "quiet-lines", dataset=toy_dataset, progress=False)
+    quiet.progress_every_s = 0
+    quiet.fit()
+    assert "quiet-lines: step" not in capsys.readouterr().out  # progress=False shows nothing
+
+
+def test_window_helpers_gather_the_same_bytes():
+    import numpy as np
+
+    from moelab.batches import evenly_spaced_windows, fixed_windows, gather_windows
+
+    data = np.arange(200, dtype=np.uint8)
+    x, y = fixed_windows(data, 16, 5)
+    starts = torch.linspace(0, 200 - 16 - 1, 5).long()  # the validation windows as before the split
+    expected = torch.from_numpy(data).long()[starts.unsqueeze(1) + torch.arange(17)]
+    assert torch.equal(x, expected[:, :-1]) and torch.equal(y, expected[:, 1:])
+    assert np.array_equal(evenly_spaced_windows(data, 17, 5), expected.numpy().astype(np.uint8))
+    assert torch.equal(gather_windows(torch.arange(10), torch.tensor([0, 7]), 3), torch.tensor([[0, 1, 2], [7, 8, 9]]))
+    windows = evenly_spaced_windows(data, 10, 1000)  # at most one window per start
+    assert windows.shape == (191, 10) and windows[-1, -1] == 199
+    sampler = WindowSampler(data, seed=3)
+    generator = torch.Generator().manual_seed(3 * 1009)
+    xb, yb = sampler.batch(4, 8)
+    starts = torch.randint(0, 200 - 8 - 1, (4,), generator=generator)
+    assert torch.equal(xb[:, 0], starts) and torch.equal(yb[:, -1], starts + 8)

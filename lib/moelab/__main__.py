@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .config import presets_table
+from .presets import presets_table
 from .sampling import list_runs
 
 

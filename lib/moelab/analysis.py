@@ -20,6 +20,7 @@ import seaborn as sns
 import torch
 
 from . import moe
+from .batches import evenly_spaced_windows  # noqa: F401  (notebook 03 calls analysis.evenly_spaced_windows)
 from .data import SEPARATOR, char_class
 from .model import Transformer, eval_mode
 
@@ -90,14 +91,6 @@ def collect_routing(
         dropped=np.concatenate(parts["dropped"], axis=1),
         labels=token_labels,
     )
-
-
-def evenly_spaced_windows(data: np.ndarray, length: int, count: int) -> np.ndarray:
-    """``count`` windows of ``length`` bytes spread evenly over data, as an (n, length) array."""
-    if len(data) < length:
-        raise ValueError(f"need at least {length} bytes, got {len(data)}")
-    starts = np.linspace(0, len(data) - length, min(count, len(data) - length + 1)).astype(int)
-    return np.stack([np.asarray(data[s : s + length]) for s in starts])
 
 
 def category_windows(texts: pd.Series, length: int, per_category: int) -> tuple[np.ndarray, np.ndarray]:

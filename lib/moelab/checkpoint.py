@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, config_diff
 from .model import Transformer
 from .paths import atomic_write
 
@@ -103,8 +103,8 @@ def load_model(
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} carries an invalid model config: {err}") from err
     if expect_config is not None:
-        ours, theirs = expect_config.to_dict(), config.to_dict()
-        diff = [f"{k}: checkpoint {theirs[k]!r} vs expected {ours[k]!r}" for k in ours if ours[k] != theirs.get(k)]
+        changed = config_diff(expect_config, config).items()
+        diff = [f"{k}: checkpoint {theirs!r} vs expected {ours!r}" for k, (ours, theirs) in changed]
         if diff:
             raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
     model = Transformer(config)

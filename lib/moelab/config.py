@@ -1,4 +1,4 @@
-"""Configuration: ModelConfig, TrainConfig and the named presets.
+"""Configuration: ModelConfig and TrainConfig (the named presets are in :mod:`moelab.presets`).
 
 Names follow the seed repository where it had one (``context_window``,
 ``current_context_window``, ``context_window_step``, ``num_embeds`` as an alias of
@@ -9,7 +9,7 @@ Names follow the seed repository where it had one (``context_window``,
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import InitVar, asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass
 from typing import Any, ClassVar
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
@@ -41,6 +41,16 @@ def _check_types(config: Any) -> None:
             continue
         wanted = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string"}[base]
         _check(ok, f.name, f"must be {wanted}{' or None' if kind != base else ''}, got {value!r}")
+
+
+def _check_known_fields(cls: type, values: dict[str, Any], extra: set[str] = frozenset()) -> None:
+    """A dict of config values names only fields of ``cls`` (plus ``extra`` aliases)."""
+    known = {f.name for f in dataclasses.fields(cls)} | set(extra)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
+        )
 
 
 def _positive_int(value: Any, field_name: str) -> None:
@@ -200,12 +210,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)} | {"num_embeds"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ModelConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
-            )
+        _check_known_fields(cls, values, extra={"num_embeds"})
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ModelConfig":
@@ -325,12 +330,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         values = {cls.ALIASES.get(k, k): v for k, v in values.items()}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
-            )
+        _check_known_fields(cls, values)
         return cls(**values)
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -341,158 +341,3 @@ def config_diff(old: ModelConfig | TrainConfig, new: ModelConfig | TrainConfig) 
     """Fields whose values differ between two configs of one kind: {field: (old, new)}."""
     before, after = old.to_dict(), new.to_dict()
     return {k: (before.get(k), after.get(k)) for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)}
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    model: ModelConfig = field(repr=False)
-    train: TrainConfig = field(repr=False)
-
-
-def _presets() -> dict[str, Preset]:
-    return {
-        "seed": Preset(
-            "seed",
-            "The seed repository's example hyperparameters (vocabulary widened to all 256 bytes).",
-            ModelConfig(
-                vocab_size=256,
-                n_layers=6,
-                n_heads=4,
-                n_embd=1028,
-                context_window=32,
-                n_experts=8,
-                top_k=2,
-                n_common_experts=2,
-                pos_encoding="learned",
-                dropout=0.1,
-            ),
-            TrainConfig(
-                max_steps=2000,
-                batch_size=64,
-                lr=1e-4,
-                current_context_window=8,
-                context_window_step=8,
-            ),
-        ),
-        "cpu": Preset(
-            "cpu",
-            "The default: learns visibly in a few minutes on a 2-core CPU.",
-            ModelConfig(
-                n_layers=4,
-                n_heads=4,
-                n_embd=128,
-                context_window=64,
-                n_experts=8,
-                top_k=2,
-                n_common_experts=1,
-                expert_hidden=256,
-                pos_encoding="rope",
-            ),
-            TrainConfig(
-                max_steps=None,
-                max_minutes=10.0,
-                batch_size=32,
-                lr=2e-3,
-                current_context_window=16,
-                context_window_step=16,
-                batch_keep="tokens",
-            ),
-        ),
-        "long": Preset(
-            "long",
-            "An hour on a 2-core CPU: a wider model for a longer budget.",
-            ModelConfig(
-                n_layers=4,
-                n_heads=6,
-                n_embd=192,
-                context_window=64,
-                n_experts=8,
-                top_k=2,
-                n_common_experts=1,
-                expert_hidden=384,
-                pos_encoding="rope",
-            ),
-            TrainConfig(
-                max_steps=None,
-                max_minutes=60.0,
-                batch_size=32,
-                lr=2e-3,
-                current_context_window=16,
-                context_window_step=16,
-                batch_keep="tokens",
-                eval_every=250,
-                checkpoint_every=500,
-            ),
-        ),
-        "tiny": Preset(
-            "tiny",
-            "Seconds on a CPU: for tests and smoke runs.",
-            ModelConfig(
-                n_layers=2,
-                n_heads=2,
-                n_embd=32,
-                context_window=16,
-                n_experts=4,
-                top_k=2,
-                n_common_experts=1,
-                expert_hidden=64,
-            ),
-            TrainConfig(
-                max_steps=20,
-                batch_size=8,
-                lr=3e-3,
-                warmup_steps=2,
-                current_context_window=8,
-                context_window_step=4,
-                eval_every=10,
-                eval_windows=8,
-                checkpoint_every=10,
-                log_every=2,
-                precision="fp32",  # the same numbers on every machine (tests compare them)
-            ),
-        ),
-    }
-
-
-PRESETS: dict[str, Preset] = _presets()
-
-
-def preset(name: str) -> Preset:
-    """A fresh copy of a named preset (``seed``, ``cpu``, ``long`` or ``tiny``)."""
-    if name not in PRESETS:
-        raise ValueError(f"preset: unknown name {name!r}; choose one of {', '.join(PRESETS)}")
-    return _presets()[name]
-
-
-def presets_table():
-    """The named presets as a pandas DataFrame (one row each, parameter counts included)."""
-    import pandas as pd
-
-    rows = []
-    for p in (preset(name) for name in PRESETS):
-        m, t = p.model, p.train
-        counts = m.param_counts()
-        rows.append(
-            {
-                "preset": p.name,
-                "n_layers": m.n_layers,
-                "n_heads": m.n_heads,
-                "n_embd": m.n_embd,
-                "context_window": m.context_window,
-                "window_start": t.current_context_window,
-                "window_step": t.context_window_step,
-                "n_experts": m.n_experts,
-                "top_k": m.top_k,
-                "n_common_experts": m.n_common_experts,
-                "pos_encoding": m.pos_encoding,
-                "batch_size": t.batch_size,
-                "lr": t.lr,
-                "max_steps": t.max_steps,
-                "params_total": counts["total"],
-                "params_active": counts["active"],
-                "description": p.description,
-            }
-        )
-    return pd.DataFrame(rows).set_index("preset")

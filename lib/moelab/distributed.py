@@ -138,7 +138,7 @@ def launch(
     """
     import yaml
 
-    from .train import result_from_files
+    from .runs import result_from_files
 
     if if_exists not in ("error", "resume", "overwrite"):
         raise ValueError(f"if_exists must be error, resume or overwrite, got {if_exists!r}")

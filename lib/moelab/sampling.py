@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .model import Transformer, check_sampling_args
+from .generation import check_sampling_args
+from .model import Transformer
 from .paths import data_dir
 from .tokenizer import ByteTokenizer
-from .train import list_checkpoints  # moves to .runs with the trainer's split
+from .runs import list_checkpoints
 
 EMPTY_PROMPT = "\n"
 MAX_NEW_TOKENS = 4000  # a bound on one request, so an interactive UI never hangs for long

@@ -76,6 +76,17 @@ class WindowSchedule:
             return batch_size
         return max(1, batch_size * self.maximum // window)
 
+    def check_world_size(self, batch_size: int, keep: str, world_size: int) -> None:
+        """Every batch of the schedule must split evenly over ``world_size`` processes."""
+        sizes = {w: self.batch_sequences(w, batch_size, keep) for w in self.windows}
+        uneven = [w for w, n in sizes.items() if n % world_size]
+        if uneven:
+            raise ValueError(
+                f"batch_size: with {world_size} processes every batch must split evenly, but at window(s) {uneven} "
+                f"the batch has {[sizes[w] for w in uneven]} sequences; choose a batch_size that makes them "
+                f"multiples of {world_size} (batch_size is the global batch)"
+            )
+
 
 @dataclass(frozen=True)
 class LRSchedule:

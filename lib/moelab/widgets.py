@@ -17,7 +17,7 @@ import ipywidgets as w
 from .checkpoint import CheckpointError, load_model
 from .model import Transformer
 from .sampling import Piece, SampleSettings, list_runs, prepare_prompt, stream
-from .train import latest_checkpoint  # moves to .runs with the trainer's split
+from .runs import latest_checkpoint
 
 DEFAULT_PROMPT = "Capitu olhou para mim e disse"
 NO_RUNS = "(no trained runs: train one in notebook 02)"
