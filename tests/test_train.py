@@ -7,7 +7,7 @@ import torch
 from moelab import ModelConfig, TrainConfig, Transformer, load_model
 from moelab.batches import WindowSampler
 from moelab.model import decay_groups
-from moelab.optim import make_optimizer
+from moelab.optim import load_optimizer_state, make_optimizer
 from moelab.presets import build_configs, preset
 from moelab.runs import latest_checkpoint
 from moelab.train import main, parse_value
@@ -152,6 +152,31 @@ def test_weight_decay_groups():
     assert (decayed["weight_decay"], kept["weight_decay"]) == (0.1, 0.0)
     assert [p for _, p in decay_groups(model)[0]] == decayed["params"]
     assert len(decayed["params"]) + len(kept["params"]) == len(list(model.parameters()))
+
+
+def test_optimizer_state_of_the_previous_decay_rule_is_moved_to_the_same_parameters():
+    """A checkpoint from before the router-noise weights left the decay group resumes with every moment in place."""
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny").model)
+
+    def old_rule_no_decay(name):  # the previous version's name-based rule, written out
+        return name.endswith(("bias", ".b1", ".b2")) or ".ln" in f".{name}" or name.startswith("ln_f")
+
+    named = list(model.named_parameters())
+    old = torch.optim.AdamW(
+        [{"params": [p for n, p in named if not old_rule_no_decay(n)], "weight_decay": 0.1},
+         {"params": [p for n, p in named if old_rule_no_decay(n)], "weight_decay": 0.0}], lr=1e-3
+    )
+    model(torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8))).loss.backward()
+    old.step()
+    expected = {n: old.state[p]["exp_avg"].clone() for n, p in named}
+    new = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    with pytest.raises(ValueError):  # the groups differ in size: a plain load refuses it
+        new.load_state_dict(old.state_dict())
+    load_optimizer_state(new, model, old.state_dict())
+    for n, p in named:
+        assert torch.equal(new.state[p]["exp_avg"], expected[n]), n
+    assert [g["weight_decay"] for g in new.param_groups] == [0.1, 0.0]
 
 
 def test_command_line(toy_dataset, capsys):

@@ -240,7 +240,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
     warmup_steps: int = 50  # linear learning-rate warmup
-    weight_decay: float = 0.1  # on matrices only (not biases, norms, embeddings)
+    weight_decay: float = 0.1  # on matrices, embeddings included; not biases, norms, router-noise weights
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     grad_accum_steps: int = 1

@@ -36,7 +36,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, config_diff
 from .data import load_split
 from .model import Transformer, eval_mode
-from .optim import make_optimizer
+from .optim import load_optimizer_state, make_optimizer
 from .paths import atomic_write, check_run_name
 from .precision import autocast, resolve_precision
 from .progress import make_progress
@@ -353,7 +353,7 @@ class Trainer:
             if diff:
                 raise CheckpointError(f"cannot resume {self.run_name}: the model config differs in {', '.join(diff)}")
             self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
+            load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
             state = payload["extra"]
             self.step, self.tokens, self.elapsed_before = payload["step"], state["tokens"], state["elapsed_s"]
             self.sampler.load_state_dict(state["sampler"])
