@@ -13,7 +13,7 @@ import papermill
 import pytest
 
 from moelab.notebook import PROFILE_SETTINGS, notebook_settings, resolve_profile
-from moelab.pipeline import STAGES, StageFailed, run_pipeline, training_mode
+from moelab.pipeline import STAGES, LocalKernelManager, StageFailed, run_pipeline, training_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -28,6 +28,7 @@ def run_notebook(name: str, output_dir: Path, **parameters) -> nbformat.Notebook
         parameters={"profile": "tiny", **parameters},
         cwd=str(ROOT / "notebooks"),
         kernel_name="moelab",
+        kernel_manager_class=LocalKernelManager,  # no kernel warning about TCP
         progress_bar=False,
     )
     return nbformat.read(output, as_version=4)
@@ -146,7 +147,8 @@ def test_a_run_name_given_with_the_tiny_profile_is_used_as_given(tmp_path, monke
     assert sorted(p.name for p in (data / "checkpoints").iterdir()) == ["X"]
     assert (data / "checkpoints" / "X" / "ckpt_0000030.pt").is_file()  # the tiny profile's 30 steps
     assert sorted(p.name for p in reports.iterdir()) == ["X"] and (reports / "X" / "metrics.parquet").is_file()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
     assert "given: run_name='X'" in text and "preset='tiny'" in text and "comparison skipped" in text
 
 
