@@ -168,6 +168,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     streamed = capfd.readouterr()
     assert "without encryption" not in streamed.out + streamed.err  # the kernel's TCP warning: no TCP at all
     assert "16 works" in streamed.out  # the cells' output streams to the terminal while they run
+    assert not list((ROOT / "notebooks").glob("kernel-*")), "IPC sockets belong in a temporary folder"
     nb = nbformat.read(run / "01_data_prep.ipynb", as_version=4)
     processed = data / "processed" / "machado-tiny"
     meta = json.loads((processed / "meta.json").read_text())

@@ -28,17 +28,22 @@ few seconds. Kernels talk to the pipeline over local IPC sockets (POSIX), not TC
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.localinterfaces import localhost
 from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
 from .notebook import PROFILE_SETTINGS, resolve_profile
 from .paths import atomic_write, check_run_name, project_root, reports_dir, sha256_file
@@ -52,9 +57,21 @@ PROGRESS_ENV = {"MOELAB_PROGRESS": "log"}  # plain status lines from the Trainer
 
 class LocalKernelManager(AsyncKernelManager):
     """A kernel reached over Unix-domain (IPC) sockets: nothing listens on TCP, so the kernel
-    has no reason to print its "running over TCP without encryption" warning."""
+    has no reason to print its "running over TCP without encryption" warning.
+
+    The sockets live in a fresh private temporary folder (jupyter_client's default is the
+    relative path ``kernel-ipc``, which breaks when the kernel's working directory differs
+    and collides between kernels started in one folder)."""
 
     transport = "ipc" if os.name == "posix" else "tcp"
+
+    @default("ip")
+    def _socket_path_default(self) -> str:
+        if self.transport != "ipc":
+            return localhost()
+        folder = tempfile.mkdtemp(prefix="moelab-kernel-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return os.path.join(folder, "kernel")
 
 
 @dataclass
