@@ -11,14 +11,15 @@ TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 TORCH_VARIANT ?= cpu
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/$(TORCH_VARIANT)
 KERNEL := moelab
-RUN ?= default
+RUN ?=
+PROFILE ?=
 PARAMS ?=
 STAMP := $(VENV)/.setup-done-$(TORCH_VARIANT)
 
 .PHONY: setup run test lab bench notebook-outputs help
 
 help:
-	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PARAMS=file.yaml, FORCE=1)"
+	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PROFILE=tiny, PARAMS=file.yaml, FORCE=1)"
 	@echo "make test   the whole test suite (sets up .venv first)"
 	@echo "make lab    JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
 	@echo "make bench  the performance benchmark into reports/benchmarks/ (BENCH_ARGS=...)"
@@ -39,10 +40,11 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 	@echo "environment ready: $(VENV) (kernel '$(KERNEL)')"
 
-# The notebook pipeline, executed into reports/$(RUN)/, then the run's report
-# (lib/moelab/pipeline.py). Stages whose inputs are unchanged are skipped; FORCE=1 re-runs all.
+# The notebook pipeline, executed into reports/$(RUN)/ (default: the profile's run name, default or tiny),
+# then the run's report (lib/moelab/pipeline.py). Stages whose inputs are unchanged are skipped; an
+# interrupted training resumes from its last checkpoint; FORCE=1 re-runs everything from scratch.
 run: setup
-	$(BIN)/python -m moelab.pipeline $(RUN) $(if $(PARAMS),-f $(PARAMS)) $(if $(FORCE),--force)
+	$(BIN)/python -m moelab.pipeline $(RUN) $(if $(PROFILE),--profile $(PROFILE)) $(if $(PARAMS),-f $(PARAMS)) $(if $(FORCE),--force)
 
 test: setup
 	$(BIN)/python -m pytest
@@ -51,9 +53,10 @@ test: setup
 bench: setup
 	$(BIN)/python -m moelab.bench $(BENCH_ARGS)
 
-# Re-run the notebooks in the tiny profile and keep the outputs nbval compares (tools/checked_outputs.py).
+# Re-run the notebooks in the tiny profile and keep the outputs nbval compares (tools/checked_outputs.py);
+# NOTEBOOKS="00_moe_by_hand" rewrites only those.
 notebook-outputs: setup
-	$(BIN)/python tools/checked_outputs.py
+	$(BIN)/python tools/checked_outputs.py $(NOTEBOOKS)
 
 lab: setup
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks

@@ -2,7 +2,10 @@
 
 Notebooks run in the `tiny` profile, write into a temporary data folder (never the
 user's data/), and take the Machado corpus from the shared offline mirror when one is
-next to the checkout (CI points MOELAB_CORPUS_MIRROR at it).
+next to the checkout (CI points MOELAB_CORPUS_MIRROR at it). nbval cannot pass
+parameters, so the committed notebooks (profile=None) get the tiny profile from
+MOELAB_PROFILE; tests that run notebooks through papermill pass profile="tiny" as an
+ordinary parameter.
 """
 
 import os

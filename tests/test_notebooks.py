@@ -12,7 +12,8 @@ import pandas as pd
 import papermill
 import pytest
 
-from moelab.pipeline import StageFailed, run_pipeline
+from moelab.notebook import PROFILE_SETTINGS, notebook_settings, resolve_profile
+from moelab.pipeline import STAGES, LocalKernelManager, StageFailed, run_pipeline, training_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -27,6 +28,7 @@ def run_notebook(name: str, output_dir: Path, **parameters) -> nbformat.Notebook
         parameters={"profile": "tiny", **parameters},
         cwd=str(ROOT / "notebooks"),
         kernel_name="moelab",
+        kernel_manager_class=LocalKernelManager,  # no kernel warning about TCP
         progress_bar=False,
     )
     return nbformat.read(output, as_version=4)
@@ -60,8 +62,68 @@ def test_papermill_lists_every_parameter_with_its_type(path):
     names = [line.split(":")[0] for line in parameters.source.splitlines()]
     done = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)], capture_output=True, text=True)
     assert "Unable to parse" not in done.stdout + done.stderr
-    for name in names:
-        assert re.search(rf"^  {name}: \w+ \(default", done.stdout, re.M), f"papermill does not list {name}"
+    for name in names:  # "Optional[int]": papermill does not parse `int | None`, so None-able ones say Optional
+        assert re.search(rf"^  {name}: [\w\[\]]+ \(default", done.stdout, re.M), f"papermill does not list {name}"
+    # the parameters a profile sets default to None in the cell (None: the profile's value), nothing else does
+    declared = papermill.inspect_notebook(str(path))
+    for name in PROFILE_SETTINGS.get(path.stem, {}).get("default", {}):
+        assert declared[name]["default"] == "None", f"{path.name}: {name} must default to None (the profile's value)"
+        assert declared[name]["inferred_type_name"].startswith("Optional["), name
+    assert not re.search(r"\((0|-1): the preset", done.stdout), "None, not 0 / -1, means the preset's value"
+
+
+def test_every_stage_of_the_pipeline_is_a_notebook():
+    assert [p.stem for p in NOTEBOOKS] == list(STAGES)
+    assert set(PROFILE_SETTINGS) <= set(STAGES)
+
+
+def test_notebook_settings_fill_only_what_the_user_left_as_none(monkeypatch):
+    monkeypatch.delenv("MOELAB_PROFILE", raising=False)
+    nones = dict.fromkeys(PROFILE_SETTINGS["02_train"]["default"])
+    settings = notebook_settings("02_train", None, **{**nones, "run_name": "X", "max_steps": 7})
+    assert settings["run_name"] == "X" and settings["max_steps"] == 7  # passed values are kept as they are
+    assert settings["preset"] == "cpu" and settings["dataset"] == "machado" and settings["compare_minutes"] == 2.5
+    assert settings.from_profile == set(nones) - {"run_name", "max_steps"} and settings.profile == "default"
+    assert list(settings) == list(nones)  # in the order passed: `a, b = notebook_settings(...).values()`
+    assert "given: run_name='X', max_steps=7" in settings.summary()
+    tiny = notebook_settings("02_train", "tiny", **{**nones, "run_name": "X"})
+    assert tiny["run_name"] == "X" and tiny["preset"] == "tiny" and tiny["max_steps"] == 30
+    assert tiny["dataset"] == "machado-tiny" and tiny["compare_steps"] == 10 and tiny["compare_minutes"] is None
+    assert notebook_settings("02_train", "tiny", **nones)["run_name"] == "tiny"
+    # a profile value may follow another setting: the tiny profile compares with the run's fixed-window run
+    nones03 = dict.fromkeys(PROFILE_SETTINGS["03_expert_utilization"]["tiny"])
+    assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "run_name": "X"})["compare_run_name"] == "X-cmp-2"
+    assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "compare_run_name": ""})["compare_run_name"] == ""
+    assert notebook_settings("03_expert_utilization", "default", **nones03)["compare_run_name"] is None
+
+
+def test_notebook_settings_refuse_unknown_and_missing_names_and_profiles(monkeypatch):
+    nones = dict.fromkeys(PROFILE_SETTINGS["04_sampling"]["default"])
+    with pytest.raises(TypeError, match=r"unknown parameter\(s\) max_step\b.*set exactly: run_name, max_new_tokens"):
+        notebook_settings("04_sampling", "default", **nones, max_step=3)
+    with pytest.raises(TypeError, match=r"missing parameter\(s\) max_new_tokens"):
+        notebook_settings("04_sampling", "default", run_name="X")
+    with pytest.raises(ValueError, match="unknown notebook '05_x'"):
+        notebook_settings("05_x", "default")
+    with pytest.raises(ValueError, match="parameter profile='huge' is not one of 'default', 'tiny'"):
+        notebook_settings("04_sampling", "huge", **nones)
+    monkeypatch.setenv("MOELAB_PROFILE", "tiny")
+    assert resolve_profile(None) == "tiny" and resolve_profile("default") == "default"  # a passed profile wins
+    monkeypatch.setenv("MOELAB_PROFILE", "huge")
+    with pytest.raises(ValueError, match=r"\$MOELAB_PROFILE='huge'"):
+        resolve_profile(None)
+    monkeypatch.delenv("MOELAB_PROFILE")
+    assert resolve_profile(None) == "default"
+
+
+def test_the_training_stage_resumes_only_when_its_inputs_are_unchanged():
+    assert training_mode({}, "f1", force=False) == ("overwrite", "not run yet")
+    assert training_mode({"fingerprint": "f1", "started": "t"}, "f1", force=False)[0] == "resume"
+    mode, why = training_mode({"fingerprint": "f0", "started": "t"}, "f1", force=False)
+    assert mode == "overwrite" and "inputs changed" in why
+    assert training_mode({"fingerprint": "f1", "started": "t"}, "f1", force=True) == (
+        "overwrite", "forced: training from scratch"
+    )
 
 
 def test_data_prep_notebook_rejects_bad_parameters(tmp_path):
@@ -69,18 +131,44 @@ def test_data_prep_notebook_rejects_bad_parameters(tmp_path):
         run_notebook("01_data_prep.ipynb", tmp_path, val_fraction=0.9)
 
 
-def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
-    """01 → 02 → 03 → 04 through moelab.pipeline (what `make run` calls), each checked by what it leaves on disk;
-    then a re-run that skips what is up to date, a changed parameter, and a failing stage."""
+def _needs_mirror():
     if not os.environ.get("MOELAB_CORPUS_MIRROR"):
         pytest.skip("needs MOELAB_CORPUS_MIRROR (the shared Machado mirror) to run offline")
+
+
+def test_a_run_name_given_with_the_tiny_profile_is_used_as_given(tmp_path, monkeypatch):
+    """`papermill 02_train.ipynb out.ipynb -p profile tiny -p run_name X` trains the run X (never X-tiny)."""
+    _needs_mirror()
     data, reports = tmp_path / "data", tmp_path / "reports"
     monkeypatch.setenv("MOELAB_DATA_DIR", str(data))
     monkeypatch.setenv("MOELAB_REPORTS_DIR", str(reports))
-    run = reports / "nb-tiny"  # the executed notebooks go beside the run's results
+    run_notebook("01_data_prep.ipynb", tmp_path / "out")
+    nb = run_notebook("02_train.ipynb", tmp_path / "out", run_name="X", compare=False)
+    assert sorted(p.name for p in (data / "checkpoints").iterdir()) == ["X"]
+    assert (data / "checkpoints" / "X" / "ckpt_0000030.pt").is_file()  # the tiny profile's 30 steps
+    assert sorted(p.name for p in reports.iterdir()) == ["X"] and (reports / "X" / "metrics.parquet").is_file()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "given: run_name='X'" in text and "preset='tiny'" in text and "comparison skipped" in text
+
+
+def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd):
+    """00 → 01 → 02 → 03 → 04 through moelab.pipeline (what `make run` calls), each checked by what it leaves on disk;
+    then a re-run that skips what is up to date, an interrupted training that resumes, a changed parameter,
+    and a failing stage."""
+    _needs_mirror()
+    data, reports = tmp_path / "data", tmp_path / "reports"
+    monkeypatch.setenv("MOELAB_DATA_DIR", str(data))
+    monkeypatch.setenv("MOELAB_REPORTS_DIR", str(reports))
+    run = reports / "nb"  # the executed notebooks go beside the run's results, under the run's own name
     log = []
-    results = run_pipeline("nb", {"prompts": ["Capitu", ""], "seeds": [3]}, log=log.append)
-    assert [r.status for r in results] == ["ran"] * 4
+    params = {"prompts": ["Capitu", ""], "seeds": [3]}
+    results = run_pipeline("nb", params, profile="tiny", log=log.append)
+    assert [r.status for r in results] == ["ran"] * len(STAGES)
+    streamed = capfd.readouterr()
+    assert "without encryption" not in streamed.out + streamed.err  # the kernel's TCP warning: no TCP at all
+    assert "16 works" in streamed.out  # the cells' output streams to the terminal while they run
+    assert not list((ROOT / "notebooks").glob("kernel-*")), "IPC sockets belong in a temporary folder"
     nb = nbformat.read(run / "01_data_prep.ipynb", as_version=4)
     processed = data / "processed" / "machado-tiny"
     meta = json.loads((processed / "meta.json").read_text())
@@ -96,7 +184,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
     metrics = pd.read_parquet(run / "metrics.parquet")
     assert metrics["step"].max() == 30 and metrics["val_bpb"].notna().sum() == 3
     assert sorted(metrics["window"].unique()) == [8, 12, 16]  # the tiny schedule, really used
-    assert (data / "checkpoints" / "nb-tiny" / "ckpt_0000030.pt").is_file()
+    assert (data / "checkpoints" / "nb" / "ckpt_0000030.pt").is_file()
     comparison = pd.read_csv(run / "comparison.csv", index_col=0)
     assert list(comparison.index) == ["MoE, window schedule", "MoE, fixed window", "dense, same active parameters"]
     assert (comparison["steps"] == 10).all()
@@ -106,7 +194,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
     load = pd.read_parquet(run / "expert_load.parquet")
     assert load.shape == (2, 4) and load.sum(axis=1).round(6).eq(1).all()
     balance = pd.read_parquet(run / "balance_comparison.parquet")  # against the fixed-window run of 02
-    assert set(balance.index.get_level_values("run")) == {"nb-tiny", "nb-tiny-cmp-2"}
+    assert set(balance.index.get_level_values("run")) == {"nb", "nb-cmp-2"}
     genre = pd.read_parquet(run / "specialization_genre.parquet")
     assert len(genre) == 8
     assert "expert 0" in (run / "routing_passage.html").read_text()
@@ -121,25 +209,50 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch):
 
     # the report the pipeline ends with: the notebooks as HTML, and an index that links them and the figures
     page = (run / "index.html").read_text()
-    for name in ("01_data_prep", "02_train", "03_expert_utilization", "04_sampling"):
+    for name in STAGES:
         assert (run / f"{name}.html").is_file() and f'href="{name}.html"' in page
     assert "figures/expert_load.png" in page and "bits per byte" in page
-    assert "Pipeline (make run): 01_data_prep" in page  # stage times from pipeline.json
-    assert "# moelab run `nb-tiny`" in (run / "README.md").read_text()
+    assert "Pipeline (make run): 00_moe_by_hand" in page  # stage times from pipeline.json
+    assert "# moelab run `nb`" in (run / "README.md").read_text()
 
-    # unchanged inputs: every stage is skipped; a parameter only notebook 04 takes re-runs only 04
-    assert [r.status for r in run_pipeline("nb", {"prompts": ["Capitu", ""], "seeds": [3]}, log=log.append)] == [
-        "skipped"
-    ] * 4
+    # unchanged inputs: every stage is skipped
+    assert [r.status for r in run_pipeline("nb", params, profile="tiny", log=log.append)] == ["skipped"] * len(STAGES)
     assert "01_data_prep: up to date, skipped" in "\n".join(log)
-    statuses = [r.status for r in run_pipeline("nb", {"prompts": ["Capitu"], "seeds": [3]}, log=log.append)]
-    assert statuses == ["skipped", "skipped", "skipped", "ran"]
+
+    # an interrupted training (started, never finished, the last checkpoint at step 20) resumes with the same inputs
+    state = json.loads((run / "pipeline.json").read_text())
+    state["02_train"] = {"fingerprint": state["02_train"]["fingerprint"], "started": "2000-01-01 00:00:00"}
+    (run / "pipeline.json").write_text(json.dumps(state))
+    (data / "checkpoints" / "nb" / "ckpt_0000030.pt").unlink()
+    before = pd.read_parquet(run / "metrics.parquet")
+    log.clear()
+    statuses = [r.status for r in run_pipeline("nb", params, profile="tiny", log=log.append)]
+    assert statuses == ["skipped", "skipped", "ran", "skipped", "skipped"]
+    assert "02_train: running (same inputs as the unfinished last start: resuming the training" in "\n".join(log)
+    after = pd.read_parquet(run / "metrics.parquet")
+    assert after["step"].max() == 30 and (data / "checkpoints" / "nb" / "ckpt_0000030.pt").is_file()
+    done_before = before[before["step"] <= 20].reset_index(drop=True)
+    pd.testing.assert_frame_equal(after[after["step"] <= 20].reset_index(drop=True), done_before)  # not retrained
+    assert after.loc[after["step"] == 30, "val_bpb"].item() == pytest.approx(
+        before.loc[before["step"] == 30, "val_bpb"].item(), abs=1e-6
+    )  # the resumed steps 21..30 are the interrupted ones again
+    assert "finished" in json.loads((run / "pipeline.json").read_text())["02_train"]
+
+    # a parameter only notebook 04 takes re-runs only 04
+    statuses = [r.status for r in run_pipeline("nb", {"prompts": ["Capitu"], "seeds": [3]}, profile="tiny", log=log.append)]
+    assert statuses == ["skipped", "skipped", "skipped", "skipped", "ran"]
     assert "“Capitu”" in (run / "samples.md").read_text() and "empty prompt" not in (run / "samples.md").read_text()
     with pytest.raises(ValueError, match="unknown notebook parameter.*sedes.*04_sampling: .*seeds"):
-        run_pipeline("nb", {"sedes": [3]})
+        run_pipeline("nb", {"sedes": [3]}, profile="tiny")
     # a failing stage names its notebook and cell and leaves the earlier stages alone
     before = (run / "01_data_prep.ipynb").stat().st_mtime_ns
     with pytest.raises(StageFailed, match=r"(?s)02_train failed at cell \[\d+\].*if_exists='maybe'.*02_train\.ipynb"):
-        run_pipeline("nb", {"if_exists": "maybe"})
+        run_pipeline("nb", {"if_exists": "maybe"}, profile="tiny")
     assert (run / "01_data_prep.ipynb").stat().st_mtime_ns == before
-    assert "02_train" not in json.loads((run / "pipeline.json").read_text())
+    assert "finished" not in json.loads((run / "pipeline.json").read_text())["02_train"]
+    # changed inputs train from scratch, and the log says so
+    log.clear()
+    run_pipeline("nb", {"seed": 7}, profile="tiny", log=log.append)
+    assert "02_train: running (inputs changed: training from scratch)" in "\n".join(log)
+    retrained = pd.read_parquet(run / "metrics.parquet")
+    assert retrained["step"].max() == 30 and not retrained["loss"].head(3).equals(after["loss"].head(3))

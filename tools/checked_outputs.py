@@ -1,10 +1,13 @@
 """Refresh the notebook outputs that nbval compares (`make notebook-outputs`).
 
-Runs notebooks/01..04 in order in the tiny profile (fresh data and reports folders,
-the corpus from $MOELAB_CORPUS_MIRROR or ../shared/data/machado), then keeps the
-outputs (and execution counts) of the cells tagged ``nbval-check-output`` and strips
-every other cell's. `pytest --nbval-lax` re-runs the notebooks and compares exactly
-those cells; tests/test_notebooks.py checks that no other cell carries output.
+Runs every notebooks/NN_*.ipynb in order in the tiny profile (fresh data and reports
+folders, the corpus from $MOELAB_CORPUS_MIRROR or ../shared/data/machado), then keeps
+the outputs (and execution counts) of the cells tagged ``nbval-check-output`` and
+strips every other cell's. `pytest --nbval-lax` re-runs the notebooks and compares
+exactly those cells; tests/test_notebooks.py checks that no other cell carries output.
+
+``python tools/checked_outputs.py 00_moe_by_hand`` rewrites only the named notebooks;
+the others still run first when they come earlier (02 needs 01's dataset, 03 02's run).
 """
 
 import os
@@ -14,6 +17,9 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+from moelab.pipeline import LocalKernelManager  # noqa: E402  (kernels over IPC: no TCP warning)
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "nbval-check-output"
@@ -29,7 +35,7 @@ def keep_checked_outputs(nb: nbformat.NotebookNode) -> None:
             cell.execution_count = None
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     mirror = os.environ.get("MOELAB_CORPUS_MIRROR") or str(ROOT.parent / "shared" / "data" / "machado")
     if not Path(mirror).is_dir():
         print(f"needs the Machado corpus mirror; set MOELAB_CORPUS_MIRROR (tried {mirror})", file=sys.stderr)
@@ -41,12 +47,26 @@ def main() -> int:
         MOELAB_DATA_DIR=str(scratch / "data"),
         MOELAB_REPORTS_DIR=str(scratch / "reports"),
     )
-    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    wanted = {name.removesuffix(".ipynb") for name in argv} or {path.stem for path in notebooks}
+    unknown = wanted - {path.stem for path in notebooks}
+    if unknown:
+        print(f"no such notebook(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 1
+    last = max(i for i, path in enumerate(notebooks) if path.stem in wanted)
+    for path in notebooks[: last + 1]:
         nb = nbformat.read(path, as_version=4)
         metadata = dict(nb.metadata)  # kept as committed (execution adds widget state, versions)
         NotebookClient(
-            nb, kernel_name="moelab", timeout=900, resources={"metadata": {"path": str(path.parent)}}
+            nb,
+            kernel_name="moelab",
+            kernel_manager_class=LocalKernelManager,
+            timeout=900,
+            resources={"metadata": {"path": str(path.parent)}},
         ).execute()
+        if path.stem not in wanted:
+            print(f"{path.name}: ran (needed by a later notebook), left as it is")
+            continue
         keep_checked_outputs(nb)
         nb.metadata = nbformat.from_dict(metadata)
         nbformat.write(nb, path)
@@ -57,4 +77,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

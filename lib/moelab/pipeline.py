@@ -1,35 +1,77 @@
-"""The main job: the four notebooks in order with papermill, then the run's report.
+"""The main job: the notebooks in order with papermill, then the run's report.
 
-``python -m moelab.pipeline RUN [-f params.yaml] [--force]`` (what ``make run`` calls)
-executes ``01_data_prep → 02_train → 03_expert_utilization → 04_sampling`` into
-``reports/<RUN>/`` and ends with :func:`moelab.report.write_report`.
+``python -m moelab.pipeline [RUN] [-f params.yaml] [--profile tiny] [--force]`` (what
+``make run`` calls) executes ``00_moe_by_hand → 01_data_prep → 02_train →
+03_expert_utilization → 04_sampling`` into ``reports/<RUN>/`` and ends with
+:func:`moelab.report.write_report`. The run is named exactly RUN (default: the
+profile's run name, ``default`` or ``tiny``); notebooks that take ``run_name`` and
+``profile`` get them as ordinary parameters.
 
 A stage is skipped when it is up to date: its executed notebook exists and the
 fingerprint of its inputs (the notebook, its parameters, the moelab source, the
 profile, and the previous stage's fingerprint) equals the one recorded in
-``reports/<RUN>/pipeline.json`` when it last succeeded. So a re-run after a failure
-resumes at the failed stage, editing notebook 03 re-runs 03 and 04, and changing
-the library re-runs everything. A failing stage stops the pipeline with the notebook's
-path and the failing cell; earlier stages' outputs stay as they are.
+``reports/<RUN>/pipeline.json`` when it last finished. So a re-run after a failure
+resumes at the failed stage, editing notebook 03 re-runs 03 and 04, and changing the
+library re-runs everything.
+
+pipeline.json also records when a stage *started* and with which fingerprint. For the
+training stage that tells the two reasons to run it again apart: started with the
+same inputs but never finished (an interrupted ``make run``, a failure) resumes the
+training from its last checkpoint (``if_exists="resume"``); changed inputs, or
+``--force``, train from scratch (``if_exists="overwrite"``), and the log says which.
+
+While a stage runs, the cells' printed output streams to the terminal, and the
+kernel gets ``MOELAB_PROGRESS=log`` so the Trainer prints a plain status line every
+few seconds. Kernels talk to the pipeline over local IPC sockets (POSIX), not TCP.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .notebook import resolve_profile
+from jupyter_client.localinterfaces import localhost
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
+
+from .notebook import PROFILE_SETTINGS, resolve_profile
 from .paths import atomic_write, check_run_name, project_root, reports_dir, sha256_file
 from .report import duration, write_report
 
-STAGES = ("01_data_prep", "02_train", "03_expert_utilization", "04_sampling")
+STAGES = ("00_moe_by_hand", "01_data_prep", "02_train", "03_expert_utilization", "04_sampling")
+TRAINING_STAGE = "02_train"  # the stage whose training run resumes after an interruption
 KERNEL = "moelab"
+PROGRESS_ENV = {"MOELAB_PROGRESS": "log"}  # plain status lines from the Trainer instead of a progress bar
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """A kernel reached over Unix-domain (IPC) sockets: nothing listens on TCP, so the kernel
+    has no reason to print its "running over TCP without encryption" warning.
+
+    The sockets live in a fresh private temporary folder (jupyter_client's default is the
+    relative path ``kernel-ipc``, which breaks when the kernel's working directory differs
+    and collides between kernels started in one folder)."""
+
+    transport = "ipc" if os.name == "posix" else "tcp"
+
+    @default("ip")
+    def _socket_path_default(self) -> str:
+        if self.transport != "ipc":
+            return localhost()
+        folder = tempfile.mkdtemp(prefix="moelab-kernel-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return os.path.join(folder, "kernel")
 
 
 @dataclass
@@ -44,14 +86,25 @@ class StageFailed(RuntimeError):
     """A notebook raised; the message names the notebook file and the failing cell."""
 
 
-def stage_parameters(stage: str, run: str, params: dict[str, Any]) -> dict[str, Any]:
-    """What papermill injects: the YAML parameters, and the run name where the notebook takes one."""
-    values = dict(params)
-    if stage != "01_data_prep":
+def stage_parameters(stage_declares: dict, run: str, profile: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What papermill injects into one notebook: the parameters it declares, its run name and profile."""
+    values = {name: value for name, value in params.items() if name in stage_declares}
+    if "run_name" in stage_declares:
         values["run_name"] = run
-    if stage == "02_train":
-        values.setdefault("if_exists", "overwrite")  # the pipeline owns its run: a re-run retrains it
+    if "profile" in stage_declares:
+        values["profile"] = profile
     return values
+
+
+def training_mode(recorded: dict, fingerprint: str, force: bool) -> tuple[str, str]:
+    """``if_exists`` for the pipeline's own training run, and the reason, for the log."""
+    if force:
+        return "overwrite", "forced: training from scratch"
+    if recorded.get("fingerprint") == fingerprint:
+        return "resume", "same inputs as the unfinished last start: resuming the training from its last checkpoint"
+    if recorded:
+        return "overwrite", "inputs changed: training from scratch"
+    return "overwrite", "not run yet"
 
 
 def source_fingerprint() -> str:
@@ -64,82 +117,116 @@ def source_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def run_folder(run: str) -> Path:
-    """Where a run's notebooks and results go; the tiny profile's runs are named ``<run>-tiny``."""
-    return reports_dir() / (f"{run}-tiny" if resolve_profile("default") == "tiny" else run)
+def default_run_name(profile: str) -> str:
+    """The run a pipeline without a RUN argument makes: the profile's run name (``default``, ``tiny``)."""
+    return PROFILE_SETTINGS[TRAINING_STAGE][profile]["run_name"]
 
 
 def run_pipeline(
-    run: str = "default",
+    run: str | None = None,
     params: dict[str, Any] | None = None,
     *,
+    profile: str | None = None,
     force: bool = False,
     notebooks_dir: Path | None = None,
     log=print,
+    echo: bool = True,
 ) -> list[StageResult]:
+    """Run the stages that are not up to date into ``reports/<run>/``, then write the report.
+
+    ``profile`` None: ``$MOELAB_PROFILE``, else ``default``. ``echo``: stream the cells'
+    printed output to this process's stdout/stderr while they run.
+    """
     import papermill
 
+    params = dict(params or {})
+    profile = resolve_profile(profile if profile is not None else params.pop("profile", None))
+    run = run if run is not None else default_run_name(profile)
     check_run_name(run, "run")
-    params = params or {}
+    if params.get("run_name", run) != run:
+        raise ValueError(f"run_name={params['run_name']!r} in the parameters: the run is named by RUN ({run!r})")
     notebooks = Path(notebooks_dir) if notebooks_dir is not None else project_root() / "notebooks"
-    folder = run_folder(run)
-    folder.mkdir(parents=True, exist_ok=True)
-    state_path = folder / "pipeline.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    code = source_fingerprint()
-    profile = resolve_profile("default")
     declared = {stage: papermill.inspect_notebook(str(notebooks / f"{stage}.ipynb")) for stage in STAGES}
     unknown = sorted(set(params) - {name for names in declared.values() for name in names})
     if unknown:
-        listing = "; ".join(f"{stage}: {', '.join(names)}" for stage, names in declared.items())
+        listing = "; ".join(f"{stage}: {', '.join(names) or '-'}" for stage, names in declared.items())
         raise ValueError(f"unknown notebook parameter(s) {', '.join(unknown)}. The notebooks take: {listing}")
-    previous = ""
-    results = []
-    for stage in STAGES:
-        source = notebooks / f"{stage}.ipynb"
-        output = folder / f"{stage}.ipynb"
-        values = stage_parameters(stage, run, {k: v for k, v in params.items() if k in declared[stage]})
-        fingerprint = hashlib.sha256(
-            json.dumps(
-                [previous, sha256_file(source), values, code, profile],
-                sort_keys=True,
-                default=str,
-            ).encode()
-        ).hexdigest()
-        previous = fingerprint
-        recorded = state.get(stage, {})
-        if not force and recorded.get("fingerprint") == fingerprint and output.is_file():
-            log(f"{stage}: up to date, skipped (ran {recorded.get('finished', '?')}; --force / FORCE=1 re-runs it)")
-            results.append(StageResult(stage, "skipped", 0.0, output))
-            continue
-        why = "forced" if force else ("inputs changed" if recorded else "not run yet")
-        log(f"{stage}: running ({why}) → {output}")
-        state.pop(stage, None)  # not up to date until it succeeds
-        _save_state(state_path, state)
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(source), str(output), parameters=values, cwd=str(notebooks), kernel_name=KERNEL, progress_bar=False
-            )
-        except papermill.PapermillExecutionError as err:
-            raise StageFailed(
-                f"{stage} failed at cell [{err.exec_count}] (cell index {err.cell_index}): {err.ename}: {err.evalue}\n"
-                f"the executed notebook, with the error in place: {output}\n"
-                "earlier stages' outputs are unchanged; fix the cause and run again (finished stages are skipped)"
-            ) from None
-        seconds = time.perf_counter() - start
-        state[stage] = {
-            "fingerprint": fingerprint,
-            "seconds": round(seconds, 1),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        _save_state(state_path, state)
-        log(f"{stage}: done in {duration(seconds)}")
-        results.append(StageResult(stage, "ran", seconds, output))
+    folder = reports_dir() / run
+    folder.mkdir(parents=True, exist_ok=True)
+    state_path = folder / "pipeline.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    code, previous, results = source_fingerprint(), "", []
+    with _kernel_environment(PROGRESS_ENV):
+        for stage in STAGES:
+            source, output = notebooks / f"{stage}.ipynb", folder / f"{stage}.ipynb"
+            values = stage_parameters(declared[stage], run, profile, params)
+            fingerprint = hashlib.sha256(
+                json.dumps([previous, sha256_file(source), values, code, profile], sort_keys=True, default=str).encode()
+            ).hexdigest()
+            previous = fingerprint
+            recorded = state.get(stage, {})
+            if not force and recorded.get("fingerprint") == fingerprint and "finished" in recorded and output.is_file():
+                log(f"{stage}: up to date, skipped (ran {recorded['finished']}; --force / FORCE=1 re-runs it)")
+                results.append(StageResult(stage, "skipped", 0.0, output))
+                continue
+            why = "forced" if force else ("inputs changed" if recorded.get("fingerprint") else "not run yet")
+            if stage == TRAINING_STAGE and "if_exists" not in params:
+                values["if_exists"], why = training_mode(recorded, fingerprint, force)
+            elif recorded.get("fingerprint") == fingerprint:
+                why = "unfinished last time"
+            log(f"{stage}: running ({why}) → {output}")
+            state[stage] = {"fingerprint": fingerprint, "started": _now()}  # finished: added on success
+            _save_state(state_path, state)
+            seconds = _execute(papermill, source, output, values, notebooks, echo)
+            state[stage].update(seconds=round(seconds, 1), finished=_now())
+            _save_state(state_path, state)
+            log(f"{stage}: done in {duration(seconds)}")
+            results.append(StageResult(stage, "ran", seconds, output))
 
     index = write_report(folder)
     log(f"report: {index}")
     return results
+
+
+def _execute(papermill, source: Path, output: Path, values: dict, cwd: Path, echo: bool) -> float:
+    """Run one notebook with papermill; its seconds, or StageFailed naming the failing cell."""
+    start = time.perf_counter()
+    streams = {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if echo else {}
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(output),
+            parameters=values,
+            cwd=str(cwd),
+            kernel_name=KERNEL,
+            kernel_manager_class=LocalKernelManager,
+            progress_bar=False,
+            **streams,
+        )
+    except papermill.PapermillExecutionError as err:
+        raise StageFailed(
+            f"{source.stem} failed at cell [{err.exec_count}] (cell index {err.cell_index}): {err.ename}: {err.evalue}\n"
+            f"the executed notebook, with the error in place: {output}\n"
+            "earlier stages' outputs are unchanged; fix the cause and run again (finished stages are skipped, "
+            "an unfinished training with unchanged inputs resumes from its last checkpoint)"
+        ) from None
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _kernel_environment(values: dict[str, str]):
+    """Environment variables the kernels inherit, set for the pipeline's duration (a user's own setting wins)."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -148,11 +235,10 @@ def _save_state(path: Path, state: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m moelab.pipeline", description="Run the four notebooks and the report."
-    )
-    parser.add_argument("run", nargs="?", default="default", help="run name: reports/<run>/ (default: default)")
+    parser = argparse.ArgumentParser(prog="python -m moelab.pipeline", description="Run the notebooks and the report.")
+    parser.add_argument("run", nargs="?", help="run name: reports/<run>/ (default: the profile's, default or tiny)")
     parser.add_argument("-f", "--parameters", type=Path, help="a YAML file of notebook parameters (papermill -f)")
+    parser.add_argument("--profile", help="default or tiny (default: $MOELAB_PROFILE, else default)")
     parser.add_argument("--force", action="store_true", help="re-run every stage, up to date or not")
     args = parser.parse_args(argv)
     params: dict[str, Any] = {}
@@ -165,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(params, dict):
             parser.error(f"{args.parameters} must hold a mapping of parameter: value")
     try:
-        results = run_pipeline(args.run, params, force=args.force)
+        results = run_pipeline(args.run, params, profile=args.profile, force=args.force)
     except (StageFailed, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to continue (an unfinished training resumes)", file=sys.stderr)
+        return 130
     total = sum(r.seconds for r in results)
     print(
         "stages: "
