@@ -140,8 +140,8 @@ def test_command_line_errors(args, message, toy_dataset):
 NOTEBOOK_PARAMETERS = [
     ("01_data_prep.ipynb", {"decode_errors": "ignore"}, "parameter decode_errors='ignore' is not one of"),
     ("02_train.ipynb", {"if_exists": "maybe"}, "parameter if_exists='maybe' is not one of"),
-    ("03_expert_utilization.ipynb", {"run_name": "no-such-run"}, "no checkpoints in .*no-such-run-tiny"),
-    ("04_sampling.ipynb", {"run_name": "no-such-run"}, "no checkpoints in .*no-such-run-tiny"),
+    ("03_expert_utilization.ipynb", {"run_name": "no-such-run"}, "no checkpoints in .*no-such-run"),
+    ("04_sampling.ipynb", {"run_name": "no-such-run"}, "no checkpoints in .*no-such-run"),
 ]
 
 

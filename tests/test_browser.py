@@ -44,8 +44,8 @@ def jupyterlab(tmp_path):
     shutil.copy(ROOT / "notebooks" / "04_sampling.ipynb", workdir)  # the UI marks it dirty: never the original
     torch.manual_seed(0)
     model = Transformer(ModelConfig(n_layers=2, n_heads=2, n_embd=32, context_window=32, n_experts=4, top_k=2, expert_hidden=32))
-    save_checkpoint(data / "checkpoints" / "default-tiny" / "ckpt_0000001.pt", model)
-    (reports / "default-tiny").mkdir(parents=True)
+    save_checkpoint(data / "checkpoints" / "tiny" / "ckpt_0000001.pt", model)
+    (reports / "tiny").mkdir(parents=True)
     # JupyterLab 4 renders only the visible cells; render them all so the widget is in the page
     settings = tmp_path / "lab-settings"
     (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
@@ -129,5 +129,5 @@ def test_sampler_generates_text_in_a_real_browser(jupyterlab, tmp_path):
             browser.close()
     assert "Sample 1" in output and "Capitu olhou para mim" in output
     assert len(output) > len("Sample 1Capitu olhou para mim") + 50  # generated text appeared
-    assert (reports / "default-tiny" / "samples.md").is_file()  # the notebook's headless part ran too
+    assert (reports / "tiny" / "samples.md").is_file()  # the notebook's headless part ran too
     print(f"browser test: {time.monotonic() - started:.1f} s, screenshot {screenshot}")

@@ -152,9 +152,9 @@ def test_notebook_02_trains_with_two_processes(tmp_path, monkeypatch):
         pytest.skip("needs MOELAB_CORPUS_MIRROR (the shared Machado mirror) to run offline")
     monkeypatch.setenv("MOELAB_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MOELAB_REPORTS_DIR", str(tmp_path / "reports"))
-    run = tmp_path / "reports" / "ddp-tiny"
+    run = tmp_path / "reports" / "ddp"
     run_notebook("01_data_prep.ipynb", run)
-    nb = run_notebook("02_train.ipynb", run, run_name="ddp", nproc=2, compare_minutes=0.0)
+    nb = run_notebook("02_train.ipynb", run, run_name="ddp", nproc=2, compare=False)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "--nproc_per_node=2" in text and "on 2 process(es)" in text
     metrics = pd.read_parquet(run / "metrics.parquet")
