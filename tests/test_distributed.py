@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from moelab import ModelConfig, load_checkpoint
 from moelab.distributed import torchrun_command
-from moelab.moe import MoE
+from moelab.moe import MoE, load_balancing_loss
 from moelab.paths import data_dir, reports_dir
 from moelab.runs import list_checkpoints
 
@@ -68,7 +68,8 @@ def _rank_input(rank: int, direction: torch.Tensor) -> torch.Tensor:
 
 
 def _loss(out) -> torch.Tensor:
-    return out.y.square().mean() + out.aux_loss
+    y, router = out
+    return y.square().mean() + load_balancing_loss(router.probs, router.experts, router.probs.shape[-1])
 
 
 def _unused_expert_worker(rank: int, store: str, results: str) -> None:
