@@ -1,9 +1,28 @@
+import os
 import random
 
 import pytest
 import torch
 
 from moelab.data import prepare_dataset
+
+# The device of the tests marked ``on_device`` (the ``device`` fixture): cpu unless
+# MOELAB_TEST_DEVICE names another (tools/gpu_check.sh runs them with cuda).
+TEST_DEVICE = os.environ.get("MOELAB_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "on_device: runs on $MOELAB_TEST_DEVICE (default cpu) through the device fixture"
+    )
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device the ``on_device`` tests run on ($MOELAB_TEST_DEVICE, default cpu)."""
+    from moelab.precision import resolve_device
+
+    return resolve_device(TEST_DEVICE)
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,18 @@ import pandas as pd
 import pytest
 
 from moelab import Transformer
-from moelab.bench import CONFIGS, _step_memory, main, matmul_params_per_token, paired_ratio, train_flops_per_token
+from moelab.bench import (
+    CONFIGS,
+    DEFAULT_CONFIGS,
+    _step_memory,
+    main,
+    matmul_params_per_token,
+    paired_ratio,
+    train_flops_per_token,
+)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", DEFAULT_CONFIGS)
 def test_flop_count_uses_the_matmul_weights_a_token_passes_through(name):
     config = CONFIGS[name].model_config()
     model = Transformer(config)

@@ -23,11 +23,12 @@ def make_model(**changes) -> Transformer:
     return Transformer(small_config(**changes)).double().eval()
 
 
+@pytest.mark.on_device
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
 @pytest.mark.parametrize("capacity_factor", [None, 1.0, 0.5])
-def test_causality(pos_encoding, capacity_factor):
-    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor)
-    idx = torch.randint(0, 256, (1, 12))
+def test_causality(pos_encoding, capacity_factor, device):
+    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor).to(device)
+    idx = torch.randint(0, 256, (1, 12)).to(device)
     logits = model(idx).logits
     for t in (0, 5, 11):
         changed = idx.clone()
@@ -66,11 +67,12 @@ def test_positions_matter():
         assert not torch.allclose(abc, bac), pos_encoding
 
 
+@pytest.mark.on_device
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
 @pytest.mark.parametrize("capacity_factor", [None, 0.5])
-def test_cached_prefix_then_chunk_matches_full_forward(pos_encoding, capacity_factor):
-    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor)
-    idx = torch.randint(0, 256, (3, 11))
+def test_cached_prefix_then_chunk_matches_full_forward(pos_encoding, capacity_factor, device):
+    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor).to(device)
+    idx = torch.randint(0, 256, (3, 11)).to(device)
     full = model(idx).logits
     cache = KVCache(model.config, 3, idx.device, torch.float64)
     first = model(idx[:, :4], kv_cache=cache).logits
@@ -87,9 +89,10 @@ def test_cached_prefix_then_chunk_matches_full_forward(pos_encoding, capacity_fa
     ids=["greedy", "sampled", "top-k-top-p"],
 )
 @pytest.mark.parametrize("capacity_factor", [None, 0.5])
-def test_kv_cached_generation_equals_full_recomputation(pos_encoding, sampling, capacity_factor):
-    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor)
-    prompt = torch.randint(0, 256, (2, 3))
+@pytest.mark.on_device
+def test_kv_cached_generation_equals_full_recomputation(pos_encoding, sampling, capacity_factor, device):
+    model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor).to(device)
+    prompt = torch.randint(0, 256, (2, 3)).to(device)
     # 20 new tokens with a window of 12: runs past the window, where the window slides
     cached = model.generate(prompt, 20, seed=7, use_cache=True, **sampling)
     full = model.generate(prompt, 20, seed=7, use_cache=False, **sampling)

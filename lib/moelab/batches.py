@@ -57,6 +57,15 @@ def fixed_windows(data: np.ndarray, window: int, count: int) -> tuple[torch.Tens
     return chunk[:, :-1], chunk[:, 1:]
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on ``device``: on CUDA pinned first and copied without blocking (the copy
+    overlaps the GPU's work; kernels queued after it on the stream wait for it), else ``.to``."""
+    device = torch.device(device)
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
 class WindowSampler:
     """Random training windows from a byte array, with resumable state.
 

@@ -16,6 +16,12 @@ the paired ratios. It measures, for the named configs A, B, C:
 5. peak memory of a training step;
 6. the same in bf16 where the hardware has native bf16 (see :mod:`moelab.precision`).
 
+On CUDA (``--device cuda``) it also names the card and reports the MFU against the card's
+rated dense bf16 peak (:data:`RATED_BF16_PEAKS`; an unknown card falls back to the bf16
+matmul peak measured here, and says so), with the GPU's targets (:data:`GPU_TARGETS`).
+``--configs seed`` adds the ``seed`` preset's model (6 layers × 1028, 8 experts top-2 + 2
+common, batch 64 × 32 bytes) to A, B, C.
+
 Results go to ``reports/benchmarks/`` (bench.csv, bench.md, bench.png).
 """
 
@@ -39,7 +45,7 @@ from .baseline import NaiveTransformer
 from .config import ModelConfig
 from .model import Transformer
 from .paths import reports_dir
-from .precision import autocast, bf16_support
+from .precision import autocast, bf16_support, device_name, resolve_device
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,27 @@ CONFIGS = {
     "A": BenchConfig("A", n_embd=128, n_layers=4, n_heads=4, window=64, batch=32),
     "B": BenchConfig("B", n_embd=256, n_layers=6, n_heads=4, window=128, batch=16),
     "C": BenchConfig("C", n_embd=128, n_layers=4, n_heads=4, window=64, batch=32, n_common_experts=2),
+    # the seed preset's model at its full window (dropout off, as in every config here); for GPUs
+    "seed": BenchConfig("seed", n_embd=1028, n_layers=6, n_heads=4, window=32, batch=64, n_common_experts=2),
+}
+DEFAULT_CONFIGS = ["A", "B", "C"]
+
+# Rated dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
+# Matched against torch.cuda.get_device_name in order: the first entry whose words all occur wins.
+RATED_BF16_PEAKS: list[tuple[tuple[str, ...], str, float]] = [
+    (("h200",), "H200", 989.0),
+    (("h100", "pcie"), "H100 PCIe", 756.0),
+    (("h100", "nvl"), "H100 NVL", 835.0),
+    (("h100",), "H100 SXM", 989.0),
+    (("a100",), "A100", 312.0),
+    (("l4",), "L4", 121.0),
+    (("rtx", "4090"), "RTX 4090", 165.0),
+]
+
+# The GPU issue's targets (issue 18), checked on CUDA only; CPU tables keep TARGETS alone.
+GPU_TARGETS = {
+    "MFU bf16 vs rated peak": (">=", 0.40),
+    "MoE overhead bf16": ("<=", 1.15),
 }
 
 # The issue's targets, checked in the printed table (ratio ≥ target unless marked ≤).
@@ -78,6 +105,21 @@ TARGETS = {
 
 
 # ============================================================================ counting
+
+
+def rated_bf16_peak(name: str) -> tuple[str, float] | None:
+    """``(card, FLOP/s)`` of a GPU's rated dense bf16 peak from its name, or None for a card not in the table."""
+    words = name.lower().replace("-", " ").split()
+    text = " ".join(words)
+    for keys, card, tflops in RATED_BF16_PEAKS:
+        if all((key in words) if key == "l4" else (key in text) for key in keys):
+            return card, tflops * 1e12
+    return None
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
+    """Model FLOPs utilization: achieved training FLOP/s (tokens/s × FLOPs per token) over a peak."""
+    return tokens_per_s * flops_per_token / peak_flops
 
 
 def matmul_params_per_token(config: ModelConfig, training: bool = True) -> int:
@@ -303,6 +345,34 @@ def bench_generation(
     return rows
 
 
+def gpu_rows(
+    bench: BenchConfig, trained: list[dict], rated: tuple[str, float] | None, measured_bf16: float | None
+) -> list[dict]:
+    """The MFU of moelab's bf16 step against the card's rated peak (or, unknown card, the measured bf16 peak)."""
+    rows = []
+    for row in trained:
+        if row["measure"] != "train tok/s moelab bf16":
+            continue
+        flops = train_flops_per_token(bench.model_config(), bench.window)
+        if rated is not None:
+            rows.append(_row(bench, f"MFU bf16 vs rated peak ({rated[0]})", mfu(row["value"], flops, rated[1]), "fraction"))
+        elif measured_bf16:
+            rows.append(_row(bench, "MFU bf16 vs measured peak (card not in the table)", mfu(row["value"], flops, measured_bf16), "fraction"))
+    return rows
+
+
+def apply_targets(table: pd.DataFrame, targets: dict[str, tuple[str, float]]) -> pd.DataFrame:
+    """Fill the target and meets columns of the rows whose measure starts with a key of ``targets``."""
+    table = table.copy()
+    for i, measure in table["measure"].items():
+        for key, (op, t) in targets.items():
+            if measure.startswith(key):
+                value = table.at[i, "value"]
+                ok = value >= t if op == ">=" else value <= t
+                table.at[i, "target"], table.at[i, "meets"] = f"{op} {t:g}", "yes" if ok else "no"
+    return table
+
+
 def _row(bench: BenchConfig | None, measure: str, value: float, unit: str) -> dict:
     target = next(((op, t) for key, (op, t) in TARGETS.items() if measure.startswith(key)), None)
     ok = None if target is None else (value >= target[1] if target[0] == ">=" else value <= target[1])
@@ -354,7 +424,8 @@ def plot(table: pd.DataFrame, path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m moelab.bench", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    add("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS),
+        help="A B C (the default); seed: the seed preset's model (for GPUs)")
     add("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     add("--steps", type=int, default=3, help="training steps per round and variant (default 3)")
     add("--threads", type=int, default=None, help="torch threads for training (default: torch's choice)")
@@ -366,8 +437,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--generation-repeats", type=int, default=2, help="rounds of generation (default 2: recomputation is slow)")
     add("--skip", nargs="*", default=[], choices=["train", "memory", "generation", "peak"])
     add("--out", default=None, help="output folder (default reports/benchmarks)")
-    add("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add("--device", default="auto", help="auto (CUDA when present, else the CPU; the default), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     for name in ("repeats", "steps", "generation_threads", "generation_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -376,7 +451,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -384,6 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     precisions = {"fp32": ["fp32"], "bf16": ["bf16"], "auto": ["fp32", "bf16"] if has_bf16 else ["fp32"]}
     precisions = precisions[args.precision]
     print(f"moelab bench · torch {torch.__version__} · {device} · {threads} threads · bf16: {why}")
+    rated = None
+    if device.type == "cuda":
+        name = device_name(device)
+        rated = rated_bf16_peak(name)
+        if rated:
+            print(f"GPU: {name} = {rated[0]}, rated dense bf16 peak {rated[1] / 1e12:.0f} TFLOP/s")
+        else:
+            print(f"GPU: {name}: not in the table of rated peaks; MFU is against the bf16 matmul peak measured here")
     print(f"precisions: {', '.join(precisions)}; {args.repeats} interleaved rounds × {args.steps} steps\n", flush=True)
 
     rows: list[dict] = []
@@ -403,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                 for p, peak in peaks.items():
                     if row["measure"] == f"train GFLOP/s moelab {p}":
                         rows.append(_row(bench, f"MFU {p}", row["value"] * 1e9 / peak, "fraction"))
+            if device.type == "cuda":
+                rows += gpu_rows(bench, trained, rated, peaks.get("bf16"))
         if "memory" not in args.skip:
             print(f"config {name}: peak memory …", flush=True)
             rows += bench_memory(bench, device, precisions)
@@ -414,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     table = pd.DataFrame(rows)
+    if device.type == "cuda":
+        table = apply_targets(table, GPU_TARGETS)
     table.insert(
         1, "threads", [args.generation_threads if m.startswith("generation") else threads for m in table["measure"]]
     )

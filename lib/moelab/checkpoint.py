@@ -19,6 +19,7 @@ import torch
 from .config import ModelConfig, TrainConfig, config_diff
 from .model import Transformer
 from .paths import atomic_write
+from .precision import resolve_device
 
 FORMAT = "moelab-checkpoint"
 FORMAT_VERSION = 1
@@ -94,9 +95,13 @@ def load_model(
 ) -> Transformer:
     """Rebuild the model stored in a checkpoint (its config comes from the file), in eval mode.
 
+    ``map_location``: the device the model is put on: ``"cpu"`` (the default), ``"auto"``
+    (CUDA when present), ``"cuda"``, ``"cuda:N"`` (:func:`moelab.precision.resolve_device`).
+
     With ``expect_config``, a checkpoint of a different architecture is an error that
     names the fields that differ.
     """
+    map_location = resolve_device(map_location)
     payload = load_checkpoint(path, map_location)
     try:
         config = ModelConfig.from_dict(payload["model_config"])

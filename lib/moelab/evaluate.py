@@ -27,13 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=None, help="window stride (default: half the context window)")
     parser.add_argument("--clean", action="store_true", help="apply the training data's cleaning (moelab.data.clean_text) first")
     parser.add_argument("--save-cleaned", type=Path, metavar="DIR", help="write the exact bytes scored, one file per input")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU; the default), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
     if args.save_cleaned and not args.clean:
         parser.error("--save-cleaned needs --clean")
     try:
-        model = load_model(args.checkpoint, map_location=args.device or "cpu")
-    except CheckpointError as err:
+        model = load_model(args.checkpoint, map_location=args.device)
+    except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = []
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     window = model.config.context_window
     stride = args.stride or max(1, window // 2)
     print(
-        f"checkpoint {args.checkpoint} · context {window} bytes, stride {stride}: every byte scored once, "
+        f"checkpoint {args.checkpoint} on {next(model.parameters()).device} · context {window} bytes, stride {stride}: every byte scored once, "
         f"the first after a newline{' · cleaned as the training data' if args.clean else ''}"
     )
     print(table[["file", "bytes", "bits_per_byte"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

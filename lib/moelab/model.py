@@ -89,7 +89,40 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+def padded_head_dim(head_dim: int, multiple: int = 8) -> int:
+    """The head size rounded up to a multiple of 8 (what SDPA's fused CUDA kernels need)."""
+    return head_dim + (-head_dim % multiple)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, pad_head_dim: bool, **kwargs) -> Tensor:
+    """``scaled_dot_product_attention``; with ``pad_head_dim`` the head size is zero-padded to a multiple of 8.
+
+    SDPA's fused CUDA kernels (flash, memory-efficient, cuDNN) need a head size that is a
+    multiple of 8; other sizes fall back to the slow math kernel. Zeros appended to q and k
+    add nothing to the dot products, zeros appended to v give zero output columns, which
+    are sliced off; the softmax scale stays 1/sqrt(true head size). So the result and its
+    gradients are the same, computed by a fused kernel (the seed preset's head size 257
+    runs as 264: the memory-efficient kernel; flash stops at 256).
+    """
+    head_dim = q.shape[-1]
+    extra = padded_head_dim(head_dim) - head_dim if pad_head_dim else 0
+    if not extra:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    q, k, v = (F.pad(t, (0, extra)) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(head_dim), **kwargs)
+    return y[..., :head_dim]
+
+
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention with a fused QKV projection and SDPA.
+
+    ``pad_head_dim``: None (the default) pads the head size to a multiple of 8 on CUDA
+    when it is not one already (see :func:`attention`); True / False force it on or off
+    (the tests force it on the CPU).
+    """
+
+    pad_head_dim: bool | None = None
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_heads = config.n_heads
@@ -122,8 +155,11 @@ class CausalSelfAttention(nn.Module):
         else:  # several new queries after a cached prefix: causal with an offset
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             is_causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        pad = self.pad_head_dim
+        if pad is None:
+            pad = q.is_cuda and q.shape[-1] % 8 != 0
+        y = attention(
+            q, k, v, pad, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 

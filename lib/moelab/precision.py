@@ -1,4 +1,8 @@
-"""Numeric precision of training: float32, or bfloat16 autocast where the hardware runs it fast.
+"""Device and numeric precision: where training runs, and float32 or bfloat16 autocast there.
+
+:func:`resolve_device` turns ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``,
+``"cuda"`` or ``"cuda:N"`` into a ``torch.device``; the Trainer, the command lines, scoring
+and model loading all use it, so every entry point accepts the same names.
 
 ``precision="auto"`` picks bf16 on CUDA GPUs with native bf16 (compute capability 8.0+)
 and on CPUs with AMX tiles, float32 elsewhere. CPUs with only AVX512-BF16 stay in
@@ -13,10 +17,42 @@ bfloat16.
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 
 from .config import PRECISIONS
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The ``torch.device`` for ``"auto"`` (or None): CUDA when available, else CPU; or ``cpu``, ``cuda``, ``cuda:N``.
+
+    A CUDA device that this machine does not have is an error that says so.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(device).strip().lower()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise ValueError(f"device: must be one of {', '.join(DEVICES)}; got {device!r}")
+    resolved = torch.device(text)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asked for, but torch finds no CUDA GPU here; use 'auto' or 'cpu'")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device: {device!r} asked for, but this machine has {count} CUDA GPU(s)")
+    return resolved
+
+
+def device_name(device: str | torch.device) -> str:
+    """What the device is, for logs and config.json: the GPU's name on CUDA (``torch.cuda.get_device_name``), else ``cpu``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
 
 
 def bf16_support(device: torch.device | str) -> tuple[bool, bool, str]:

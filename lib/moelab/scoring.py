@@ -87,13 +87,15 @@ def score_text(
     *,
     stride: int | None = None,
     clean: bool = False,
-    device: str | None = None,
+    device: str | torch.device | None = "auto",
 ) -> EvalResult:
     """Bits per byte of ``text`` (str is encoded as UTF-8) under a checkpoint or model.
 
     ``clean=True`` applies :func:`moelab.data.clean_text` first, as for the training data.
+    A checkpoint is loaded on ``device`` (``"auto"``: CUDA when present, else the CPU;
+    see :func:`moelab.precision.resolve_device`); a model is scored where it is.
     """
-    model = checkpoint if isinstance(checkpoint, Transformer) else load_model(checkpoint, map_location=device or "cpu")
+    model = checkpoint if isinstance(checkpoint, Transformer) else load_model(checkpoint, map_location=device)
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     if clean:
         data = clean_text(data.decode("utf-8", errors="replace")).encode("utf-8")

@@ -31,14 +31,14 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .batches import WindowSampler, fixed_windows
+from .batches import WindowSampler, fixed_windows, to_device
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, config_diff
 from .data import load_split
 from .model import Transformer, eval_mode
 from .optim import load_optimizer_state, make_optimizer
 from .paths import atomic_write, check_run_name
-from .precision import autocast, resolve_precision
+from .precision import autocast, device_name, resolve_device, resolve_precision
 from .progress import make_progress
 from .runs import (
     checkpoint_dir,
@@ -92,6 +92,11 @@ class Trainer:
     notebook's live plot is one. ``progress`` shows a progress bar, or with the
     environment variable ``MOELAB_PROGRESS=log`` a status line every
     ``progress_every_s`` seconds (see :mod:`moelab.progress`).
+
+    ``device``: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or
+    ``"cuda:N"`` (:func:`moelab.precision.resolve_device`); printed at the start and
+    recorded in ``config.json`` with the GPU's name. On CUDA the batches are copied from
+    pinned memory without blocking.
     """
 
     progress_every_s: float = 10.0
@@ -103,7 +108,7 @@ class Trainer:
         run_name: str,
         *,
         dataset: str = "machado",
-        device: str | torch.device | None = None,
+        device: str | torch.device | None = "auto",
         progress: bool = True,
         callbacks: Iterable[Callable[[dict], None]] = (),
     ) -> None:
@@ -114,9 +119,8 @@ class Trainer:
         self.train_config = train_config
         self.run_name = run_name
         self.dataset = dataset
-        self.dist, self.device = distributed.setup(
-            torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        )
+        self.dist, self.device = distributed.setup(resolve_device(device))
+        self.device_name = device_name(self.device)
         self.progress = progress
         self.callbacks = list(callbacks)
         self.windows = WindowSchedule.from_configs(model_config, train_config)
@@ -187,6 +191,7 @@ class Trainer:
         if self.progress and main:
             print(
                 f"{self.run_name}: precision {self.precision} ({self.precision_reason}), device {self.device}"
+                + (f" ({self.device_name})" if self.device.type == "cuda" else "")
                 + (", torch.compile" if self.train_config.compile else "")
             )
         self.clock_start = time.perf_counter()  # training time = now - clock_start + elapsed_before
@@ -239,7 +244,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.step_model.no_sync()
             with sync:
                 with autocast(self.precision, self.device):
-                    out = forward(x.to(self.device), y.to(self.device), record_routing=record_now)
+                    out = forward(to_device(x, self.device), to_device(y, self.device), record_routing=record_now)
                 (out.loss / cfg.grad_accum_steps).backward()
             parts += torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float().cpu()
             routing = out.routing if record_now else routing
@@ -433,6 +438,7 @@ class Trainer:
             "run_name": self.run_name,
             "dataset": self.dataset,
             "device": str(self.device),
+            "device_name": self.device_name,
             "world_size": self.dist.world_size,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
