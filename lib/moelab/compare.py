@@ -25,6 +25,7 @@ def run_comparison(
     max_minutes: float | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Train each variant with the same budget (runs ``<run_prefix>-<n>``, overwritten each time).
 
@@ -33,7 +34,7 @@ def run_comparison(
     rows, curves = [], {}
     for number, (name, (model, train)) in enumerate(variants.items(), start=1):
         budgeted = train.replace(max_minutes=max_minutes, max_steps=max_steps)
-        trainer = Trainer(model, budgeted, f"{run_prefix}-{number}", dataset=dataset, progress=progress)
+        trainer = Trainer(model, budgeted, f"{run_prefix}-{number}", dataset=dataset, progress=progress, device=device)
         result = trainer.fit(overwrite=True)
         counts = model.param_counts()
         rows.append(
