@@ -256,9 +256,9 @@ def test_bf16_autocast_keeps_experts_in_bf16_and_stays_close_to_fp32():
     assert (approx.float() - exact).abs().max() < 0.05 * exact.abs().max()
 
 
-def _run_kernel(kernel, bias, x, counts, dtype=torch.float32, device="cpu"):
+def _run_kernel(kernel, bias, x, counts, dtype=torch.float32, device="cpu", hidden=16):
     torch.manual_seed(0)
-    experts = Experts(4, 8, 16, bias, kernel=kernel).to(device)
+    experts = Experts(4, x.shape[1], hidden, bias, kernel=kernel).to(device)
     with torch.no_grad():
         for p in experts.parameters():
             p.normal_(0, 0.3)
@@ -271,14 +271,16 @@ def _run_kernel(kernel, bias, x, counts, dtype=torch.float32, device="cpu"):
 @pytest.mark.on_device
 @pytest.mark.parametrize("kernel", ["loop", "grouped", "auto"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_each_kernel_matches_the_plain_path(kernel, bias, device):
-    """Outputs and gradients (input and every weight) of each kernel against plain autograd per expert."""
+@pytest.mark.parametrize("widths", [(8, 16), (10, 20)], ids=["aligned", "unaligned"])
+def test_each_kernel_matches_the_plain_path(kernel, bias, widths, device):
+    """Outputs and gradients (input and every weight) of each kernel against plain autograd per expert,
+    also for widths d, h that are not multiples of 8 (the grouped kernel pads them, as for n_embd 1028)."""
     if device.type == "cuda" and kernel == "grouped":
         pytest.skip("fp32 grouped_mm is never used on CUDA (auto picks it in bf16: test_auto_kernel_on_cuda_bf16...)")
-    x = torch.randn(13, 8)
-    counts = [5, 0, 6, 2]  # an expert without rows, too
-    plain = _run_kernel("plain", bias, x, counts, device=device)
-    fast = _run_kernel(kernel, bias, x, counts, device=device)
+    x = torch.randn(13, widths[0])
+    counts = [5, 0, 6, 2]  # an expert without rows, too; no block a multiple of 8 rows
+    plain = _run_kernel("plain", bias, x, counts, device=device, hidden=widths[1])
+    fast = _run_kernel(kernel, bias, x, counts, device=device, hidden=widths[1])
     for got, want in zip(fast, plain):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert fast[2].abs().sum() > 0 and fast[2][1].abs().sum() == 0  # the empty expert's w1 gradient
@@ -286,14 +288,24 @@ def test_each_kernel_matches_the_plain_path(kernel, bias, device):
 
 @pytest.mark.on_device
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="grouped_mm in bf16 needs CUDA")
-def test_auto_kernel_on_cuda_bf16_matches_the_plain_path():
-    x = torch.randn(40, 8)
+@pytest.mark.parametrize("widths", [(8, 16), (12, 20)], ids=["aligned", "unaligned"])
+def test_auto_kernel_on_cuda_bf16_matches_the_plain_path(widths):
+    x = torch.randn(40, widths[0])
     counts = [17, 0, 9, 14]
-    plain = _run_kernel("plain", True, x, counts, torch.bfloat16, "cuda")
+    plain = _run_kernel("plain", True, x, counts, torch.bfloat16, "cuda", widths[1])
     for name in ("auto", "grouped", "loop"):
-        fast = _run_kernel(name, True, x, counts, torch.bfloat16, "cuda")
+        fast = _run_kernel(name, True, x, counts, torch.bfloat16, "cuda", widths[1])
         for got, want in zip(fast, plain):
             torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_grouped_layout_aligns_every_expert_block():
+    from moelab.experts import _aligned_layout
+
+    position, offsets, padded_expert = _aligned_layout([3, 0, 9, 8], "cpu")
+    assert offsets.tolist() == [8, 8, 24, 32]  # blocks of 8, 0, 16, 8 rows
+    assert position.tolist() == [0, 1, 2, *range(8, 17), *range(24, 32)]
+    assert padded_expert.tolist() == [0] * 8 + [2] * 16 + [3] * 8
 
 
 def test_unknown_kernel_is_refused():

@@ -12,7 +12,9 @@ The MoE layer (:mod:`moelab.moe`) sorts token slots by expert and calls
   zero-filled full-size gradient per expert);
 - ``"grouped"``: the same backward, but ``torch.nn.functional.grouped_mm`` runs all
   experts in one call;
-- ``"auto"`` (default): ``grouped`` on CUDA in bf16, else ``loop``. If the GPU refuses
+- ``"auto"`` (default): ``grouped`` on CUDA in bf16, else ``loop``. CUDA's grouped_mm
+  wants 16-byte aligned blocks: the kernel pads each expert's rows and the widths d and h
+  to multiples of 8 with zeros, which change nothing. If the GPU refuses
   grouped_mm (its kernels have layout limits that differ by GPU), this module warns and
   uses ``loop`` from then on.
 
@@ -72,8 +74,7 @@ class Experts(nn.Module):
         weights = [None if p is None else p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2)]
         kernel = self.kernel
         if kernel == "auto":
-            grouped = x_sorted.is_cuda and dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
-            kernel = "grouped" if grouped else "loop"
+            kernel = "grouped" if grouped_mm_fits(x_sorted) else "loop"
         if kernel == "plain":
             return plain_experts(x_sorted, *weights, counts)
         try:
@@ -103,6 +104,11 @@ class Experts(nn.Module):
         return torch.zeros_like(row, dtype=dtype) if out is None else out  # None: capacity dropped every slot
 
 
+def grouped_mm_fits(x: Tensor) -> bool:
+    """Whether ``auto`` takes grouped_mm: on CUDA in bf16 (its widths are padded to fit, see _pad_widths)."""
+    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
+
+
 def plain_experts(x, w1, b1, w2, b2, counts) -> Tensor:
     """The reference kernel: autograd through one :func:`gelu_mlp` per expert slice."""
     parts = [
@@ -122,7 +128,10 @@ class ExpertMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, counts, grouped):
         with torch.autocast(x.device.type, enabled=False):
-            pre, act, out = (_grouped_forward if grouped else _loop_forward)(x, w1, b1, w2, b2, counts)
+            if grouped:  # it keeps the input in its padded layout for the backward
+                x, pre, act, out = _grouped_forward(x, w1, b1, w2, b2, counts)
+            else:
+                pre, act, out = _loop_forward(x, w1, b1, w2, b2, counts)
         ctx.save_for_backward(x, w1, w2, pre, act)
         ctx.counts, ctx.has_bias, ctx.grouped = counts, (b1 is not None, b2 is not None), grouped
         return out
@@ -174,45 +183,71 @@ def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias):
     return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 
-def _group_layout(counts, device):
-    """grouped_mm's offsets (the end row of each expert) and each row's expert."""
-    sizes = torch.tensor(counts, device=device)
-    offsets = sizes.cumsum(0).to(torch.int32)
-    return offsets, torch.repeat_interleave(torch.arange(len(counts), device=device), sizes)
+ALIGN_ROWS = 8  # grouped_mm on CUDA wants every group's rows to span a multiple of 16 bytes (8 bf16 values)
 
 
-def _pad_rows(t: Tensor, multiple: int = 8) -> Tensor:
-    """Zero rows appended up to a multiple of 8, so a transposed copy has 16-byte-aligned strides
-    (grouped_mm needs them; rows past the last offset are ignored)."""
-    extra = -t.shape[0] % multiple
-    return F.pad(t, (0, 0, 0, extra)) if extra else t
+def _aligned_layout(counts, device):
+    """Each expert's block of rows padded with zero rows to a multiple of ``ALIGN_ROWS``.
+
+    Returns where each real row goes in the padded layout, grouped_mm's offsets (the end row
+    of each padded block) and each padded row's expert. The weight gradients contract over
+    the rows, so CUDA's grouped_mm needs every block aligned; zero rows add nothing to them.
+    """
+    sizes = torch.tensor(counts)
+    padded = (sizes + ALIGN_ROWS - 1) // ALIGN_ROWS * ALIGN_ROWS
+    experts = torch.arange(len(counts))
+    row_expert = torch.repeat_interleave(experts, sizes)
+    shift = (padded.cumsum(0) - padded) - (sizes.cumsum(0) - sizes)  # padded start - real start, per expert
+    position = torch.arange(int(sizes.sum())) + shift[row_expert]
+    offsets = padded.cumsum(0).to(torch.int32)
+    return position.to(device), offsets.to(device), torch.repeat_interleave(experts, padded).to(device)
 
 
-def _transposed_rows(t: Tensor) -> Tensor:
-    return _pad_rows(t).t().contiguous()
+def _scatter_rows(t: Tensor, position: Tensor, n_rows: int) -> Tensor:
+    out = t.new_zeros(n_rows, t.shape[-1])
+    out[position] = t
+    return out
+
+
+def _pad_widths(w1, b1, w2, b2):
+    """Zero-pad the expert widths d and h to multiples of ``ALIGN_ROWS`` (16-byte rows in bf16: grouped_mm
+    on CUDA needs them; n_embd 1028, the seed's, becomes 1032). Zero weights add nothing to the outputs."""
+    pd, ph = -w1.shape[1] % ALIGN_ROWS, -w1.shape[2] % ALIGN_ROWS
+    if not (pd or ph):
+        return w1, b1, w2, b2
+    pad = lambda t, *widths: None if t is None else F.pad(t, widths)  # noqa: E731
+    return pad(w1, 0, ph, 0, pd), pad(b1, 0, ph), pad(w2, 0, pd, 0, ph), pad(b2, 0, pd)
 
 
 def _grouped_forward(x, w1, b1, w2, b2, counts):
-    offsets, row_expert = _group_layout(counts, x.device)
-    pre = F.grouped_mm(x, w1, offs=offsets)
+    """Returns the padded input, pre-activation and activation (for the backward) and the output rows."""
+    d = x.shape[1]
+    position, offsets, padded_expert = _aligned_layout(counts, x.device)
+    w1, b1, w2, b2 = _pad_widths(w1, b1, w2, b2)
+    x_padded = _scatter_rows(F.pad(x, (0, w1.shape[1] - d)), position, padded_expert.shape[0])
+    pre = F.grouped_mm(x_padded, w1, offs=offsets)
     if b1 is not None:
-        pre += b1[row_expert]
+        pre += b1[padded_expert]
     act = F.gelu(pre)
     out = F.grouped_mm(act, w2, offs=offsets)
     if b2 is not None:
-        out += b2[row_expert]
-    return pre, act, out
+        out += b2[padded_expert]
+    return x_padded, pre, act, out[position, :d]
 
 
-def _grouped_backward(grad_out, x, w1, w2, pre, act, counts, has_bias):
-    offsets, row_expert = _group_layout(counts, x.device)
+def _grouped_backward(grad_out, x_padded, w1, w2, pre, act, counts, has_bias):
+    d, h = w1.shape[1:]
+    position, offsets, padded_expert = _aligned_layout(counts, x_padded.device)
+    w1, _, w2, _ = _pad_widths(w1, None, w2, None)
+    grad_out = _scatter_rows(F.pad(grad_out, (0, w2.shape[2] - d)), position, x_padded.shape[0])  # 0 on padding
     g_pre = torch.ops.aten.gelu_backward(F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets), pre)
     # weight gradients: (n, ·, ·) from row-partitioned 2D operands; zeros for an expert without rows
-    grad_w2 = F.grouped_mm(_transposed_rows(act), _pad_rows(grad_out), offs=offsets)
-    grad_w1 = F.grouped_mm(_transposed_rows(x), _pad_rows(g_pre), offs=offsets)
-    grad_x = F.grouped_mm(g_pre, w1.transpose(1, 2).contiguous(), offs=offsets)
-    grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]).index_add_(0, row_expert, g_pre) if has_bias[0] else None
-    grad_b2 = x.new_zeros(w2.shape[0], w2.shape[-1]).index_add_(0, row_expert, grad_out) if has_bias[1] else None
+    grad_w2 = F.grouped_mm(act.t().contiguous(), grad_out, offs=offsets)[:, :h, :d]
+    grad_w1 = F.grouped_mm(x_padded.t().contiguous(), g_pre, offs=offsets)[:, :d, :h]
+    grad_x = F.grouped_mm(g_pre, w1.transpose(1, 2).contiguous(), offs=offsets)[position, :d]
+    n = w1.shape[0]
+    grad_b1 = x_padded.new_zeros(n, pre.shape[1]).index_add_(0, padded_expert, g_pre)[:, :h] if has_bias[0] else None
+    grad_b2 = x_padded.new_zeros(n, grad_out.shape[1]).index_add_(0, padded_expert, grad_out)[:, :d] if has_bias[1] else None
     return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 
