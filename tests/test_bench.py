@@ -4,15 +4,9 @@ import pandas as pd
 import pytest
 
 from moelab import Transformer
-from moelab.bench import (
-    CONFIGS,
-    DEFAULT_CONFIGS,
-    _step_memory,
-    main,
-    matmul_params_per_token,
-    paired_ratio,
-    train_flops_per_token,
-)
+from moelab.bench import CONFIGS, DEFAULT_CONFIGS, _step_memory, main
+from moelab.flops import matmul_params_per_token, train_flops_per_token
+from moelab.timing import paired_ratio
 
 
 @pytest.mark.parametrize("name", DEFAULT_CONFIGS)

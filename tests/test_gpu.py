@@ -11,8 +11,9 @@ import torch
 
 from moelab import ModelConfig, Transformer
 from moelab.batches import to_device
-from moelab.bench import CONFIGS, GPU_TARGETS, apply_targets, mfu, parse_args, rated_bf16_peak, train_flops_per_token
-from moelab.model import CausalSelfAttention, attention, padded_head_dim
+from moelab.bench import CONFIGS, GPU_TARGETS, apply_targets, parse_args
+from moelab.flops import mfu, rated_bf16_peak, train_flops_per_token
+from moelab.attention import CausalSelfAttention, attention, padded_head_dim
 from moelab.precision import device_name, resolve_device
 from moelab.presets import preset
 

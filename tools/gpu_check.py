@@ -222,7 +222,7 @@ def analyse_run(reports: Path, wall: float, steps: int, full_steps: int) -> dict
     """tokens/s and MFU of a training run from its metrics and config.json; the extrapolated full run."""
     import pandas as pd
 
-    from moelab.bench import rated_bf16_peak, train_flops_per_token
+    from moelab.flops import rated_bf16_peak, train_flops_per_token
     from moelab.config import ModelConfig
 
     info = json.loads((reports / "config.json").read_text())

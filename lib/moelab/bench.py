@@ -17,7 +17,7 @@ the paired ratios. It measures, for the named configs A, B, C:
 6. the same in bf16 where the hardware has native bf16 (see :mod:`moelab.precision`).
 
 On CUDA (``--device cuda``) it also names the card and reports the MFU against the card's
-rated dense bf16 peak (:data:`RATED_BF16_PEAKS`; an unknown card falls back to the bf16
+rated dense bf16 peak (:data:`moelab.flops.RATED_BF16_PEAKS`; an unknown card falls back to the bf16
 matmul peak measured here, and says so), with the GPU's targets (:data:`GPU_TARGETS`).
 ``--configs seed`` adds the ``seed`` preset's model (6 layers × 1028, 8 experts top-2 + 2
 common, batch 64 × 32 bytes) to A, B, C.
@@ -33,7 +33,6 @@ import math
 import multiprocessing
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +42,11 @@ import torch
 
 from .baseline import NaiveTransformer
 from .config import ModelConfig
+from .flops import mfu, rated_bf16_peak, train_flops_per_token
 from .model import Transformer
 from .paths import reports_dir
 from .precision import autocast, bf16_support, device_name, resolve_device
+from .timing import interleaved, matmul_peak, paired_ratio
 
 
 @dataclass(frozen=True)
@@ -76,18 +77,6 @@ CONFIGS = {
 }
 DEFAULT_CONFIGS = ["A", "B", "C"]
 
-# Rated dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
-# Matched against torch.cuda.get_device_name in order: the first entry whose words all occur wins.
-RATED_BF16_PEAKS: list[tuple[tuple[str, ...], str, float]] = [
-    (("h200",), "H200", 989.0),
-    (("h100", "pcie"), "H100 PCIe", 756.0),
-    (("h100", "nvl"), "H100 NVL", 835.0),
-    (("h100",), "H100 SXM", 989.0),
-    (("a100",), "A100", 312.0),
-    (("l4",), "L4", 121.0),
-    (("rtx", "4090"), "RTX 4090", 165.0),
-]
-
 # The GPU issue's targets (issue 18), checked on CUDA only; CPU tables keep TARGETS alone.
 GPU_TARGETS = {
     "MFU bf16 vs rated peak": (">=", 0.40),
@@ -102,85 +91,6 @@ TARGETS = {
     "MFU fp32": (">=", 0.45),
     "generation tok/s (KV cache)": (">=", 400.0),
 }
-
-
-# ============================================================================ counting
-
-
-def rated_bf16_peak(name: str) -> tuple[str, float] | None:
-    """``(card, FLOP/s)`` of a GPU's rated dense bf16 peak from its name, or None for a card not in the table."""
-    words = name.lower().replace("-", " ").split()
-    text = " ".join(words)
-    for keys, card, tflops in RATED_BF16_PEAKS:
-        if all((key in words) if key == "l4" else (key in text) for key in keys):
-            return card, tflops * 1e12
-    return None
-
-
-def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
-    """Model FLOPs utilization: achieved training FLOP/s (tokens/s × FLOPs per token) over a peak."""
-    return tokens_per_s * flops_per_token / peak_flops
-
-
-def matmul_params_per_token(config: ModelConfig, training: bool = True) -> int:
-    """Weights each token multiplies through: attention, router, common + top_k experts, head.
-
-    From :meth:`ModelConfig.param_counts` ("matmul", training); the router-noise weights
-    are used in training only.
-    """
-    noise = config.n_experts * config.n_embd if config.is_moe and config.router_noise else 0
-    return config.param_counts()["matmul"] - (0 if training else config.n_layers * noise)
-
-
-def train_flops_per_token(config: ModelConfig, window: int) -> int:
-    """6·N + 12·L·d·T (Chowdhery et al. 2022, PaLM, app. B): N = matmul weights per token,
-
-    the attention term counts every key position (as MFU conventionally does).
-    """
-    return 6 * matmul_params_per_token(config) + 12 * config.n_layers * config.n_embd * window
-
-
-# ============================================================================ timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, inner: int, device: torch.device, warmup: int = 2
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, ``repeats`` rounds of A B C … with ``inner`` calls each."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            _sync(device)
-            times[name].append((time.perf_counter() - start) / inner)
-    return times
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
-    """Median over repeats of numerator[i] / denominator[i] (pairs measured back to back)."""
-    return statistics.median(a / b for a, b in zip(numerator, denominator))
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
-    """Best FLOP/s of square matmuls (1024, 2048) in ``dtype`` with the current thread count."""
-    best = 0.0
-    for n in (1024, 2048):
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        seconds = min(interleaved({"mm": lambda a=a, b=b: a @ b}, repeats, 2, device, warmup=1)["mm"])
-        best = max(best, 2 * n**3 / seconds)
-    return best
 
 
 # ============================================================================ models
@@ -386,41 +296,6 @@ def _row(bench: BenchConfig | None, measure: str, value: float, unit: str) -> di
     }
 
 
-# ============================================================================ report
-
-
-def _variants(table: pd.DataFrame, prefix: str) -> pd.DataFrame:
-    rows = table[table["measure"].str.startswith(prefix)]
-    return rows.assign(variant=rows["measure"].str.removeprefix(prefix))
-
-
-def plot(table: pd.DataFrame, path) -> None:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train, gen = (_variants(table, prefix) for prefix in ("train tok/s ", "generation tok/s "))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    if not train.empty:
-        order = list(dict.fromkeys(train["variant"]))  # as measured: naive first
-        train.pivot(index="config", columns="variant", values="value")[order].plot.bar(ax=axes[0], rot=0)
-        axes[0].legend(fontsize=8)
-    axes[0].set(title="Training step throughput", xlabel="config", ylabel="tokens / s")
-    if not gen.empty:
-        colors = ["tab:green" if "cache" in v else "tab:gray" for v in gen["variant"]]
-        gen.set_index("variant")["value"].plot.barh(ax=axes[1], color=colors)
-        axes[1].set_xscale("log")
-        axes[1].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[1].set(title="Generation (greedy, log scale)", xlabel="tokens / s", ylabel="")
-    fig.suptitle(f"moelab benchmark · torch {torch.__version__}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m moelab.bench", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
@@ -509,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     table.to_csv(out / "bench.csv", index=False)
     shown = table.assign(value=table["value"].map(_fmt))
     (out / "bench.md").write_text(shown.to_markdown(index=False) + "\n")
-    plot(table, out / "bench.png")
+    from .plots import plot_benchmark  # matplotlib only when the figure is drawn
+
+    plot_benchmark(table, out / "bench.png")
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_colwidth", 60):
         print("\n" + shown.to_string(index=False))
     print(f"\nwritten: {out / 'bench.csv'}, bench.md, bench.png")
