@@ -10,10 +10,10 @@ from .generation import GenerationStep
 from .model import KVCache, ModelOutput, Transformer
 from .moe import RouterOutput, RoutingRecord, load_balancing_loss, moe_losses, router_z_loss
 from .presets import PRESETS, preset
-from .runs import latest_checkpoint
+from .runs import TrainResult, latest_checkpoint
 from .scoring import score_text
 from .tokenizer import ByteTokenizer
-from .trainer import Trainer, TrainingDiverged, TrainResult
+from .trainer import Trainer, TrainingDiverged
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -20,10 +20,21 @@ from .moe import expert_load
 from .paths import atomic_write, data_dir, reports_dir
 from .scoring import LN2
 
-if TYPE_CHECKING:
-    from .trainer import TrainResult
-
 RECORD_FILES = ("metrics.parquet", "routing.parquet")
+
+
+@dataclass
+class TrainResult:
+    """What a training run ended with: its size, final validation loss, last checkpoint and metric rows."""
+
+    run_name: str
+    steps: int
+    tokens: int
+    elapsed_s: float
+    val_loss: float
+    val_bpb: float
+    checkpoint: Path
+    metrics: pd.DataFrame
 
 
 def checkpoint_dir(run_name: str) -> Path:
@@ -54,8 +65,6 @@ def latest_checkpoint(run_or_folder: str | os.PathLike) -> Path:
 
 def result_from_files(run_name: str) -> TrainResult:
     """A finished run's TrainResult, read back from its metrics and checkpoints (e.g. after torchrun)."""
-    from .trainer import TrainResult  # the trainer imports this module
-
     metrics = pd.read_parquet(run_reports_dir(run_name) / "metrics.parquet")
     last = metrics.iloc[-1]
     evaluated = metrics.dropna(subset=["val_loss"])

@@ -18,7 +18,6 @@ budget. Metric rows go to ``reports/<run>/metrics.parquet``, routing snapshots t
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import warnings
@@ -37,10 +36,12 @@ from .config import ModelConfig, TrainConfig, config_diff
 from .data import load_split
 from .model import Transformer, eval_mode
 from .optim import load_optimizer_state, make_optimizer
-from .paths import atomic_write, check_run_name
+from .paths import check_run_name
 from .precision import autocast, device_name, resolve_device, resolve_precision
 from .progress import make_progress
+from .registry import now, set_status, start_run, summary
 from .runs import (
+    TrainResult,
     checkpoint_dir,
     clear_run,
     latest_checkpoint,
@@ -58,18 +59,6 @@ from .scoring import LN2, mean_loss
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainResult:
-    run_name: str
-    steps: int
-    tokens: int
-    elapsed_s: float
-    val_loss: float
-    val_bpb: float
-    checkpoint: Path
-    metrics: pd.DataFrame
 
 
 @dataclass
@@ -161,6 +150,11 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or done or self.step == last_step:
                     self._checkpoint()
                 self._show_progress()
+        except BaseException as err:  # the registry says how the run ended; the error goes on
+            if self.dist.is_main:
+                set_status(self.reports, "interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                           error=f"{type(err).__name__}: {err}"[:500], ended=now())  # fmt: skip
+            raise
         finally:
             self.display.close()
             self._write_metrics()
@@ -185,8 +179,7 @@ class Trainer:
                 "resume it (resume=True / --resume), overwrite it (overwrite=True), or choose another run name"
             )
         if main:
-            info = json.dumps(self._run_info(), indent=2).encode()
-            atomic_write(self.reports / "config.json", lambda f: f.write(info))
+            start_run(self.reports, self._run_info(), resumed=resume)
         self.model.train()
         if self.progress and main:
             print(
@@ -308,6 +301,8 @@ class Trainer:
         if math.isnan(self.val_loss):
             self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
         val_loss, run = self.val_loss, self.run_name
+        if self.dist.is_main:
+            set_status(self.reports, "finished", ended=now(), **summary(self.metrics()))
         return TrainResult(run, self.step, self.tokens, self.elapsed, val_loss, val_loss / LN2, self.last_checkpoint, self.metrics())
 
     # ------------------------------------------------------------------ setup
