@@ -16,7 +16,7 @@ PROFILE ?=
 PARAMS ?=
 STAMP := $(VENV)/.setup-done-$(TORCH_VARIANT)
 
-.PHONY: setup run test lab bench notebook-outputs help
+.PHONY: setup run test lab bench tensorboard notebook-outputs help
 
 help:
 	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PROFILE=tiny, PARAMS=file.yaml, FORCE=1)"
@@ -57,6 +57,10 @@ bench: setup
 # NOTEBOOKS="00_moe_by_hand" rewrites only those.
 notebook-outputs: setup
 	$(BIN)/python tools/checked_outputs.py $(NOTEBOOKS)
+
+# Every run's curves side by side (the Trainer writes reports/<run>/tensorboard/).
+tensorboard: setup
+	$(BIN)/tensorboard --logdir $${MOELAB_REPORTS_DIR:-reports} --host 127.0.0.1
 
 lab: setup
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks

@@ -90,3 +90,34 @@ def test_command_line_prints_the_table(toy_dataset):
     assert done.returncode == 0, done.stderr
     line = next(l for l in done.stdout.splitlines() if l.startswith("reg-cli"))
     assert "finished" in line and "tiny" in line
+
+
+def _scalars(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tensorboard")).Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_metric_rows_go_to_tensorboard_once_per_step_also_after_a_resume(toy_dataset):
+    from moelab.registry import tensorboard_tag
+
+    assert [tensorboard_tag(c) for c in ("val_bpb", "train_bpb", "ce_loss", "loss", "lr", "load_l1_e3")] == [
+        "bpb/val", "bpb/train", "loss/ce", "loss/loss", "train/lr", "load/l1_e3",
+    ]  # fmt: skip
+    first = tiny_run("reg-tb", toy_dataset, max_steps=20, checkpoint_every=5)
+    first.fit(stop_after_steps=13)
+    (first.checkpoints / "ckpt_0000013.pt").unlink()  # as if killed before it: step 12 is logged, then redone
+    assert [s for s, _ in _scalars(first.reports, "bpb/train")][-1] == 12  # logged every 2 steps
+    resumed = tiny_run("reg-tb", toy_dataset, max_steps=20, checkpoint_every=5)
+    resumed.fit(resume=True)
+    metrics = pd.read_parquet(resumed.reports / "metrics.parquet")
+    logged = _scalars(resumed.reports, "bpb/train")
+    assert [s for s, _ in logged] == metrics["step"].tolist()  # each step once, in order
+    assert [v for _, v in logged] == pytest.approx(metrics["train_bpb"].tolist(), rel=1e-6)
+    val = metrics.dropna(subset=["val_bpb"])
+    logged_val = _scalars(resumed.reports, "bpb/val")
+    assert [s for s, _ in logged_val] == val["step"].tolist() == [10, 20]
+    assert [v for _, v in logged_val] == pytest.approx(val["val_bpb"].tolist(), rel=1e-6)
+    tiny_run("reg-tb", toy_dataset, max_steps=4).fit(overwrite=True)  # a new run under the name: old events go
+    assert [s for s, _ in _scalars(resumed.reports, "bpb/train")] == [2, 4]

@@ -1,6 +1,7 @@
 """The registry of runs: what each run records about itself, and one table of every run on disk.
 
-The Trainer writes two small files into ``reports/<run>/``: ``config.json`` once, at the
+The Trainer writes two small files into ``reports/<run>/``, and its metric rows as
+TensorBoard scalars into ``reports/<run>/tensorboard/`` (:class:`TensorBoardLog`): ``config.json`` once, at the
 start (configs, device, precision, moelab version, git commit, hardware, start time), and
 ``status.json`` whenever the run's state changes: ``running`` (with the process id and
 host), then ``finished`` (with a summary: steps, tokens, wall time, final and best
@@ -186,3 +187,36 @@ def runs_table(root: str | os.PathLike | None = None) -> pd.DataFrame:
     rows = [row for folder in sorted(root.glob("*")) if folder.is_dir() and (row := run_row(folder)) is not None]
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.sort_values("started", ascending=False, na_position="last").set_index("run")
+
+
+class TensorBoardLog:
+    """A run's metric rows as TensorBoard scalars: ``tensorboard --logdir reports`` shows every run.
+
+    Tags are grouped: ``bpb/…``, ``loss/…``, ``load/…`` (share of routed slots per layer and
+    expert), ``train/…`` (the rest). A resumed run first drops the events after its
+    checkpoint (``purge_step``), as it drops those metric rows, so no step appears twice.
+    """
+
+    def __init__(self, reports: Path, first_step: int = 0) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(reports / "tensorboard"), purge_step=first_step + 1 if first_step else None,
+                                    flush_secs=10)  # fmt: skip
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        for name, value in row.items():
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(tensorboard_tag(name), value, row["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_tag(column: str) -> str:
+    """The TensorBoard tag of a metric column: ``val_bpb`` -> ``bpb/val``, ``load_l0_e3`` -> ``load/l0_e3``."""
+    if column.startswith("load_"):
+        return "load/" + column.removeprefix("load_")
+    for suffix in ("_bpb", "_loss"):
+        if column.endswith(suffix):
+            return f"{suffix[1:]}/{column.removesuffix(suffix)}"
+    return f"loss/{column}" if column == "loss" else f"train/{column}"

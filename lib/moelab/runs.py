@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,11 +105,12 @@ def prepare_folders(*folders: Path) -> None:
 
 
 def clear_run(checkpoints: Path, reports: Path) -> None:
-    """Delete a run's checkpoints and metric records (training it again with ``overwrite``)."""
+    """Delete a run's checkpoints, metric records and TensorBoard events (training it again with ``overwrite``)."""
     for path in list_checkpoints(checkpoints):
         path.unlink()
     for name in RECORD_FILES:
         (reports / name).unlink(missing_ok=True)
+    shutil.rmtree(reports / "tensorboard", ignore_errors=True)
 
 
 def read_records(path: Path, up_to_step: int) -> list[dict]:

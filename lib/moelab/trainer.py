@@ -39,7 +39,7 @@ from .optim import load_optimizer_state, make_optimizer
 from .paths import check_run_name
 from .precision import autocast, device_name, resolve_device, resolve_precision
 from .progress import make_progress
-from .registry import now, set_status, start_run, summary
+from .registry import TensorBoardLog, now, set_status, start_run, summary
 from .runs import (
     TrainResult,
     checkpoint_dir,
@@ -157,6 +157,8 @@ class Trainer:
             raise
         finally:
             self.display.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             self._write_metrics()
         return self._finish()
 
@@ -178,8 +180,10 @@ class Trainer:
                 f"run {self.run_name!r} already has checkpoints in {self.checkpoints}; "
                 "resume it (resume=True / --resume), overwrite it (overwrite=True), or choose another run name"
             )
+        self.tensorboard = None
         if main:
             start_run(self.reports, self._run_info(), resumed=resume)
+            self.tensorboard = TensorBoardLog(self.reports, self.step)
         self.model.train()
         if self.progress and main:
             print(
@@ -284,7 +288,7 @@ class Trainer:
 
     def _record(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        for callback in self.callbacks if self.dist.is_main else ():
+        for callback in [*self.callbacks, self.tensorboard] if self.dist.is_main else ():
             callback(row)
         self.display.show_row(row, self.val_loss)
 
