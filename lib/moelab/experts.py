@@ -80,7 +80,7 @@ class Experts(nn.Module):
         try:
             return ExpertMLP.apply(x_sorted, *weights, tuple(counts), kernel == "grouped")
         except RuntimeError as err:
-            if self.kernel != "auto" or kernel != "grouped":
+            if self.kernel != "auto" or kernel != "grouped" or isinstance(err, torch.OutOfMemoryError):
                 raise
             warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=2)
             self.kernel = "loop"
@@ -128,21 +128,25 @@ class ExpertMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, counts, grouped):
         with torch.autocast(x.device.type, enabled=False):
-            if grouped:  # it keeps the input in its padded layout for the backward
-                x, pre, act, out = _grouped_forward(x, w1, b1, w2, b2, counts)
+            if grouped:  # the backward reuses the padded layout and weights (see _grouped_forward)
+                saved, out = _grouped_forward(x, w1, b1, w2, b2, counts)
             else:
                 pre, act, out = _loop_forward(x, w1, b1, w2, b2, counts)
-        ctx.save_for_backward(x, w1, w2, pre, act)
-        ctx.counts, ctx.has_bias, ctx.grouped = counts, (b1 is not None, b2 is not None), grouped
+                saved = (x, w1, w2, pre, act)
+        ctx.save_for_backward(*saved)
+        ctx.has_bias, ctx.grouped = (b1 is not None, b2 is not None), grouped
+        ctx.shape = (counts, x.shape[1], w1.shape[2])  # the loop's counts; the true widths d, h
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, w1, w2, pre, act = ctx.saved_tensors
-        with torch.autocast(x.device.type, enabled=False):
-            backward = _grouped_backward if ctx.grouped else _loop_backward
-            grads = backward(grad_out.contiguous(), x, w1, w2, pre, act, ctx.counts, ctx.has_bias)
+        saved, (counts, d, h) = ctx.saved_tensors, ctx.shape
+        with torch.autocast(grad_out.device.type, enabled=False):
+            if ctx.grouped:
+                grads = _grouped_backward(grad_out.contiguous(), *saved, d, h, ctx.has_bias)
+            else:
+                grads = _loop_backward(grad_out.contiguous(), *saved, counts, ctx.has_bias)
         return (*grads, None, None)
 
 
@@ -220,7 +224,7 @@ def _pad_widths(w1, b1, w2, b2):
 
 
 def _grouped_forward(x, w1, b1, w2, b2, counts):
-    """Returns the padded input, pre-activation and activation (for the backward) and the output rows."""
+    """The output rows, and what the backward needs: the padded input, weights, activations and layout."""
     d = x.shape[1]
     position, offsets, padded_expert = _aligned_layout(counts, x.device)
     w1, b1, w2, b2 = _pad_widths(w1, b1, w2, b2)
@@ -232,13 +236,11 @@ def _grouped_forward(x, w1, b1, w2, b2, counts):
     out = F.grouped_mm(act, w2, offs=offsets)
     if b2 is not None:
         out += b2[padded_expert]
-    return x_padded, pre, act, out[position, :d]
+    return (x_padded, w1, w2, pre, act, position, offsets, padded_expert), out[position, :d]
 
 
-def _grouped_backward(grad_out, x_padded, w1, w2, pre, act, counts, has_bias):
-    d, h = w1.shape[1:]
-    position, offsets, padded_expert = _aligned_layout(counts, x_padded.device)
-    w1, _, w2, _ = _pad_widths(w1, None, w2, None)
+def _grouped_backward(grad_out, x_padded, w1, w2, pre, act, position, offsets, padded_expert, d, h, has_bias):
+    """Gradients of the true (unpadded) input, weights and biases; w1, w2 arrive padded."""
     grad_out = _scatter_rows(F.pad(grad_out, (0, w2.shape[2] - d)), position, x_padded.shape[0])  # 0 on padding
     g_pre = torch.ops.aten.gelu_backward(F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets), pre)
     # weight gradients: (n, ·, ·) from row-partitioned 2D operands; zeros for an expert without rows
