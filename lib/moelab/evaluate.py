@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows)
     total_bytes = table["bytes"].sum()
     overall = table["nats"].sum() / LN2 / total_bytes if total_bytes else math.nan
-    window = model.config.context_window
-    stride = args.stride or max(1, window // 2)
+    window, stride = result.context_window, result.stride  # the stride score_bytes used (its default: window / 2)
     print(
         f"checkpoint {args.checkpoint} on {next(model.parameters()).device} · context {window} bytes, stride {stride}: every byte scored once, "
         f"the first after a newline{' · cleaned as the training data' if args.clean else ''}"

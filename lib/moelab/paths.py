@@ -9,6 +9,7 @@ variables override each place: MOELAB_DATA_DIR, MOELAB_REPORTS_DIR.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -59,6 +60,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     finally:
         os.close(dir_fd)
     return path
+
+
+def atomic_write_json(path: str | os.PathLike, values: object) -> Path:
+    """``values`` as indented JSON through :func:`atomic_write` (values JSON cannot hold become strings)."""
+    data = json.dumps(values, indent=2, default=str).encode()
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def current_umask() -> int:

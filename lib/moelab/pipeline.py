@@ -46,7 +46,7 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 from .notebook import PROFILE_SETTINGS, resolve_profile
-from .paths import atomic_write, check_run_name, project_root, reports_dir, sha256_file
+from .paths import atomic_write_json, check_run_name, project_root, reports_dir, sha256_file
 from .report import duration, write_report
 
 STAGES = ("00_moe_by_hand", "01_data_prep", "02_train", "03_expert_utilization", "04_sampling")
@@ -176,10 +176,10 @@ def run_pipeline(
                 why = "unfinished last time"
             log(f"{stage}: running ({why}) → {output}")
             state[stage] = {"fingerprint": fingerprint, "started": _now()}  # finished: added on success
-            _save_state(state_path, state)
+            atomic_write_json(state_path, state)
             seconds = _execute(papermill, source, output, values, notebooks, echo)
             state[stage].update(seconds=round(seconds, 1), finished=_now())
-            _save_state(state_path, state)
+            atomic_write_json(state_path, state)
             log(f"{stage}: done in {duration(seconds)}")
             results.append(StageResult(stage, "ran", seconds, output))
 
@@ -227,11 +227,6 @@ def _kernel_environment(values: dict[str, str]):
 
 def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _save_state(path: Path, state: dict) -> None:
-    data = json.dumps(state, indent=2).encode()
-    atomic_write(path, lambda f: f.write(data))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from .config import ModelConfig, TrainConfig, config_diff
-from .paths import atomic_write, project_root, reports_dir
+from .paths import atomic_write_json, project_root, reports_dir
 
 STATUSES = ("running", "finished", "interrupted", "failed")
 COLUMNS = [
@@ -70,11 +70,6 @@ def git_commit() -> str | None:
         return None
 
 
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    data = json.dumps(values, indent=2, default=str).encode()
-    atomic_write(path, lambda f: f.write(data))
-
-
 def start_run(reports: Path, info: dict[str, Any], resumed: bool = False) -> None:
     """config.json (``info`` plus version, commit, hardware, start time) and status ``running``.
 
@@ -84,9 +79,9 @@ def start_run(reports: Path, info: dict[str, Any], resumed: bool = False) -> Non
 
     earlier = json.loads((reports / "config.json").read_text()) if resumed and (reports / "config.json").is_file() else {}
     started = earlier.get("started") or now()
-    write_json(reports / "config.json", {**info, "moelab": __version__, "git_commit": git_commit(),
+    atomic_write_json(reports / "config.json", {**info, "moelab": __version__, "git_commit": git_commit(),
                                          "hardware": hardware(), "started": started})  # fmt: skip
-    write_json(reports / "status.json", {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+    atomic_write_json(reports / "status.json", {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
                                          "started": started, "updated": now()})  # fmt: skip
 
 
@@ -96,7 +91,7 @@ def set_status(reports: Path, status: str, **fields: Any) -> None:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     path = reports / "status.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, {**previous, **fields, "status": status, "updated": now()})
+    atomic_write_json(path, {**previous, **fields, "status": status, "updated": now()})
 
 
 def summary(metrics: pd.DataFrame) -> dict[str, Any]:
@@ -134,19 +129,24 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def closest_preset(model: ModelConfig, train: TrainConfig) -> tuple[str, list[str]]:
-    """The preset whose configs differ from a run's in the fewest fields, and those fields as ``field=value``."""
-    from .presets import PRESETS, preset
+def closest_preset(model: ModelConfig, train: TrainConfig, presets: dict | None = None) -> tuple[str, list[str]]:
+    """The preset whose configs differ from a run's in the fewest fields, and those fields as ``field=value``.
 
-    diffs = {}
-    for name in PRESETS:
-        p = preset(name)
-        diffs[name] = {**config_diff(p.model, model), **config_diff(p.train, train)}
+    ``presets``: {name: Preset}, built once by :func:`runs_table` (default: every named preset).
+    """
+    presets = presets if presets is not None else _all_presets()
+    diffs = {name: {**config_diff(p.model, model), **config_diff(p.train, train)} for name, p in presets.items()}
     name = min(diffs, key=lambda n: len(diffs[n]))
     return name, [f"{field}={new}" for field, (_, new) in diffs[name].items()]
 
 
-def run_row(folder: Path) -> dict[str, Any] | None:
+def _all_presets() -> dict:
+    from .presets import PRESETS, preset
+
+    return {name: preset(name) for name in PRESETS}
+
+
+def run_row(folder: Path, presets: dict | None = None) -> dict[str, Any] | None:
     """One run's row of :func:`runs_table`, or None for a folder without a config.json (not a run)."""
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -155,7 +155,7 @@ def run_row(folder: Path) -> dict[str, Any] | None:
     facts = status if "steps" in status else summary(_metrics(folder))
     try:
         train = TrainConfig.from_dict(config["train"])
-        name, changes = closest_preset(ModelConfig.from_dict(config["model"]), train)
+        name, changes = closest_preset(ModelConfig.from_dict(config["model"]), train, presets)
     except ValueError:  # a config of another moelab version: no preset to compare with
         train, name, changes = None, None, []
     machine = config.get("hardware") or {}
@@ -184,7 +184,8 @@ def _metrics(folder: Path) -> pd.DataFrame:
 def runs_table(root: str | os.PathLike | None = None) -> pd.DataFrame:
     """Every run under ``reports/`` (or ``root``) as one DataFrame, newest first (see the module doc)."""
     root = Path(root) if root is not None else reports_dir()
-    rows = [row for folder in sorted(root.glob("*")) if folder.is_dir() and (row := run_row(folder)) is not None]
+    presets = _all_presets()
+    rows = [row for f in sorted(root.glob("*")) if f.is_dir() and (row := run_row(f, presets)) is not None]
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.sort_values("started", ascending=False, na_position="last").set_index("run")
 

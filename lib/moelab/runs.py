@@ -151,16 +151,10 @@ def routing_rows(step: int, routing, n_experts: int) -> list[dict]:
     """Rows of routing.parquet: per layer and expert, its load and mean router probability (importance)."""
     rows = []
     for layer, record in enumerate(routing):
-        load = expert_load(record.experts, n_experts)
-        importance = record.probs.reshape(-1, n_experts).mean(0)
+        load = expert_load(record.experts, n_experts).tolist()  # one copy to the host per layer
+        importance = record.probs.reshape(-1, n_experts).mean(0).tolist()
         for expert in range(n_experts):
             rows.append(
-                {
-                    "step": step,
-                    "layer": layer,
-                    "expert": expert,
-                    "load": load[expert].item(),
-                    "importance": importance[expert].item(),
-                }
+                {"step": step, "layer": layer, "expert": expert, "load": load[expert], "importance": importance[expert]}
             )
     return rows

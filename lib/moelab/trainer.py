@@ -304,10 +304,11 @@ class Trainer:
         distributed.barrier()
         if math.isnan(self.val_loss):
             self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
-        val_loss, run = self.val_loss, self.run_name
+        val_loss, metrics = self.val_loss, self.metrics()
         if self.dist.is_main:
-            set_status(self.reports, "finished", ended=now(), **summary(self.metrics()))
-        return TrainResult(run, self.step, self.tokens, self.elapsed, val_loss, val_loss / LN2, self.last_checkpoint, self.metrics())
+            set_status(self.reports, "finished", ended=now(), **summary(metrics))
+        size = (self.step, self.tokens, self.elapsed)
+        return TrainResult(self.run_name, *size, val_loss, val_loss / LN2, self.last_checkpoint, metrics)
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
