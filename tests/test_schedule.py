@@ -55,5 +55,10 @@ def test_budget_by_steps_minutes_or_both():
     assert both.progress(10, 45.0) == 0.75 and not both.done(10, 45.0)
     assert both.done(100, 1.0) and both.done(1, 60.0)
     assert math.isclose(Budget(3, None).progress(1, 0), 1 / 3)
+    tokens = Budget(None, None, max_tokens=1000)
+    assert tokens.progress(7, 1e9, 250) == 0.25 and not tokens.done(10**6, 1e9, 999) and tokens.done(1, 0.0, 1000)
+    assert Budget(100, None, 1000).progress(10, 0.0, 500) == 0.5  # the first budget reached counts
     with pytest.raises(ValueError, match="budget"):
         TrainConfig(max_steps=None, max_minutes=None)
+    with pytest.raises(ValueError, match="max_tokens"):
+        TrainConfig(max_steps=None, max_tokens=0)

@@ -50,6 +50,15 @@ def test_same_seed_gives_identical_losses_and_another_seed_differs(toy_dataset):
     assert a["loss"].tolist() != c["loss"].tolist()
 
 
+def test_token_budget_ends_at_the_first_step_reaching_it(toy_dataset):
+    # sequences mode: short windows early make early steps cheaper, so the step count follows the tokens
+    model, train = tiny(max_steps=None, max_tokens=1000, batch_keep="sequences", log_every=1)
+    result = Trainer(model, train, "token-budget", dataset=toy_dataset, progress=False).fit()
+    per_step = result.metrics["batch_sequences"] * result.metrics["window"]
+    assert result.tokens == per_step.sum() >= 1000 and result.tokens - per_step.iloc[-1] < 1000
+    assert result.metrics["progress"].iloc[-1] == 1.0
+
+
 def test_metrics_checkpoints_and_routing_snapshots(toy_dataset):
     model, train = tiny(max_steps=20)
     trainer = Trainer(model, train, "files", dataset=toy_dataset, progress=False)

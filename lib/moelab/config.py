@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 BATCH_KEEPS = ("sequences", "tokens")
 PRECISIONS = ("auto", "fp32", "bf16")
+BUDGET_FIELDS = ("max_steps", "max_tokens", "max_minutes")  # TrainConfig: training ends at the first reached
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
@@ -221,8 +222,9 @@ class ModelConfig:
 class TrainConfig:
     """How to train: budget, optimizer, schedules and the seed's context-window warmup.
 
-    Budget: ``max_steps`` optimizer steps and/or ``max_minutes`` of wall time, whichever
-    ends first; the learning-rate and window schedules are defined over the budget's
+    Budget: ``max_steps`` optimizer steps, ``max_tokens`` training tokens and/or
+    ``max_minutes`` of wall time, whichever ends first (steps and tokens do not depend on
+    the machine's speed: prefer them for comparisons); the learning-rate and window schedules are defined over the budget's
     progress (0 → 1), so a time budget gets a complete schedule too.
 
     The window starts at ``current_context_window`` tokens and grows by
@@ -236,6 +238,7 @@ class TrainConfig:
 
     max_steps: int | None = 1000
     max_minutes: float | None = None
+    max_tokens: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
@@ -276,12 +279,14 @@ class TrainConfig:
             _positive_int(getattr(self, name), name)
         if self.max_steps is not None:
             _positive_int(self.max_steps, "max_steps")
+        if self.max_tokens is not None:
+            _positive_int(self.max_tokens, "max_tokens")
         if self.max_minutes is not None:
             _check(self.max_minutes > 0, "max_minutes", f"must be > 0 or None, got {self.max_minutes!r}")
         _check(
-            self.max_steps is not None or self.max_minutes is not None,
+            any(getattr(self, name) is not None for name in BUDGET_FIELDS),
             "max_steps",
-            "give a budget: max_steps, max_minutes, or both (training stops at the first reached)",
+            "give a budget: max_steps, max_tokens and/or max_minutes (training stops at the first reached)",
         )
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")

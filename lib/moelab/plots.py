@@ -1,4 +1,4 @@
-"""Figures: training curves, a live loss plot, run comparisons, the benchmark's throughput."""
+"""Figures: training curves, a live loss plot, sweeps (means with intervals, curves over seeds), the benchmark."""
 
 from __future__ import annotations
 
@@ -69,21 +69,35 @@ class LiveLossPlot:
         self._last_draw = time.monotonic()
 
 
-def plot_comparison(results: pd.DataFrame, curves: dict[str, pd.DataFrame], title: str) -> plt.Figure:
-    """Validation bpb curves of several runs against tokens seen, and their final values as bars."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    for name, metrics in curves.items():
-        val = metrics.dropna(subset=["val_bpb"])
-        left.plot(val["tokens"] / 1e6, val["val_bpb"], "o-", ms=3, label=name)
-    left.set(title=f"{title}: validation curves", xlabel="tokens seen (millions)", ylabel="validation bits per byte")
-    left.legend(fontsize=8)
-    ordered = results.sort_values("val_bpb")
-    right.barh(ordered.index, ordered["val_bpb"], color="tab:red", alpha=0.8)
-    for y, value in enumerate(ordered["val_bpb"]):
-        right.text(value, y, f" {value:.3f}", va="center", fontsize=9)
-    right.set(title="final validation bits per byte (lower is better)", xlabel="bits per byte")
-    right.set_xlim(0, ordered["val_bpb"].max() * 1.2)
-    right.invert_yaxis()
+def plot_sweep_summary(summary: pd.DataFrame, title: str, metric: str = "validation bits per byte") -> plt.Figure:
+    """Each variant's mean over seeds with its 95% t-interval (a single seed: the point alone)."""
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(summary) + 1.6))
+    y = range(len(summary))
+    err = [summary["mean"] - summary["ci_low"], summary["ci_high"] - summary["mean"]]
+    ax.errorbar(summary["mean"], y, xerr=[e.fillna(0) for e in err], fmt="o", color="tab:red", ecolor="tab:gray",
+                elinewidth=2, capsize=4)  # fmt: skip
+    for i, row in enumerate(summary.itertuples()):
+        verdict = "" if row.verdict == "reference" else f"  {row.diff:+.3f} vs first: {row.verdict}"
+        ax.annotate(f"{row.mean:.3f} (n={row.n}){verdict}", (row.mean, i), xytext=(0, 9), textcoords="offset points",
+                    ha="center", fontsize=8)  # fmt: skip
+    ax.set_yticks(list(y), summary["variant"])
+    ax.set_ylim(len(summary) - 0.4, -0.6)
+    ax.set(title=f"{title}: mean {metric} over seeds, 95% CI (lower is better)", xlabel=metric)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep_curves(curves: pd.DataFrame, title: str) -> plt.Figure:
+    """Validation bits per byte against tokens: each variant's mean over seeds, a band from min to max."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for variant, rows in curves.groupby("variant", sort=False):
+        by_step = rows.groupby("step").agg(tokens=("tokens", "mean"), mean=("val_bpb", "mean"),
+                                           low=("val_bpb", "min"), high=("val_bpb", "max"), n=("seed", "nunique"))  # fmt: skip
+        line = ax.plot(by_step["tokens"] / 1e6, by_step["mean"], "o-", ms=3, label=f"{variant} ({by_step['n'].max()} seeds)")
+        ax.fill_between(by_step["tokens"] / 1e6, by_step["low"], by_step["high"], color=line[0].get_color(), alpha=0.2)
+    ax.set(title=f"{title}: validation curves (mean over seeds, band: min–max)", xlabel="tokens seen (millions)",
+           ylabel="validation bits per byte")  # fmt: skip
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

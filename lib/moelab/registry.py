@@ -6,9 +6,9 @@ start (configs, device, precision, moelab version, git commit, hardware, start t
 ``status.json`` whenever the run's state changes: ``running`` (with the process id and
 host), then ``finished`` (with a summary: steps, tokens, wall time, final and best
 validation bits per byte, end time), ``failed`` (with the error) or ``interrupted``
-(Ctrl-C). A run left ``running`` by a process that no longer exists on this host (killed,
-machine restarted) reads as ``interrupted``; a run trained before moelab wrote status.json
-reads as ``unknown``.
+(Ctrl-C, or a session ended early by ``stop_after_steps``). A run left ``running`` by a
+process that no longer exists on this host (killed, machine restarted) reads as
+``interrupted``; a run trained before moelab wrote status.json reads as ``unknown``.
 
 :func:`runs_table` reads only those two JSON files for a finished run, and the metrics
 file only for the others, so it stays fast with hundreds of runs.
@@ -112,12 +112,12 @@ def read_status(folder: Path) -> dict[str, Any]:
     """A run's status.json, ``running`` turned ``interrupted`` when its process is gone from this host."""
     path = folder / "status.json"
     status = json.loads(path.read_text()) if path.is_file() else {"status": "unknown"}
-    if status["status"] == "running" and status.get("host") == socket.gethostname() and not _alive(status.get("pid")):
+    if status["status"] == "running" and status.get("host") == socket.gethostname() and not process_alive(status.get("pid")):
         status["status"] = "interrupted"
     return status
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:

@@ -15,21 +15,28 @@ from .config import ModelConfig, TrainConfig
 
 @dataclass(frozen=True)
 class Budget:
-    """Training ends at ``max_steps`` or after ``max_minutes``, whichever comes first."""
+    """Training ends at ``max_steps``, ``max_tokens`` or ``max_minutes``, whichever comes first.
+
+    Steps and tokens do not depend on the machine's speed or load (prefer them for
+    comparisons); minutes do.
+    """
 
     max_steps: int | None
     max_minutes: float | None
+    max_tokens: int | None = None
 
-    def progress(self, step: int, elapsed_s: float) -> float:
+    def progress(self, step: int, elapsed_s: float, tokens: int = 0) -> float:
         shares = []
         if self.max_steps is not None:
             shares.append(step / self.max_steps)
+        if self.max_tokens is not None:
+            shares.append(tokens / self.max_tokens)
         if self.max_minutes is not None:
             shares.append(elapsed_s / (60.0 * self.max_minutes))
         return min(1.0, max(shares))
 
-    def done(self, step: int, elapsed_s: float) -> bool:
-        return self.progress(step, elapsed_s) >= 1.0
+    def done(self, step: int, elapsed_s: float, tokens: int = 0) -> bool:
+        return self.progress(step, elapsed_s, tokens) >= 1.0
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
 * ``_start``: output folders, model + optimizer + data (``_build``), the latest
   checkpoint when resuming (``_restore``), DDP / torch.compile (``_wrap``), ``config.json``;
-* then, until the budget (steps and/or minutes) is spent, per optimizer step:
+* then, until the budget (steps, tokens and/or minutes) is spent, per optimizer step:
   ``_train_step`` (learning rate, micro-batches, the loss parts, divergence check,
   gradient clipping, optimizer step), ``_log_row`` every ``log_every`` steps,
   ``_evaluate`` every ``eval_every``, ``_checkpoint`` every ``checkpoint_every``;
@@ -114,7 +114,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.windows = WindowSchedule.from_configs(model_config, train_config)
         self.lr_schedule = LRSchedule(train_config.lr, train_config.warmup_steps, train_config.min_lr_ratio)
-        self.budget = Budget(train_config.max_steps, train_config.max_minutes)
+        self.budget = Budget(train_config.max_steps, train_config.max_minutes, train_config.max_tokens)
         self.checkpoints = checkpoint_dir(run_name)
         self.reports = run_reports_dir(run_name)
         self.precision, self.precision_reason = resolve_precision(train_config.precision, self.device)
@@ -138,9 +138,9 @@ class Trainer:
         last_step = math.inf if stop_after_steps is None else self.step + stop_after_steps
         cfg = self.train_config
         try:
-            while not self.budget.done(self.step, self.elapsed) and self.step < last_step:
+            while not self.budget.done(self.step, self.elapsed, self.tokens) and self.step < last_step:
                 outcome = self._train_step()
-                done = self.budget.done(self.step, self.elapsed)
+                done = self.budget.done(self.step, self.elapsed, self.tokens)
                 evaluate_now = self.step % cfg.eval_every == 0 or done
                 if outcome.log_now or evaluate_now:
                     row = self._log_row(outcome)
@@ -201,7 +201,7 @@ class Trainer:
     def _train_step(self) -> StepOutcome:
         """One optimizer step over ``grad_accum_steps`` micro-batches of the current window."""
         cfg = self.train_config
-        progress = self.budget.progress(self.step, self.elapsed)
+        progress = self.budget.progress(self.step, self.elapsed, self.tokens)
         window = self.windows.window(progress)
         sequences = self.windows.batch_sequences(window, cfg.batch_size, cfg.batch_keep)
         lr = self.lr_schedule(self.step, progress)
@@ -257,7 +257,7 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "elapsed_s": self.elapsed,
-            "progress": self.budget.progress(self.step, self.elapsed),
+            "progress": self.budget.progress(self.step, self.elapsed, self.tokens),
             "window": outcome.window,
             "batch_sequences": outcome.sequences,
             "lr": outcome.lr,
@@ -296,7 +296,7 @@ class Trainer:
         self.last_checkpoint = self._save(self.elapsed)
 
     def _show_progress(self) -> None:
-        self.display.update(self.budget.progress(self.step, self.elapsed), self.step, self.tokens, self.elapsed)
+        self.display.update(self.budget.progress(self.step, self.elapsed, self.tokens), self.step, self.tokens, self.elapsed)
 
     def _finish(self) -> TrainResult:
         if self.last_checkpoint is None:  # resumed a run whose budget was already spent
@@ -305,8 +305,9 @@ class Trainer:
         if math.isnan(self.val_loss):
             self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
         val_loss, metrics = self.val_loss, self.metrics()
-        if self.dist.is_main:
-            set_status(self.reports, "finished", ended=now(), **summary(metrics))
+        if self.dist.is_main:  # a session ended by stop_after_steps is resumable, not finished
+            done = self.budget.done(self.step, self.elapsed, self.tokens)
+            set_status(self.reports, "finished" if done else "interrupted", ended=now(), **summary(metrics))
         size = (self.step, self.tokens, self.elapsed)
         return TrainResult(self.run_name, *size, val_loss, val_loss / LN2, self.last_checkpoint, metrics)
 

@@ -1,0 +1,255 @@
+"""Sweeps: named variants × seeds, trained one at a time, summarized with confidence intervals.
+
+``python -m moelab.sweep SPEC.yaml`` (or a built-in study's name) and
+``run_sweep(spec)`` train every (seed, variant) run of a spec (:mod:`moelab.sweep_spec`)
+seed-major, so an interrupted sweep still holds every variant for the seeds it finished.
+Running a sweep again continues where it stopped: a finished run with the same configs
+is never retrained, a run killed midway resumes from its last checkpoint. Runs are
+ordinary runs (``reports/<sweep>-<variant>-s<seed>/``, listed by ``python -m moelab runs``);
+the sweep's own outputs go to ``reports/sweeps/<name>/``:
+
+* ``spec.yaml``: the spec as run;
+* ``results.csv``: one row per finished run (variant, seed, run, val_bpb, steps, tokens,
+  wall_s, tokens_per_s, best_val_bpb);
+* ``summary.csv``: one row per variant, its mean and 95% t-interval over seeds and its
+  difference from the first variant paired by seed, with a verdict (:mod:`moelab.stats`);
+* ``curves.csv`` and ``figures/``: validation curves and the summary as figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .config import ModelConfig, TrainConfig, config_diff
+from .data import CorpusError
+from .paths import atomic_write, reports_dir
+from .registry import process_alive, read_status
+from .runs import checkpoint_dir, list_checkpoints, run_reports_dir
+from .stats import conclusions, summarize
+from .sweep_spec import SweepSpec, SweepSpecError, builtin_studies, load_spec
+
+RESULT_COLUMNS = ["variant", "seed", "run", "val_bpb", "steps", "tokens", "wall_s", "tokens_per_s", "best_val_bpb"]
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot go on as asked (a run of another config in its place, a second process)."""
+
+
+@dataclass
+class SweepResult:
+    spec: SweepSpec
+    folder: Path
+    results: pd.DataFrame  # one row per finished run
+    summary: pd.DataFrame  # one row per variant (moelab.stats.SUMMARY_COLUMNS)
+    curves: pd.DataFrame  # variant, seed, step, tokens, val_bpb at each evaluation
+    trained: list[str] = field(default_factory=list)  # runs trained (or resumed) by this call
+
+    def conclusions(self) -> list[str]:
+        return conclusions(self.summary)
+
+
+def sweep_dir(name: str) -> Path:
+    return reports_dir() / "sweeps" / name
+
+
+def plan(spec: SweepSpec) -> pd.DataFrame:
+    """Every run of the sweep in training order (seed-major) with its state on disk."""
+    rows = []
+    for seed in spec.seeds:
+        for variant in spec.variants:
+            run = spec.run_name(variant, seed)
+            rows.append({"seed": seed, "variant": variant, "run": run, "state": _state(spec, variant, seed)})
+    return pd.DataFrame(rows, columns=["seed", "variant", "run", "state"])
+
+
+def _state(spec: SweepSpec, variant: str, seed: int) -> str:
+    """``finished``, ``resume`` (checkpoints of this config), ``new``, or ``conflict: ...`` (another config)."""
+    run = spec.run_name(variant, seed)
+    folder, checkpoints = run_reports_dir(run), list_checkpoints(checkpoint_dir(run))
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return "resume" if checkpoints else "new"
+    recorded = json.loads(config_path.read_text())
+    model, train = spec.configs(variant, seed)
+    try:
+        diff = {**config_diff(ModelConfig.from_dict(recorded["model"]), model),
+                **config_diff(TrainConfig.from_dict(recorded["train"]), train)}  # fmt: skip
+    except (KeyError, ValueError):
+        diff = {"config": ("unreadable", "")}
+    if recorded.get("dataset") != spec.dataset:
+        diff["dataset"] = (recorded.get("dataset"), spec.dataset)
+    if diff:
+        return "conflict: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items())
+    status = read_status(folder)["status"]
+    if status == "running":
+        return "running elsewhere"
+    if status == "finished":
+        return "finished"
+    return "resume" if checkpoints else "new"
+
+
+def run_sweep(
+    spec: SweepSpec | dict | str | Path,
+    *,
+    overwrite: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    figures: bool = True,
+) -> SweepResult:
+    """Train the sweep's runs that are not finished (one at a time), then summarize every finished run.
+
+    ``overwrite``: retrain every run of the sweep from scratch (its earlier runs are deleted
+    run by run as they are retrained). Without it, a run of the same name trained with
+    other configs (an edited spec) is an error before any training: give the sweep another
+    name or pass ``overwrite=True`` (``--overwrite``).
+    """
+    from tqdm.auto import tqdm
+
+    from .trainer import Trainer
+
+    spec = load_spec(spec)
+    todo = plan(spec)
+    _check_plan(spec, todo, overwrite)
+    folder = sweep_dir(spec.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "spec.yaml", lambda f: f.write(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()))
+    trained = []
+    log_lines = os.environ.get("MOELAB_PROGRESS", "").strip().lower() == "log"
+    with _lock(folder):
+        bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="run", disable=not progress or log_lines)
+        for i, row in enumerate(todo.itertuples(), start=1):
+            bar.set_postfix_str(row.run)
+            if row.state == "finished" and not overwrite:
+                print(f"[{i}/{len(todo)}] {row.run}: finished earlier, kept")
+            else:
+                how = "overwrite" if overwrite else row.state
+                print(f"[{i}/{len(todo)}] {row.run}: training ({'resumes from its checkpoint' if how == 'resume' else 'new'})")
+                model, train = spec.configs(row.variant, row.seed)
+                trainer = Trainer(model, train, row.run, dataset=spec.dataset, device=device, progress=progress)
+                done = trainer.fit(resume=how == "resume", overwrite=how != "resume")
+                trained.append(row.run)
+                print(f"[{i}/{len(todo)}] {row.run}: {done.val_bpb:.4f} bits per byte, {done.elapsed_s / 60:.1f} min")
+                write_tables(spec, folder)
+            bar.update()
+        bar.close()
+    result = collect(spec, trained)
+    write_tables(spec, folder, result)
+    if figures:
+        write_figures(result)
+    return result
+
+
+def _check_plan(spec: SweepSpec, todo: pd.DataFrame, overwrite: bool) -> None:
+    busy = todo[todo["state"] == "running elsewhere"]
+    if not busy.empty:
+        raise SweepError(f"run {busy['run'].iloc[0]} is being trained by another process; wait for it or stop it")
+    conflicts = todo[todo["state"].str.startswith("conflict")]
+    if not conflicts.empty and not overwrite:
+        first = conflicts.iloc[0]
+        raise SweepError(
+            f"sweep {spec.name!r}: {len(conflicts)} run(s) on disk were trained with other configs, "
+            f"e.g. {first['run']} ({first['state'].removeprefix('conflict: ')}). Nothing was trained. "
+            "Give the sweep another name, or pass overwrite=True (--overwrite) to retrain its runs."
+        )
+
+
+class _lock:
+    """One process per sweep: ``reports/sweeps/<name>/lock`` holds the pid while it trains."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "lock"
+
+    def __enter__(self) -> "_lock":
+        if self.path.is_file():
+            held = json.loads(self.path.read_text() or "{}")
+            if held.get("host") == socket.gethostname() and process_alive(held.get("pid")):
+                raise SweepError(f"the sweep is already running in process {held['pid']}; one at a time on a machine")
+        self.path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def collect(spec: SweepSpec, trained: list[str] | None = None) -> SweepResult:
+    """Results, summary and validation curves of the sweep's finished runs, from their files."""
+    rows, curves = [], []
+    for seed in spec.seeds:
+        for variant in spec.variants:
+            run = spec.run_name(variant, seed)
+            if _state(spec, variant, seed) != "finished":
+                continue
+            status = read_status(run_reports_dir(run))
+            wall = status.get("wall_s") or float("nan")
+            rows.append({"variant": variant, "seed": seed, "run": run, "val_bpb": status.get("final_val_bpb"),
+                         "steps": status.get("steps"), "tokens": status.get("tokens"), "wall_s": wall,
+                         "tokens_per_s": (status.get("tokens") or 0) / wall, "best_val_bpb": status.get("best_val_bpb")})  # fmt: skip
+            metrics = pd.read_parquet(run_reports_dir(run) / "metrics.parquet", columns=["step", "tokens", "val_bpb"])
+            curves.append(metrics.dropna(subset=["val_bpb"]).assign(variant=variant, seed=seed))
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    summary = summarize(results, variants=list(spec.variants))
+    curve_table = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
+        columns=["step", "tokens", "val_bpb", "variant", "seed"])  # fmt: skip
+    return SweepResult(spec, sweep_dir(spec.name), results, summary, curve_table, list(trained or []))
+
+
+def write_tables(spec: SweepSpec, folder: Path, result: SweepResult | None = None) -> None:
+    """results.csv, summary.csv and curves.csv of the runs finished so far."""
+    result = result or collect(spec)
+    for name, table in (("results", result.results), ("summary", result.summary), ("curves", result.curves)):
+        atomic_write(folder / f"{name}.csv", lambda f, t=table: f.write(t.to_csv(index=False).encode()))
+
+
+def write_figures(result: SweepResult) -> list[Path]:
+    """figures/summary.png (means with 95% CI bars) and figures/curves.png (validation curves, band over seeds)."""
+    from .plots import plot_sweep_curves, plot_sweep_summary
+
+    out = result.folder / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if not result.results.empty:
+        for name, fig in (("summary", plot_sweep_summary(result.summary, title=result.spec.name)),
+                          ("curves", plot_sweep_curves(result.curves, title=result.spec.name))):  # fmt: skip
+            fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
+            paths.append(out / f"{name}.png")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moelab.sweep",
+        description="Train a sweep (variants × seeds, one run at a time, resumable) and summarize it with "
+        "95%% confidence intervals into reports/sweeps/<name>/.",
+    )
+    parser.add_argument("spec", help=f"a spec file (.yaml) or a built-in study: {', '.join(builtin_studies())}")
+    parser.add_argument("--overwrite", action="store_true", help="retrain every run of the sweep from scratch")
+    parser.add_argument("--plan", action="store_true", help="print the runs and their state, train nothing")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        if args.plan:
+            print(plan(spec).to_string(index=False))
+            return 0
+        result = run_sweep(spec, overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
+    except (SweepSpecError, SweepError, ValueError, CorpusError) as err:
+        parser.exit(2, f"error: {err}\n")
+    pd.set_option("display.width", 160)
+    print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("\n".join(result.conclusions()))
+    print(f"written: {result.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
