@@ -142,6 +142,7 @@ NOTEBOOK_PARAMETERS = [
     ("02_train.ipynb", {"if_exists": "maybe"}, "parameter if_exists='maybe' is not one of"),
     ("03_expert_utilization.ipynb", {"run_name": "no-such-run"}, "no checkpoints in .*no-such-run"),
     ("04_sampling.ipynb", {"run_name": "no-such-run"}, "no checkpoints in .*no-such-run"),
+    ("05_experiments.ipynb", {"study": "no-such-study"}, "neither a spec file .* built-in studies: "),
 ]
 
 

@@ -11,8 +11,11 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+import yaml
 
+from moelab.compare import comparison_spec
 from moelab.notebook import PROFILE_SETTINGS, notebook_settings, resolve_profile
+from moelab.presets import preset
 from moelab.pipeline import STAGES, LocalKernelManager, StageFailed, run_pipeline, training_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,22 +80,28 @@ def test_every_stage_of_the_pipeline_is_a_notebook():
     assert set(PROFILE_SETTINGS) <= set(STAGES)
 
 
-def test_notebook_settings_fill_only_what_the_user_left_as_none(monkeypatch):
+def test_notebook_settings_fill_only_what_the_user_left_as_none(monkeypatch, tmp_path):
     monkeypatch.delenv("MOELAB_PROFILE", raising=False)
     nones = dict.fromkeys(PROFILE_SETTINGS["02_train"]["default"])
     settings = notebook_settings("02_train", None, **{**nones, "run_name": "X", "max_steps": 7})
     assert settings["run_name"] == "X" and settings["max_steps"] == 7  # passed values are kept as they are
-    assert settings["preset"] == "cpu" and settings["dataset"] == "machado" and settings["compare_minutes"] == 2.5
+    assert settings["preset"] == "cpu" and settings["dataset"] == "machado" and settings["compare_tokens"] == 1_500_000
     assert settings.from_profile == set(nones) - {"run_name", "max_steps"} and settings.profile == "default"
     assert list(settings) == list(nones)  # in the order passed: `a, b = notebook_settings(...).values()`
     assert "given: run_name='X', max_steps=7" in settings.summary()
     tiny = notebook_settings("02_train", "tiny", **{**nones, "run_name": "X"})
     assert tiny["run_name"] == "X" and tiny["preset"] == "tiny" and tiny["max_steps"] == 30
-    assert tiny["dataset"] == "machado-tiny" and tiny["compare_steps"] == 10 and tiny["compare_minutes"] is None
+    assert tiny["dataset"] == "machado-tiny" and tiny["compare_steps"] == 10 and tiny["compare_tokens"] is None
     assert notebook_settings("02_train", "tiny", **nones)["run_name"] == "tiny"
-    # a profile value may follow another setting: the tiny profile compares with the run's fixed-window run
+    # a profile value may follow another setting: the tiny profile compares with the run's fixed-window run,
+    # the first seed's run of notebook 02's comparison sweep (read from its spec.yaml)
     nones03 = dict.fromkeys(PROFILE_SETTINGS["03_expert_utilization"]["tiny"])
-    assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "run_name": "X"})["compare_run_name"] == "X-cmp-2"
+    assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "run_name": "X"})["compare_run_name"] is None
+    monkeypatch.setenv("MOELAB_REPORTS_DIR", str(tmp_path))
+    spec = comparison_spec("X", "tiny", "toy", {"seed": 9}, preset("tiny").model, {"max_steps": 5}, [5, 6])
+    (tmp_path / "sweeps" / "X-compare").mkdir(parents=True)
+    (tmp_path / "sweeps" / "X-compare" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "run_name": "X"})["compare_run_name"] == "X-compare-fixed-s5"
     assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "compare_run_name": ""})["compare_run_name"] == ""
     assert notebook_settings("03_expert_utilization", "default", **nones03)["compare_run_name"] is None
 
@@ -185,16 +194,18 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     assert metrics["step"].max() == 30 and metrics["val_bpb"].notna().sum() == 3
     assert sorted(metrics["window"].unique()) == [8, 12, 16]  # the tiny schedule, really used
     assert (data / "checkpoints" / "nb" / "ckpt_0000030.pt").is_file()
-    comparison = pd.read_csv(run / "comparison.csv", index_col=0)
-    assert list(comparison.index) == ["MoE, window schedule", "MoE, fixed window", "dense, same active parameters"]
-    assert (comparison["steps"] == 10).all()
+    comparison = pd.read_csv(run / "comparison.csv", index_col=0)  # notebook 02's comparison: a one-seed sweep
+    assert list(comparison.index) == ["schedule", "fixed", "dense"] and (comparison["n"] == 1).all()
+    compared = pd.read_csv(reports / "sweeps" / "nb-compare" / "results.csv")
+    assert compared["run"].tolist() == [f"nb-compare-{v}-s1337" for v in ("schedule", "fixed", "dense")]
+    assert (compared["steps"] == 10).all()
     with pytest.raises(papermill.PapermillExecutionError, match="already has checkpoints"):
         run_notebook("02_train.ipynb", tmp_path, run_name="nb")  # an existing run is never silently replaced
 
     load = pd.read_parquet(run / "expert_load.parquet")
     assert load.shape == (2, 4) and load.sum(axis=1).round(6).eq(1).all()
     balance = pd.read_parquet(run / "balance_comparison.parquet")  # against the fixed-window run of 02
-    assert set(balance.index.get_level_values("run")) == {"nb", "nb-cmp-2"}
+    assert set(balance.index.get_level_values("run")) == {"nb", "nb-compare-fixed-s1337"}
     genre = pd.read_parquet(run / "specialization_genre.parquet")
     assert len(genre) == 8
     assert "expert 0" in (run / "routing_passage.html").read_text()
@@ -206,6 +217,17 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     samples = (run / "samples.md").read_text()
     assert samples.count("**Sample 1**") == 2 and "## Prompt: “Capitu”" in samples
     assert "empty prompt: starting from a newline" in samples and "seed=3" in samples
+
+    # notebook 05: the tiny study, a 2 x 2 sweep, with its tables, figures and conclusions
+    sweep = reports / "sweeps" / "tiny"
+    sweep_runs = [f"tiny-{v}-s{s}" for s in (1, 2) for v in ("schedule", "fixed")]
+    assert pd.read_csv(sweep / "results.csv")["run"].tolist() == sweep_runs
+    summary05 = pd.read_csv(sweep / "summary.csv")
+    assert summary05["variant"].tolist() == ["schedule", "fixed"] and summary05["n"].tolist() == [2, 2]
+    assert {p.name for p in (sweep / "figures").iterdir()} == {"summary.png", "curves.png"}
+    nb05 = nbformat.read(run / "05_experiments.ipynb", as_version=4)
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for c in nb05.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Reference: 'schedule'" in shown and "paired seeds" in shown
 
     # the report the pipeline ends with: the notebooks as HTML, and an index that links them and the figures
     page = (run / "index.html").read_text()
@@ -227,7 +249,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     before = pd.read_parquet(run / "metrics.parquet")
     log.clear()
     statuses = [r.status for r in run_pipeline("nb", params, profile="tiny", log=log.append)]
-    assert statuses == ["skipped", "skipped", "ran", "skipped", "skipped"]
+    assert statuses == ["skipped", "skipped", "ran", "skipped", "skipped", "skipped"]
     assert "02_train: running (same inputs as the unfinished last start: resuming the training" in "\n".join(log)
     after = pd.read_parquet(run / "metrics.parquet")
     assert after["step"].max() == 30 and (data / "checkpoints" / "nb" / "ckpt_0000030.pt").is_file()
@@ -238,9 +260,11 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     )  # the resumed steps 21..30 are the interrupted ones again
     assert "finished" in json.loads((run / "pipeline.json").read_text())["02_train"]
 
-    # a parameter only notebook 04 takes re-runs only 04
+    # a parameter only notebook 04 takes re-runs 04 and what follows it; 05's sweep keeps its finished runs
+    log.clear()
     statuses = [r.status for r in run_pipeline("nb", {"prompts": ["Capitu"], "seeds": [3]}, profile="tiny", log=log.append)]
-    assert statuses == ["skipped", "skipped", "skipped", "skipped", "ran"]
+    assert statuses == ["skipped", "skipped", "skipped", "skipped", "ran", "ran"]
+    assert pd.read_csv(reports / "sweeps" / "tiny" / "results.csv")["run"].tolist() == sweep_runs
     assert "“Capitu”" in (run / "samples.md").read_text() and "empty prompt" not in (run / "samples.md").read_text()
     with pytest.raises(ValueError, match="unknown notebook parameter.*sedes.*04_sampling: .*seeds"):
         run_pipeline("nb", {"sedes": [3]}, profile="tiny")

@@ -1,54 +1,59 @@
-"""Notebook 02's comparison: the same budget for the window schedule, a fixed window, a dense model."""
+"""Notebook 02's comparison as a sweep: the window schedule, a fixed window, a dense model, one budget.
+
+The runs are an ordinary sweep (:mod:`moelab.sweep`) named ``<run_name>-compare``, so
+notebook 02 and notebook 05 share one implementation, and more seeds turn the
+comparison into one with confidence intervals.
+"""
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import Any
 
-from .config import ModelConfig, TrainConfig
-from .trainer import Trainer
+from .config import BUDGET_FIELDS, ModelConfig
+from .sweep_spec import load_spec
+
+VARIANTS = ("schedule", "fixed", "dense")
 
 
-def comparison_variants(model: ModelConfig, train: TrainConfig) -> dict[str, tuple[ModelConfig, TrainConfig]]:
-    """The three runs notebook 02 compares at one budget: the schedule, a fixed window, a dense model."""
+def comparison_spec(
+    run_name: str,
+    preset: str,
+    dataset: str,
+    overrides: dict[str, Any],
+    model: ModelConfig,
+    budget: dict[str, Any],
+    seeds: list[int],
+) -> dict[str, Any]:
+    """The sweep spec of notebook 02's comparison of the run ``run_name``.
+
+    ``overrides``: the main run's config overrides on ``preset`` (its budget and seed are
+    replaced by ``budget`` and ``seeds``). Variants: ``schedule`` (the main run's configs),
+    ``fixed`` (the full window from the first step), ``dense`` (one feed-forward as wide as
+    the MoE's active experts together: the same active parameters per token).
+    """
+    base = {k: v for k, v in overrides.items() if k not in (*BUDGET_FIELDS, "seed")}
+    dense = model.dense_equivalent()
     return {
-        "MoE, window schedule": (model, train),
-        "MoE, fixed window": (model, train.replace(current_context_window=model.context_window)),
-        "dense, same active parameters": (model.dense_equivalent(), train),
+        "name": f"{run_name}-compare",
+        "description": f"notebook 02's comparison of run {run_name}",
+        "base": {"preset": preset, "dataset": dataset, **base},
+        "budget": {kind: budget[field] for kind, field in (("steps", "max_steps"), ("tokens", "max_tokens"),
+                                                           ("minutes", "max_minutes")) if budget.get(field) is not None},  # fmt: skip
+        "seeds": list(seeds),
+        "variants": {
+            "schedule": {},
+            "fixed": {"current_context_window": model.context_window},
+            "dense": {"n_experts": 0, "n_common_experts": 1, "expert_hidden": dense.expert_hidden},
+        },
     }
 
 
-def run_comparison(
-    variants: dict[str, tuple[ModelConfig, TrainConfig]],
-    run_prefix: str,
-    *,
-    dataset: str = "machado",
-    max_minutes: float | None = None,
-    max_steps: int | None = None,
-    progress: bool = True,
-    device: str = "auto",
-) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Train each variant with the same budget (runs ``<run_prefix>-<n>``, overwritten each time).
+def comparison_run(run_name: str, variant: str = "fixed") -> str:
+    """The first-seed run of one variant of run ``run_name``'s comparison (reads its spec.yaml)."""
+    from .sweep import sweep_dir
 
-    Returns a results table (one row per variant) and each run's metrics.
-    """
-    rows, curves = [], {}
-    for number, (name, (model, train)) in enumerate(variants.items(), start=1):
-        budgeted = train.replace(max_minutes=max_minutes, max_steps=max_steps)
-        trainer = Trainer(model, budgeted, f"{run_prefix}-{number}", dataset=dataset, progress=progress, device=device)
-        result = trainer.fit(overwrite=True)
-        counts = model.param_counts()
-        rows.append(
-            {
-                "variant": name,
-                "run": trainer.run_name,
-                "steps": result.steps,
-                "tokens (M)": result.tokens / 1e6,
-                "minutes": result.elapsed_s / 60,
-                "tokens/s": result.tokens / max(result.elapsed_s, 1e-9),
-                "params total": counts["total"],
-                "params active": counts["active"],
-                "val_bpb": result.val_bpb,
-            }
-        )
-        curves[name] = result.metrics
-    return pd.DataFrame(rows).set_index("variant"), curves
+    path = sweep_dir(f"{run_name}-compare") / "spec.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"run {run_name!r} has no comparison ({path} is missing): run notebook 02 with compare=True")
+    spec = load_spec(path, check_dataset=False)
+    return spec.run_name(variant, spec.seeds[0])

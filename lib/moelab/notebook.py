@@ -23,9 +23,14 @@ PROFILES = ("default", "tiny")
 PROFILE_ENV = "MOELAB_PROFILE"
 
 
-def _compare_run_of(settings: dict[str, Any]) -> str:
-    """Notebook 02's fixed-window comparison run of the chosen run."""
-    return f"{settings['run_name']}-cmp-2"
+def _compare_run_of(settings: dict[str, Any]) -> str | None:
+    """Notebook 02's fixed-window comparison run of the chosen run (None when it has no comparison)."""
+    from .compare import comparison_run
+
+    try:
+        return comparison_run(settings["run_name"], "fixed")
+    except FileNotFoundError:
+        return None
 
 
 # The values each profile gives the parameters a notebook leaves as None. A None here
@@ -43,8 +48,9 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "dataset": "machado",
             "max_minutes": None,
             "max_steps": None,
-            "compare_minutes": 2.5,
+            "compare_tokens": 1_500_000,
             "compare_steps": None,
+            "compare_minutes": None,
         },
         "tiny": {
             "preset": "tiny",
@@ -52,8 +58,9 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "dataset": "machado-tiny",
             "max_minutes": None,
             "max_steps": 30,
-            "compare_minutes": None,
+            "compare_tokens": None,
             "compare_steps": 10,
+            "compare_minutes": None,
         },
     },
     "03_expert_utilization": {
@@ -75,6 +82,10 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "04_sampling": {
         "default": {"run_name": "default", "max_new_tokens": 300},
         "tiny": {"run_name": "tiny", "max_new_tokens": 40},
+    },
+    "05_experiments": {
+        "default": {"study": "window-schedule-quick"},  # a few minutes; the reference study is "window-schedule"
+        "tiny": {"study": "tiny"},
     },
 }
 

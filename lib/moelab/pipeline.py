@@ -2,7 +2,7 @@
 
 ``python -m moelab.pipeline [RUN] [-f params.yaml] [--profile tiny] [--force]`` (what
 ``make run`` calls) executes ``00_moe_by_hand → 01_data_prep → 02_train →
-03_expert_utilization → 04_sampling`` into ``reports/<RUN>/`` and ends with
+03_expert_utilization → 04_sampling → 05_experiments`` into ``reports/<RUN>/`` and ends with
 :func:`moelab.report.write_report`. The run is named exactly RUN (default: the
 profile's run name, ``default`` or ``tiny``); notebooks that take ``run_name`` and
 ``profile`` get them as ordinary parameters.
@@ -19,6 +19,8 @@ training stage that tells the two reasons to run it again apart: started with th
 same inputs but never finished (an interrupted ``make run``, a failure) resumes the
 training from its last checkpoint (``if_exists="resume"``); changed inputs, or
 ``--force``, train from scratch (``if_exists="overwrite"``), and the log says which.
+The sweeps (notebook 02's comparison, notebook 05's study) keep their finished runs
+when their configs are unchanged; ``--force`` retrains them too (``overwrite=True``).
 
 While a stage runs, the cells' printed output streams to the terminal, and the
 kernel gets ``MOELAB_PROGRESS=log`` so the Trainer prints a plain status line every
@@ -49,7 +51,7 @@ from .notebook import PROFILE_SETTINGS, resolve_profile
 from .paths import atomic_write_json, check_run_name, project_root, reports_dir, sha256_file
 from .report import duration, write_report
 
-STAGES = ("00_moe_by_hand", "01_data_prep", "02_train", "03_expert_utilization", "04_sampling")
+STAGES = ("00_moe_by_hand", "01_data_prep", "02_train", "03_expert_utilization", "04_sampling", "05_experiments")
 TRAINING_STAGE = "02_train"  # the stage whose training run resumes after an interruption
 KERNEL = "moelab"
 PROGRESS_ENV = {"MOELAB_PROGRESS": "log"}  # plain status lines from the Trainer instead of a progress bar
@@ -172,6 +174,8 @@ def run_pipeline(
             why = "forced" if force else ("inputs changed" if recorded.get("fingerprint") else "not run yet")
             if stage == TRAINING_STAGE and "if_exists" not in params:
                 values["if_exists"], why = training_mode(recorded, fingerprint, force)
+            elif force and "overwrite" in declared[stage] and "overwrite" not in params:
+                values["overwrite"] = True  # a sweep's finished runs are retrained too
             elif recorded.get("fingerprint") == fingerprint:
                 why = "unfinished last time"
             log(f"{stage}: running ({why}) → {output}")

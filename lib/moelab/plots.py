@@ -70,19 +70,26 @@ class LiveLossPlot:
 
 
 def plot_sweep_summary(summary: pd.DataFrame, title: str, metric: str = "validation bits per byte") -> plt.Figure:
-    """Each variant's mean over seeds with its 95% t-interval (a single seed: the point alone)."""
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(summary) + 1.6))
-    y = range(len(summary))
-    err = [summary["mean"] - summary["ci_low"], summary["ci_high"] - summary["mean"]]
-    ax.errorbar(summary["mean"], y, xerr=[e.fillna(0) for e in err], fmt="o", color="tab:red", ecolor="tab:gray",
-                elinewidth=2, capsize=4)  # fmt: skip
+    """Left: each variant's mean over seeds with its 95% t-interval. Right: its difference from the
+    first variant, paired by seed, with its interval and verdict (the informative panel: the
+    seed moves every variant alike, which the pairing removes)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.55 * len(summary) + 1.8), sharey=True)
+    y = list(range(len(summary)))
+    for ax, center, low, high in ((left, "mean", "ci_low", "ci_high"), (right, "diff", "diff_ci_low", "diff_ci_high")):
+        err = [(summary[center] - summary[low]).fillna(0), (summary[high] - summary[center]).fillna(0)]
+        ax.errorbar(summary[center], y, xerr=err, fmt="o", color="tab:red", ecolor="tab:gray", elinewidth=2, capsize=4)
     for i, row in enumerate(summary.itertuples()):
-        verdict = "" if row.verdict == "reference" else f"  {row.diff:+.3f} vs first: {row.verdict}"
-        ax.annotate(f"{row.mean:.3f} (n={row.n}){verdict}", (row.mean, i), xytext=(0, 9), textcoords="offset points",
-                    ha="center", fontsize=8)  # fmt: skip
-    ax.set_yticks(list(y), summary["variant"])
-    ax.set_ylim(len(summary) - 0.4, -0.6)
-    ax.set(title=f"{title}: mean {metric} over seeds, 95% CI (lower is better)", xlabel=metric)
+        left.annotate(f"{row.mean:.3f} (n={row.n})", (row.mean, i), xytext=(0, 8), textcoords="offset points",
+                      ha="center", fontsize=8)  # fmt: skip
+        if row.verdict != "reference":
+            right.annotate(f"{row.diff:+.3f}: {row.verdict}", (row.diff, i), xytext=(0, 8), textcoords="offset points",
+                           ha="center", fontsize=8)  # fmt: skip
+    right.axvline(0, color="black", lw=1)
+    left.set_yticks(y, summary["variant"])
+    left.set_ylim(len(summary) - 0.4, -0.6)
+    left.set(title=f"{title}: mean over seeds, 95% CI", xlabel=metric)
+    right.set(title=f"difference from {summary['variant'].iloc[0]!r}, paired by seed, 95% CI",
+              xlabel=f"{metric} (positive = worse)")  # fmt: skip
     fig.tight_layout()
     return fig
 

@@ -186,7 +186,7 @@ def runs_table(root: str | os.PathLike | None = None) -> pd.DataFrame:
     root = Path(root) if root is not None else reports_dir()
     presets = _all_presets()
     rows = [row for f in sorted(root.glob("*")) if f.is_dir() and (row := run_row(f, presets)) is not None]
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS).astype({"steps": "Int64", "tokens": "Int64", "seed": "Int64", "threads": "Int64"})
     return table.sort_values("started", ascending=False, na_position="last").set_index("run")
 
 

@@ -103,9 +103,9 @@ def conclusions(summary: pd.DataFrame, unit: str = "bits per byte", confidence: 
         return ["No run has finished yet: nothing to conclude."]
     level = f"{confidence:.0%}"
     ref = summary.iloc[0]
-    lines = [f"Reference: {ref['variant']!r}, {_mean_text(ref, level)} {unit}."]
+    lines = [f"Reference: {ref['variant']!r}, {_mean_text(ref, level)}{'' if ref['n'] == 0 else ' ' + unit}."]
     for _, row in summary.iloc[1:].iterrows():
-        head = f"{row['variant']!r}: {_mean_text(row, level)} {unit}"
+        head = f"{row['variant']!r}: {_mean_text(row, level)}{'' if row['n'] == 0 else ' ' + unit}"
         if row["n_paired"] == 0:
             lines.append(f"{head}; no seed in common with the reference yet: no comparison.")
         elif row["n_paired"] < 2:
@@ -123,6 +123,8 @@ def conclusions(summary: pd.DataFrame, unit: str = "bits per byte", confidence: 
 
 
 def _mean_text(row: pd.Series, level: str) -> str:
+    if row["n"] == 0:
+        return "no finished run yet"
     if row["n"] < 2:
         return f"{row['mean']:.3f} (one seed)"
     return f"{row['mean']:.3f} ({level} CI {row['ci_low']:.3f}–{row['ci_high']:.3f}, {int(row['n'])} seeds)"

@@ -121,10 +121,10 @@ def run_sweep(
     _check_plan(spec, todo, overwrite)
     folder = sweep_dir(spec.name)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "spec.yaml", lambda f: f.write(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()))
     trained = []
     log_lines = os.environ.get("MOELAB_PROGRESS", "").strip().lower() == "log"
     with _lock(folder):
+        atomic_write(folder / "spec.yaml", lambda f: f.write(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()))
         bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="run", disable=not progress or log_lines)
         for i, row in enumerate(todo.itertuples(), start=1):
             bar.set_postfix_str(row.run)
@@ -170,7 +170,10 @@ class _lock:
 
     def __enter__(self) -> "_lock":
         if self.path.is_file():
-            held = json.loads(self.path.read_text() or "{}")
+            try:
+                held = json.loads(self.path.read_text())
+            except ValueError:  # a lock file cut short: its writer is gone
+                held = {}
             if held.get("host") == socket.gethostname() and process_alive(held.get("pid")):
                 raise SweepError(f"the sweep is already running in process {held['pid']}; one at a time on a machine")
         self.path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
