@@ -209,9 +209,15 @@ def test_config_overrides_and_values():
 def test_precision_is_resolved_recorded_and_bf16_trains(toy_dataset):
     from moelab.precision import bf16_support, resolve_precision
 
-    runs, fast, _ = bf16_support("cpu")
-    assert resolve_precision("auto", "cpu")[0] == ("bf16" if fast else "fp32")
-    assert resolve_precision("fp32", "cpu")[0] == "fp32"
+    runs, units, _ = bf16_support("cpu")
+    # auto on a CPU: bf16 only with bf16 units and a measured step speedup of at least 1.15
+    for measured, expected in ((2.0, "bf16" if units else "fp32"), (1.1, "fp32"), (0.3, "fp32")):
+        chosen, why = resolve_precision("auto", "cpu", lambda m=measured: m)
+        assert chosen == expected and (f"{measured:.2f}× fp32's speed" in why) == units
+    assert resolve_precision("auto", "cpu")[0] == "fp32"  # nothing measured: float32
+    assert resolve_precision("fp32", "cpu", lambda: 5.0) == ("fp32", "requested")
+    with pytest.warns(UserWarning, match=r"bf16.*0\.40× fp32's speed"):
+        assert resolve_precision("bf16", "cpu", lambda: 0.4)[0] == "bf16"  # forced: kept, with a warning
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="precision"):
@@ -233,6 +239,18 @@ def test_precision_is_resolved_recorded_and_bf16_trains(toy_dataset):
     not any(__import__("shutil").which(cc) for cc in ("g++", "c++", "clang++")),
     reason="torch.compile on CPU needs a C++ compiler",
 )
+def test_bf16_speedup_is_measured_on_the_model_without_touching_the_rng():
+    from moelab.precision import bf16_step_speedup
+
+    model, _ = tiny()
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    ratio = bf16_step_speedup(model, 4, "cpu", repeats=2)
+    assert torch.equal(torch.rand(3), expected)  # the run that follows draws the same numbers
+    assert 0.01 < ratio < 100 and bf16_step_speedup(model, 4, "cpu") == ratio  # measured once, then cached
+
+
 def test_compiled_training_matches_eager(toy_dataset):
     model, train = tiny(max_steps=4, log_every=1, precision="fp32")
     eager = Trainer(model, train, "eager", dataset=toy_dataset, progress=False).fit().metrics

@@ -7,7 +7,7 @@
 * then, until the budget (steps, tokens and/or minutes) is spent, per optimizer step:
   ``_train_step`` (learning rate, micro-batches, the loss parts, divergence check,
   gradient clipping, optimizer step), ``_log_row`` every ``log_every`` steps,
-  ``_evaluate`` every ``eval_every``, ``_checkpoint`` every ``checkpoint_every``;
+  ``_evaluate`` every ``eval_every``, ``_save`` a checkpoint every ``checkpoint_every``;
 * ``_finish``: the TrainResult.
 
 Batches follow the context-window schedule, the learning rate warmup + cosine over the
@@ -37,7 +37,7 @@ from .data import load_split
 from .model import Transformer, eval_mode
 from .optim import load_optimizer_state, make_optimizer
 from .paths import check_run_name
-from .precision import autocast, device_name, resolve_device, resolve_precision
+from .precision import autocast, bf16_step_speedup, device_name, resolve_device, resolve_precision
 from .progress import make_progress
 from .registry import TensorBoardLog, now, set_status, start_run, summary
 from .runs import (
@@ -117,7 +117,7 @@ class Trainer:
         self.budget = Budget(train_config.max_steps, train_config.max_minutes, train_config.max_tokens)
         self.checkpoints = checkpoint_dir(run_name)
         self.reports = run_reports_dir(run_name)
-        self.precision, self.precision_reason = resolve_precision(train_config.precision, self.device)
+        self.precision, self.precision_reason = resolve_precision(train_config.precision, self.device, self._bf16_speedup)
         self.windows.check_world_size(train_config.batch_size, train_config.batch_keep, self.dist.world_size)
 
     # ------------------------------------------------------------------ the loop
@@ -148,7 +148,7 @@ class Trainer:
                         self._evaluate(row)
                     self._record(row)
                 if self.step % cfg.checkpoint_every == 0 or done or self.step == last_step:
-                    self._checkpoint()
+                    self.last_checkpoint = self._save(self.elapsed)
                 self._show_progress()
         except BaseException as err:  # the registry says how the run ended; the error goes on
             if self.dist.is_main:
@@ -292,8 +292,10 @@ class Trainer:
             callback(row)
         self.display.show_row(row, self.val_loss)
 
-    def _checkpoint(self) -> None:
-        self.last_checkpoint = self._save(self.elapsed)
+    def _bf16_speedup(self) -> float:
+        """fp32 / bf16 step time of this model, the mean over ranks (so every rank picks the same precision)."""
+        ratio = bf16_step_speedup(self.model_config, self.train_config.batch_size, self.device)
+        return distributed.all_reduce(torch.tensor([ratio])).item() / self.dist.world_size
 
     def _show_progress(self) -> None:
         self.display.update(self.budget.progress(self.step, self.elapsed, self.tokens), self.step, self.tokens, self.elapsed)
