@@ -10,7 +10,7 @@ the sweep's own outputs go to ``reports/sweeps/<name>/``:
 
 * ``spec.yaml``: the spec as run;
 * ``results.csv``: one row per finished run (variant, seed, run, val_bpb, steps, tokens,
-  wall_s, tokens_per_s, best_val_bpb);
+  wall_s, tokens_per_s, best_val_bpb, maxvio: the expert imbalance at the end);
 * ``summary.csv``: one row per variant, its mean and 95% t-interval over seeds and its
   difference from the first variant paired by seed, with a verdict (:mod:`moelab.stats`);
 * ``curves.csv`` and ``figures/``: validation curves and the summary as figures.
@@ -37,7 +37,7 @@ from .runs import checkpoint_dir, list_checkpoints, run_reports_dir
 from .stats import conclusions, summarize
 from .sweep_spec import SweepSpec, SweepSpecError, builtin_studies, load_spec
 
-RESULT_COLUMNS = ["variant", "seed", "run", "val_bpb", "steps", "tokens", "wall_s", "tokens_per_s", "best_val_bpb"]
+RESULT_COLUMNS = ["variant", "seed", "run", "val_bpb", "steps", "tokens", "wall_s", "tokens_per_s", "best_val_bpb", "maxvio"]
 
 
 class SweepError(RuntimeError):
@@ -196,13 +196,23 @@ def collect(spec: SweepSpec, trained: list[str] | None = None) -> SweepResult:
             rows.append({"variant": variant, "seed": seed, "run": run, "val_bpb": status.get("final_val_bpb"),
                          "steps": status.get("steps"), "tokens": status.get("tokens"), "wall_s": wall,
                          "tokens_per_s": (status.get("tokens") or 0) / wall, "best_val_bpb": status.get("best_val_bpb")})  # fmt: skip
-            metrics = pd.read_parquet(run_reports_dir(run) / "metrics.parquet", columns=["step", "tokens", "val_bpb"])
-            curves.append(metrics.dropna(subset=["val_bpb"]).assign(variant=variant, seed=seed))
+            metrics = pd.read_parquet(run_reports_dir(run) / "metrics.parquet")
+            rows[-1]["maxvio"] = final_maxvio(metrics)
+            curves.append(metrics[["step", "tokens", "val_bpb"]].dropna(subset=["val_bpb"]).assign(variant=variant, seed=seed))
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     summary = summarize(results, variants=list(spec.variants))
     curve_table = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["step", "tokens", "val_bpb", "variant", "seed"])  # fmt: skip
     return SweepResult(spec, sweep_dir(spec.name), results, summary, curve_table, list(trained or []))
+
+
+def final_maxvio(metrics: pd.DataFrame, last: int = 10) -> float:
+    """The run's expert imbalance at the end: MaxVio averaged over layers and its last ``last`` logged
+    steps (NaN for a dense model or a run that logged no routing)."""
+    columns = [c for c in metrics.columns if c.startswith("maxvio_l")]
+    if not columns:
+        return float("nan")
+    return float(metrics[columns].dropna(how="all").tail(last).mean(axis=1).mean())
 
 
 def write_tables(spec: SweepSpec, folder: Path, result: SweepResult | None = None) -> None:
