@@ -67,6 +67,7 @@ def test_collapsed_router_is_flagged():
     weights = np.ones((1, tokens, 1))
     stats = balance_stats(make_routing(np.zeros((1, tokens, 1), dtype=int), probs, weights=weights)).loc[0]
     assert stats["min_max_ratio"] == 0 and stats["load_cv"] == pytest.approx(math.sqrt(3))  # loads (1, 0, 0, 0)
+    assert stats["maxvio"] == pytest.approx(3.0)  # (1 - 1/4) / (1/4)
     assert stats["token_entropy"] == 0 and stats["top1_over_0_9"] == 1.0
 
 
@@ -140,3 +141,5 @@ def test_routing_html_colors_every_character_and_escapes():
     assert "&lt;" in html_text and "&gt;" in html_text and "<b>" not in html_text
     assert "layer 1" in html_text and "expert 3" in html_text
     assert expert_legend(expert_palette(4), 4) in html_text  # the legend the sampler widget shows too
+    fine = Transformer(small_moe().config.replace(expert_granularity=4))  # 16 routed experts
+    assert expert_legend(expert_palette(16), 16) in routing_html("abc", fine, layer=0)

@@ -22,6 +22,12 @@ from moelab.presets import PRESETS, presets_table
         ({"n_experts": 0, "n_common_experts": 0}, "n_common_experts: must be >= 1 when n_experts=0"),
         ({"capacity_factor": 0}, "capacity_factor"),
         ({"aux_loss_coef": -0.1}, "aux_loss_coef"),
+        ({"balance": "foo"}, "balance: must be one of aux_loss, bias, none; got 'foo'"),
+        ({"gate": "relu"}, "gate: must be one of softmax, sigmoid; got 'relu'"),
+        ({"expert_granularity": 0}, "expert_granularity: must be a positive integer, got 0"),
+        ({"expert_granularity": 2.0}, "expert_granularity: must be an integer"),
+        ({"bias_update_rate": -1e-3}, "bias_update_rate: must be >= 0, got -0.001"),
+        ({"expert_hidden": 30, "expert_granularity": 4}, r"expert_granularity: must divide expert_hidden=30 .* got 4"),
     ],
 )
 def test_invalid_model_configs_name_the_field(changes, field):
@@ -44,6 +50,17 @@ def test_round_trip_through_dict_and_unknown_fields():
         ModelConfig.from_dict({"n_embed": 64})
     train = TrainConfig(lr=3e-4, betas=[0.9, 0.99])
     assert TrainConfig.from_dict(train.to_dict()) == train
+
+
+def test_routing_fields_default_to_the_previous_routing_and_give_the_routed_counts():
+    new_fields = ("gate", "balance", "bias_update_rate", "expert_granularity")
+    before = {k: v for k, v in ModelConfig().to_dict().items() if k not in new_fields}
+    config = ModelConfig.from_dict(before)  # a config.json or checkpoint written before these fields
+    assert [getattr(config, name) for name in new_fields] == ["softmax", "aux_loss", 1e-3, 1]
+    fine = ModelConfig(n_experts=8, top_k=2, expert_hidden=256, expert_granularity=4)
+    assert (fine.routed_experts, fine.routed_top_k, fine.routed_hidden) == (32, 8, 64)
+    assert ModelConfig(n_experts=0, n_common_experts=1, expert_granularity=4).routed_top_k == 0
+    assert fine.aux_loss_weight == 0.01 and fine.replace(balance="bias").aux_loss_weight == 0.0
 
 
 def test_expert_hidden_defaults_to_four_times_n_embd():

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moelab import ModelConfig, load_checkpoint
+from moelab import ModelConfig, Transformer, distributed, load_checkpoint
 from moelab.distributed import torchrun_command
 from moelab.moe import MoE, load_balancing_loss
 from moelab.paths import data_dir, reports_dir
@@ -99,6 +99,51 @@ def test_an_expert_without_tokens_on_one_rank_keeps_gradients_in_sync(tmp_path):
         expected = (local[0][name] + local[1][name]) / 2
         for rank in (0, 1):
             torch.testing.assert_close(ranks[rank]["grads"][name], expected, rtol=1e-5, atol=1e-7)
+
+
+def _bias_model() -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(n_layers=2, n_heads=2, n_embd=16, context_window=16, n_experts=4, top_k=1, expert_hidden=16,
+                         router_noise=False, balance="bias", bias_update_rate=0.1)  # fmt: skip
+    return Transformer(config)
+
+
+def _bias_batches(rank: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(7 + rank)
+    return [torch.randint(0, 128 * (rank + 1), (2, 16), generator=generator) for _ in range(2)]  # two micro-batches
+
+
+def _bias_worker(rank: int, store: str, results: str) -> None:
+    """Two micro-batches through the Trainer's DDP wrapper (the first without gradient sync), then the update."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    model = _bias_model()
+    ddp = distributed.ddp(model, torch.device("cpu"))
+    first, second = _bias_batches(rank)
+    with ddp.no_sync():
+        ddp(first, first).loss.backward()
+    ddp(second, second).loss.backward()
+    model.update_balance_biases(distributed.all_reduce)
+    torch.save([block.moe.balance_bias for block in model.blocks], f"{results}/bias{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _biases_after(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    model = _bias_model()
+    for idx in batches:
+        model(idx, idx)
+    model.update_balance_biases()
+    return [block.moe.balance_bias for block in model.blocks]
+
+
+def test_ranks_move_their_balance_biases_by_the_global_loads(tmp_path):
+    """Every rank ends with the bias that one process computes from all ranks' micro-batches."""
+    mp.spawn(_bias_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"bias{r}.pt", weights_only=True) for r in (0, 1)]
+    expected = _biases_after(_bias_batches(0) + _bias_batches(1))
+    for rank in ranks:
+        for got, want in zip(rank, expected):
+            assert torch.equal(got, want)
+    assert any(not torch.equal(a, b) for a, b in zip(_biases_after(_bias_batches(0)), expected))  # local loads differ
 
 
 def _children(pid: int) -> list[int]:

@@ -226,6 +226,34 @@ def test_preset_parameter_counts_match_the_formula(name):
     print(f"{name}: {counted['total']:,} parameters, {counted['active']:,} active per token")
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("router_noise", [True, False])
+def test_fine_grained_experts_keep_the_expert_parameters(bias, router_noise):
+    """DeepSeekMoE's split (arXiv 2401.06066): 4 experts top-2 of width 24 -> 16 experts top-8 of width 6.
+
+    The routed experts' matrices keep their total and active sizes; the router grows 4-fold and each
+    fine-grained expert has its own output bias. The formula matches the built module for both.
+    """
+    coarse = small_config(bias=bias, router_noise=router_noise)
+    fine = coarse.replace(expert_granularity=4)
+    tables = {}
+    for config in (coarse, fine):
+        with torch.device("meta"):
+            model = Transformer(config)
+        counts = config.param_counts()
+        assert model.num_parameters() == {"total": counts["total"], "active": counts["active"]}
+        tables[config.expert_granularity] = model.parameter_table()
+    moe = Transformer(fine).blocks[0].moe
+    assert moe.experts.w1.shape == (16, 16, 6) and moe.gate.weight.shape == (16, 16) and moe.top_k == 8
+    assert moe.common.fc.weight.shape == (24, 16)  # the common expert keeps its width
+    L, n, k, d, m = 2, 4, 2, 16, 4
+    routed = tables[4].loc["routed experts"] - tables[1].loc["routed experts"]
+    assert routed.tolist() == [L * n * (m - 1) * d * bias, L * k * (m - 1) * d * bias]  # total, active: b2 only
+    router_growth = L * n * (m - 1) * d * (2 if router_noise else 1)
+    assert (tables[4].loc["router"] - tables[1].loc["router"]).tolist() == [router_growth] * 2
+    assert fine.param_counts()["matmul"] - coarse.param_counts()["matmul"] == router_growth
+
+
 def test_seed_preset_is_the_seeds_hyperparameters():
     p = preset("seed")
     m, t = p.model, p.train
@@ -278,6 +306,7 @@ def test_checkpoint_of_the_previous_version_loads_and_gives_its_logits():
 
     path = FIXTURES / "checkpoint_6f3e1e7.pt"
     model, extra = load_model(path), load_checkpoint(path)["extra"]
+    assert model.config.balance == "aux_loss" and model.blocks[0].moe.balance_bias is None  # the routing of its time
     logits = model(torch.tensor(extra["idx"])).logits[:, -1]
     torch.testing.assert_close(logits, torch.tensor(extra["logits"]), rtol=1e-5, atol=1e-5)
     # it was built with torch.manual_seed(0): today's initialization rule draws the same weights

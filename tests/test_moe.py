@@ -8,55 +8,72 @@ from moelab.experts import ExpertMLP, Experts, gelu_mlp
 from moelab.moe import MoE, capacity_keep, moe_losses
 
 
+def small_config(**changes) -> ModelConfig:
+    return ModelConfig(n_embd=16, n_heads=2, n_layers=1, expert_hidden=24, n_experts=6, top_k=2).replace(**changes)
+
+
 def make_moe(**changes) -> MoE:
-    config = ModelConfig(n_embd=16, n_heads=2, n_layers=1, expert_hidden=24, n_experts=6, top_k=2).replace(**changes)
-    moe = MoE(config).double().eval()
+    moe = MoE(small_config(**changes)).double().eval()
     with torch.no_grad():  # non-zero biases so a missing bias term is caught
         for p in moe.parameters():
             p.normal_(0, 0.3)
+        if moe.balance_bias is not None:  # a selection bias large enough to change choices
+            moe.balance_bias.normal_(0, 0.3)
     return moe
 
 
-def reference_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+def reference_moe(moe: MoE, x: torch.Tensor, config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The MoE layer one token at a time, one expert at a time (eval mode, no router noise).
 
-    x: (B, T, d). Common experts are read back as n separate experts from their fused
-    weights. Capacity, per sequence: the slot of position t is dropped when its expert
-    was already chosen ceil(capacity_factor * (t+1) * k / N) times at earlier positions
-    of the same sequence (dropped choices count too).
+    Returns the output (B, T, d) and the chosen experts (B, T, k), None for a dense layer.
+    The expert counts come from the config: expert_granularity m gives N = n_experts · m
+    routed experts of width expert_hidden / m, k = top_k · m chosen per token. Scores:
+    softmax over N or sigmoid of each logit; with balance="bias" the layer's bias is added
+    to the scores to choose, never to the gates (the chosen raw scores, renormalized when
+    k > 1). Common experts are read back as n separate experts from their fused weights.
+    Capacity, per sequence: the slot of position t is dropped when its expert was already
+    chosen ceil(capacity_factor * (t+1) * k / N) times at earlier positions of the same
+    sequence (dropped choices count too).
     """
-    out = torch.zeros_like(x)
+    n, k = config.n_experts * config.expert_granularity, config.top_k * config.expert_granularity
+    width = config.expert_hidden  # of one common expert
+    out, chosen = torch.zeros_like(x), torch.zeros(*x.shape[:2], k, dtype=torch.long)
     for b in range(x.shape[0]):
-        chosen_before = [0] * max(moe.n_experts, 1)
+        chosen_before = [0] * max(n, 1)
         for t in range(x.shape[1]):
             xt, y = x[b, t], torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
             if moe.common is not None:
                 w1, b1 = moe.common.fc.weight, moe.common.fc.bias
                 w2, b2 = moe.common.proj.weight, moe.common.proj.bias
-                for start in range(0, w1.shape[0], moe.expert_hidden):
-                    part = slice(start, start + moe.expert_hidden)
+                for start in range(0, w1.shape[0], width):
+                    part = slice(start, start + width)
                     h = w1[part] @ xt + (b1[part] if b1 is not None else 0)
                     y = y + w2[:, part] @ torch.nn.functional.gelu(h)
                 if b2 is not None:
                     y = y + b2
-            if moe.n_experts:
-                probs = torch.softmax(moe.gate.weight @ xt, dim=0)
-                ranked = sorted(range(moe.n_experts), key=lambda e: -probs[e].item())[: moe.top_k]
-                gates = [probs[e] for e in ranked]
-                if moe.top_k > 1:
+            if n:
+                logits = moe.gate.weight @ xt
+                scores = torch.softmax(logits, dim=0) if config.gate == "softmax" else torch.sigmoid(logits)
+                bias = moe.balance_bias.tolist() if config.balance == "bias" else [0.0] * n
+                selection = [scores[e].item() + bias[e] for e in range(n)]
+                ranked = sorted(range(n), key=lambda e: -selection[e])[:k]
+                gates = [scores[e] for e in ranked]
+                if k > 1:
                     gates = [g / sum(gates) for g in gates]
                 capacity = None
-                if moe.capacity_factor is not None:
-                    capacity = math.ceil(moe.capacity_factor * (t + 1) * moe.top_k / moe.n_experts)
+                if config.capacity_factor is not None:
+                    capacity = math.ceil(config.capacity_factor * (t + 1) * k / n)
                 ex = moe.experts
+                assert ex.w1.shape == (n, x.shape[-1], config.expert_hidden // config.expert_granularity)
                 for e, g in zip(ranked, gates):
                     if capacity is None or chosen_before[e] < capacity:
                         h = xt @ ex.w1[e] + (ex.b1[e] if ex.b1 is not None else 0)
                         y = y + g * (torch.nn.functional.gelu(h) @ ex.w2[e] + (ex.b2[e] if ex.b2 is not None else 0))
                 for e in ranked:
                     chosen_before[e] += 1
+                chosen[b, t] = torch.tensor(ranked)
             out[b, t] = y
-    return out
+    return out, (chosen if n else None)
 
 
 def reference_z_loss(logits: torch.Tensor) -> float:
@@ -78,6 +95,8 @@ def reference_z_loss(logits: torch.Tensor) -> float:
         {"n_experts": 0, "n_common_experts": 3},
         {"top_k": 2, "capacity_factor": 0.5},
         {"top_k": 1, "n_common_experts": 1, "capacity_factor": 1.0},
+        {"top_k": 2, "expert_granularity": 4, "n_common_experts": 1},
+        {"top_k": 1, "expert_granularity": 2, "capacity_factor": 0.5, "gate": "sigmoid", "balance": "bias"},
     ],
     ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()),
 )
@@ -85,7 +104,7 @@ def reference_z_loss(logits: torch.Tensor) -> float:
 def test_dispatch_matches_per_token_reference(changes, device):
     moe = make_moe(**changes).to(device)
     x = torch.randn(4, 10, 16, dtype=torch.float64).to(device)
-    torch.testing.assert_close(moe(x)[0], reference_moe(moe, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(moe(x)[0], reference_moe(moe, x, small_config(**changes))[0], rtol=1e-10, atol=1e-10)
 
 
 def test_capacity_drops_later_tokens_and_respects_the_growing_capacity():
@@ -225,14 +244,20 @@ def test_moe_losses_are_zero_for_dense_layers():
 
 @pytest.mark.parametrize(
     "changes",
-    [{"top_k": 2}, {"top_k": 1, "n_common_experts": 1}, {"top_k": 3, "bias": False}, {"capacity_factor": 0.3}],
+    [
+        {"top_k": 2},
+        {"top_k": 1, "n_common_experts": 1},
+        {"top_k": 3, "bias": False},
+        {"capacity_factor": 0.3},
+        {"gate": "sigmoid", "balance": "bias", "expert_granularity": 2},
+    ],
     ids=str,
 )
 def test_single_token_path_matches_reference(changes):
     """One token (the decoding case) takes a sort-free path; it must compute the same function."""
     moe = make_moe(**changes)
     x = torch.randn(1, 1, 16, dtype=torch.float64)
-    torch.testing.assert_close(moe(x)[0], reference_moe(moe, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(moe(x)[0], reference_moe(moe, x, small_config(**changes))[0], rtol=1e-10, atol=1e-10)
 
 
 def test_expert_mlp_backward_passes_gradcheck():
@@ -317,3 +342,4 @@ def test_gelu_mlp_is_linear_gelu_linear():
     x, w1, b1, w2, b2 = torch.randn(3, 4), torch.randn(4, 5), torch.randn(5), torch.randn(5, 4), torch.randn(4)
     want = torch.nn.functional.gelu(x @ w1 + b1) @ w2 + b2
     torch.testing.assert_close(gelu_mlp(x, w1, b1, w2, b2), want)
+

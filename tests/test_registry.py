@@ -102,8 +102,9 @@ def _scalars(folder, tag):
 def test_metric_rows_go_to_tensorboard_once_per_step_also_after_a_resume(toy_dataset):
     from moelab.registry import tensorboard_tag
 
-    assert [tensorboard_tag(c) for c in ("val_bpb", "train_bpb", "ce_loss", "loss", "lr", "load_l1_e3")] == [
-        "bpb/val", "bpb/train", "loss/ce", "loss/loss", "train/lr", "load/l1_e3",
+    columns = ("val_bpb", "train_bpb", "ce_loss", "loss", "lr", "load_l1_e3", "load_cv_l1", "maxvio_l1")
+    assert [tensorboard_tag(c) for c in columns] == [
+        "bpb/val", "bpb/train", "loss/ce", "loss/loss", "train/lr", "load/l1_e3", "load/cv_l1", "load/maxvio_l1",
     ]  # fmt: skip
     first = tiny_run("reg-tb", toy_dataset, max_steps=20, checkpoint_every=5)
     first.fit(stop_after_steps=13)

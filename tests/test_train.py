@@ -68,12 +68,18 @@ def test_metrics_checkpoints_and_routing_snapshots(toy_dataset):
     assert {"tokens", "window", "lr", "loss", "ce_loss", "aux_loss", "z_loss", "val_bpb", "tokens_per_s"} <= set(metrics.columns)
     loads = metrics.filter(regex=r"^load_l0_e\d$")
     assert loads.shape[1] == 4 and loads.sum(axis=1).round(6).eq(1).all()
+    mean = loads.mean(axis=1)  # the layer's balance, by hand from its load columns
+    pd.testing.assert_series_equal(metrics["load_cv_l0"], loads.std(axis=1, ddof=0) / mean, check_names=False)
+    pd.testing.assert_series_equal(metrics["maxvio_l0"], (loads.max(axis=1) - mean) / mean, check_names=False)
     evaluated = metrics.dropna(subset=["val_bpb"])
     assert evaluated["step"].tolist() == [10, 20]
     assert math.isclose(evaluated["val_bpb"].iloc[-1], result.val_bpb)
     assert evaluated["val_bpb"].iloc[-1] == pytest.approx(evaluated["val_loss"].iloc[-1] / math.log(2))
     routing = pd.read_parquet(trainer.reports / "routing.parquet")
     assert set(routing["step"]) == {10, 20} and routing.groupby(["step", "layer"])["load"].sum().round(6).eq(1).all()
+    layer = routing.groupby(["step", "layer"])["load"]
+    pd.testing.assert_series_equal(routing.groupby(["step", "layer"])["maxvio"].first(), layer.max() / layer.mean() - 1,
+                                   check_names=False)  # fmt: skip
     # the final checkpoint rebuilds the trained model
     assert result.checkpoint == latest_checkpoint("files")
     reloaded = load_model(result.checkpoint)
@@ -101,6 +107,59 @@ def test_resume_continues_exactly(toy_dataset):
     assert resumed["step"].tolist() == list(range(1, 21))  # rows 11-13 lost with the crash are redone once
     for column in ("loss", "window", "lr", "tokens"):
         assert resumed[column].tolist() == full[column].tolist(), column
+
+
+def test_the_balance_biases_move_by_the_loads_of_all_micro_batches(toy_dataset, monkeypatch):
+    from moelab.moe import MoE
+
+    model, train = tiny(max_steps=2, grad_accum_steps=2)
+    forwards, updates = [], []  # (layer id, slots) per training forward; (layer id, slots, bias before, after)
+    forward, update = MoE.forward, MoE.update_balance_bias
+
+    def counting_forward(self, x, **kwargs):
+        y, router = forward(self, x, **kwargs)
+        if self.training:
+            forwards.append((id(self), torch.bincount(router.experts.flatten(), minlength=self.n_experts)))
+        return y, router
+
+    def recording_update(self, slots):
+        before = self.balance_bias.clone()
+        update(self, slots)
+        updates.append((id(self), slots.clone(), before, self.balance_bias.clone()))
+
+    monkeypatch.setattr(MoE, "forward", counting_forward)
+    monkeypatch.setattr(MoE, "update_balance_bias", recording_update)
+    biased = model.replace(balance="bias", bias_update_rate=0.01)
+    Trainer(biased, train, "bias-micro", dataset=toy_dataset, progress=False).fit()
+    assert len(forwards) == 2 * 2 * 2 and len(updates) == 2 * 2  # steps × micro-batches × layers; steps × layers
+    for step in range(2):
+        for layer, slots, before, after in updates[2 * step : 2 * step + 2]:
+            micro = [counts for owner, counts in forwards[4 * step : 4 * step + 4] if owner == layer]
+            assert len(micro) == 2 and torch.equal(slots, micro[0] + micro[1])
+            torch.testing.assert_close(after - before, 0.01 * torch.sign(slots.double().mean() - slots).float())
+    assert any(not torch.equal(after, before) for _, _, before, after in updates)
+
+
+def test_resume_restores_the_balance_biases(toy_dataset):
+    model, train = tiny(max_steps=8, log_every=1, checkpoint_every=4)
+    model = model.replace(balance="bias", gate="sigmoid", bias_update_rate=0.02)
+    straight = Trainer(model, train, "bias-straight", dataset=toy_dataset, progress=False)
+    full = straight.fit().metrics
+    Trainer(model, train, "bias-resumed", dataset=toy_dataset, progress=False).fit(stop_after_steps=4)
+    resumed = Trainer(model, train, "bias-resumed", dataset=toy_dataset, progress=False)
+    assert resumed.fit(resume=True).metrics["loss"].tolist() == full["loss"].tolist()
+    for a, b in zip(straight.model.blocks, resumed.model.blocks):
+        assert torch.equal(a.moe.balance_bias, b.moe.balance_bias) and a.moe.balance_bias.abs().sum() > 0
+
+
+def test_sweeps_and_overrides_drive_the_routing_fields(toy_dataset):
+    overrides = {"balance": "bias", "gate": "sigmoid", "expert_granularity": 4, "max_steps": 3, "max_minutes": None,
+                 "batch_size": 4, "log_every": 1, "eval_every": 3, "eval_windows": 4, "precision": "fp32"}
+    model, train = build_configs("cpu", overrides)
+    trainer = Trainer(model, train, "routing-fields", dataset=toy_dataset, progress=False)
+    metrics = trainer.fit().metrics
+    assert model.routed_experts == 32 and {"load_l0_e31", "load_cv_l3", "maxvio_l3"} <= set(metrics.columns)
+    assert metrics["loss"].map(math.isfinite).all() and trainer.model.blocks[0].moe.balance_bias.abs().sum() > 0
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(toy_dataset, monkeypatch):

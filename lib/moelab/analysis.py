@@ -129,7 +129,8 @@ def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
 def balance_stats(routing: Routing) -> pd.DataFrame:
     """Per layer: how balanced and how decisive the router is.
 
-    load_cv: coefficient of variation of the expert load (0 = perfectly balanced);
+    load_cv: coefficient of variation of the expert load (0 = perfectly balanced); maxvio:
+    (max load − mean load) / mean load (0 = balanced), both from :func:`moelab.moe.load_imbalance`;
     min_max_ratio: least over most loaded expert (1 = balanced); token_entropy: mean
     entropy of each token's router distribution; mean_entropy: entropy of the mean
     distribution (log N = every expert equally likely overall); top1_over_0_9: share
@@ -137,12 +138,14 @@ def balance_stats(routing: Routing) -> pd.DataFrame:
     a capacity limit.
     """
     load = expert_load(routing).to_numpy()
+    load_cv, maxvio = (v.tolist() for v in moe.load_imbalance(torch.tensor(load)))
     rows = []
     for layer in range(routing.n_layers):
         probs = routing.probs[layer]
         rows.append(
             {
-                "load_cv": load[layer].std() / load[layer].mean(),
+                "load_cv": load_cv[layer],
+                "maxvio": maxvio[layer],
                 "min_max_ratio": load[layer].min() / load[layer].max(),
                 "token_entropy": entropy(probs).mean(),
                 "mean_entropy": entropy(probs.mean(axis=0)),
@@ -263,7 +266,7 @@ def routing_html(text: str, model: Transformer, layer: int, title: str = "") -> 
     for chunk in chunks:
         routing = collect_routing(model, np.frombuffer(chunk, dtype=np.uint8)[None, :])
         experts.extend(routing.experts[layer][:, 0].tolist())
-    palette = expert_palette(model.config.n_experts)
+    palette = expert_palette(model.config.routed_experts)
     spans, position = [], 0
     for ch in data.decode("utf-8", errors="replace"):
         expert = experts[position] if position < len(experts) else 0
@@ -271,7 +274,7 @@ def routing_html(text: str, model: Transformer, layer: int, title: str = "") -> 
         position += width
         shown = "⏎<br>" if ch == "\n" else html.escape(ch)
         spans.append(expert_span(shown, expert, palette))
-    legend = expert_legend(palette, model.config.n_experts)
+    legend = expert_legend(palette, model.config.routed_experts)
     heading = f"<h4>{html.escape(title)}</h4>" if title else ""
     return (
         f'<div class="moelab-routing">{heading}<p style="font-size:90%">Top-1 expert of each byte in layer {layer} '

@@ -62,7 +62,7 @@ class KVCache:
         self.expert_counts = None
         if config.is_moe and config.capacity_factor is not None:
             self.expert_counts = torch.zeros(
-                config.n_layers, batch_size, config.n_experts, device=device, dtype=torch.long
+                config.n_layers, batch_size, config.routed_experts, device=device, dtype=torch.long
             )
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

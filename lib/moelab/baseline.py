@@ -117,6 +117,9 @@ class NaiveTransformer(torch.nn.Module):
         super().__init__()
         if config.dropout or config.capacity_factor is not None:
             raise ValueError("the naive reference has no dropout and no capacity limit")
+        if (config.gate, config.balance, config.expert_granularity) != ("softmax", "aux_loss", 1):
+            raise ValueError("the naive reference routes as the seed did: gate='softmax', balance='aux_loss', "
+                             "expert_granularity=1")  # fmt: skip
         self.config = config
         self.tok_emb = torch.nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_emb = torch.nn.Embedding(config.context_window, config.n_embd)

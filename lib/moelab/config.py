@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 BATCH_KEEPS = ("sequences", "tokens")
 PRECISIONS = ("auto", "fp32", "bf16")
+GATES = ("softmax", "sigmoid")  # ModelConfig.gate: how router logits become scores (see moelab.moe)
+BALANCES = ("aux_loss", "bias", "none")  # ModelConfig.balance: how the expert load is balanced
 BUDGET_FIELDS = ("max_steps", "max_tokens", "max_minutes")  # TrainConfig: training ends at the first reached
 
 
@@ -70,6 +72,14 @@ class ModelConfig:
     plus ``n_common_experts`` always-on experts form each block's feed-forward.
     ``n_experts=0`` is the dense model: the feed-forward is then the common experts
     alone (at least one), through the same code.
+
+    Routing choices (:mod:`moelab.moe` says how each works): ``gate`` turns router
+    logits into scores (``softmax`` over the experts, or ``sigmoid`` of each);
+    ``balance`` is ``aux_loss`` (the load-balancing loss, weighted by ``aux_loss_coef``),
+    ``bias`` (auxiliary-loss-free: a per-expert selection bias moved by
+    ``bias_update_rate`` after every optimizer step) or ``none``;
+    ``expert_granularity`` m splits each routed expert into m experts m times narrower,
+    of which the router picks ``top_k * m`` (:attr:`routed_experts`, :attr:`routed_top_k`).
     """
 
     vocab_size: int = 256
@@ -88,6 +98,10 @@ class ModelConfig:
     aux_loss_coef: float = 0.01  # load-balancing loss weight (Switch / Mixtral form)
     z_loss_coef: float = 0.001  # router z-loss weight (ST-MoE)
     capacity_factor: float | None = None  # None = dropless; else tokens per expert are capped
+    gate: str = "softmax"  # one of GATES: softmax over experts (Mixtral) or sigmoid per expert (DeepSeek-V3)
+    balance: str = "aux_loss"  # one of BALANCES: aux loss (Switch), selection bias (arXiv 2408.15664) or none
+    bias_update_rate: float = 1e-3  # γ of balance="bias": the bias step per optimizer step
+    expert_granularity: int = 1  # m: each routed expert split into m of width expert_hidden / m (DeepSeekMoE)
     tie_weights: bool = True  # share the token embedding with the output projection
     bias: bool = True  # biases in Linear layers and LayerNorm
     num_embeds: InitVar[int | None] = None  # the seed's name for n_embd
@@ -155,6 +169,23 @@ class ModelConfig:
                 "capacity_factor",
                 f"must be > 0 or None (dropless), got {self.capacity_factor!r}",
             )
+        self._validate_routing()
+
+    def _validate_routing(self) -> None:
+        """The routing choices: gate, balance, bias_update_rate, expert_granularity."""
+        for name, allowed in (("gate", GATES), ("balance", BALANCES)):
+            value = getattr(self, name)
+            _check(value in allowed, name, f"must be one of {', '.join(allowed)}; got {value!r}")
+        _check(self.bias_update_rate >= 0, "bias_update_rate", f"must be >= 0, got {self.bias_update_rate!r}")
+        _positive_int(self.expert_granularity, "expert_granularity")
+        if self.is_moe:
+            _check(
+                self.expert_hidden % self.expert_granularity == 0,
+                "expert_granularity",
+                f"must divide expert_hidden={self.expert_hidden} (each routed expert is split into "
+                f"{self.expert_granularity} experts of width expert_hidden / {self.expert_granularity}), "
+                f"got {self.expert_granularity}",
+            )
 
     # ----------------------------------------------------------------- derived
     @property
@@ -167,8 +198,28 @@ class ModelConfig:
 
     @property
     def active_top_k(self) -> int:
-        """Routed experts applied per token (0 for the dense model)."""
+        """Routed experts applied per token (0 for the dense model), in units of a full-width expert."""
         return self.top_k if self.is_moe else 0
+
+    @property
+    def routed_experts(self) -> int:
+        """Routed experts the router chooses from: n_experts · expert_granularity (0 for the dense model)."""
+        return self.n_experts * self.expert_granularity
+
+    @property
+    def routed_top_k(self) -> int:
+        """Routed experts chosen per token: top_k · expert_granularity (0 for the dense model)."""
+        return self.active_top_k * self.expert_granularity
+
+    @property
+    def routed_hidden(self) -> int:
+        """Hidden width of one routed expert: expert_hidden / expert_granularity (common experts keep expert_hidden)."""
+        return self.expert_hidden // self.expert_granularity
+
+    @property
+    def aux_loss_weight(self) -> float:
+        """The load-balancing loss's weight in the training loss: aux_loss_coef with balance="aux_loss", else 0."""
+        return self.aux_loss_coef if self.balance == "aux_loss" else 0.0
 
     def dense_equivalent(self) -> "ModelConfig":
         """The dense model with the same active parameters per token (for fair comparisons)."""
@@ -179,29 +230,31 @@ class ModelConfig:
         """Parameter counts computed from the formula (tests check them against the module).
 
         ``total``: every parameter. ``active``: those one token uses (routed experts
-        counted ``top_k`` times, not ``n_experts``). ``embedding``: token + learned
+        counted ``routed_top_k`` times, not ``routed_experts``). ``embedding``: token + learned
         position tables (the tied output head is not counted twice). ``matmul``: the
         weight-matrix entries one training token multiplies through (attention, router
-        with its noise weights, common + top_k routed experts, output head; not the
-        embedding lookups): the N of the 6·N FLOPs per token.
+        with its noise weights, common + chosen routed experts, output head; not the
+        embedding lookups): the N of the 6·N FLOPs per token. With ``expert_granularity``
+        m the routed experts' matrices keep their total and active sizes; the router
+        grows m-fold and each of the m·n experts has its own output bias.
         """
         d, h, b, V = self.n_embd, self.expert_hidden, int(self.bias), self.vocab_size
         # each component as (matrix entries, vector entries)
         layer_norm = (0, d + b * d)
-        expert = (2 * d * h, b * (h + d))
+        routed_expert = (2 * d * self.routed_hidden, b * (self.routed_hidden + d))
         attention = (4 * d * d, b * 4 * d)
-        router = (d * self.n_experts * (2 if self.router_noise else 1) if self.is_moe else 0, 0)
+        router = (d * self.routed_experts * (2 if self.router_noise else 1), 0)
         # common experts are stored fused as one FFN of width n_common * h: one output bias
         n_common = self.n_common_experts
-        common = (n_common * expert[0], b * (n_common * h + d) if n_common else 0)
+        common = (n_common * 2 * d * h, b * (n_common * h + d) if n_common else 0)
         per_layer_fixed = [2 * layer_norm[1], sum(attention), sum(router), sum(common)]
         token_embedding = V * d
         position = self.context_window * d if self.pos_encoding == "learned" else 0
         head = (0 if self.tie_weights else d * V) + b * V
         outside = token_embedding + position + layer_norm[1] + head
-        total = outside + self.n_layers * (sum(per_layer_fixed) + self.n_experts * sum(expert))
-        active = outside + self.n_layers * (sum(per_layer_fixed) + self.active_top_k * sum(expert))
-        routed = self.active_top_k * expert[0]
+        total = outside + self.n_layers * (sum(per_layer_fixed) + self.routed_experts * sum(routed_expert))
+        active = outside + self.n_layers * (sum(per_layer_fixed) + self.routed_top_k * sum(routed_expert))
+        routed = self.routed_top_k * routed_expert[0]
         matmul = d * V + self.n_layers * (attention[0] + router[0] + common[0] + routed)
         return {"total": total, "active": active, "embedding": token_embedding + position, "matmul": matmul}
 

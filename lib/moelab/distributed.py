@@ -72,6 +72,20 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+def ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel, after :func:`setup` (one device per rank on CUDA).
+
+    No buffer broadcast before forwards (only at the start): the model's buffers stay equal
+    on every rank by construction (position tables; the balance biases, moved by
+    all-reduced loads), except the slot counts each MoE layer keeps of its own rank's
+    micro-batches until the optimizer step (``balance="bias"``), which are not rank 0's to set.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -38,7 +38,7 @@ def matmul_params_per_token(config: ModelConfig, training: bool = True) -> int:
     From :meth:`ModelConfig.param_counts` ("matmul", training); the router-noise weights
     are used in training only.
     """
-    noise = config.n_experts * config.n_embd if config.is_moe and config.router_noise else 0
+    noise = config.routed_experts * config.n_embd if config.is_moe and config.router_noise else 0
     return config.param_counts()["matmul"] - (0 if training else config.n_layers * noise)
 
 

@@ -8,7 +8,7 @@ with its output dataclass, and generation (sampling helpers in :mod:`moelab.gene
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -116,9 +116,11 @@ def decay_groups(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list
 
 @dataclass
 class ModelOutput:
-    """logits (B, T, V); loss = ce_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss.
+    """logits (B, T, V); loss = ce_loss + aux_loss_weight * aux_loss + z_loss_coef * z_loss.
 
-    aux_loss and z_loss are the unweighted means over MoE layers (0 for a dense model, and
+    aux_loss_weight is the config's aux_loss_coef with balance="aux_loss", else 0 (the
+    aux_loss is still reported, as a balance measure). aux_loss and z_loss are the
+    unweighted means over MoE layers (0 for a dense model, and
     0 when they are not needed: no targets and eval mode, as in generation);
     ce_loss and loss are None when no targets were given. routing holds one record per
     layer when requested.
@@ -166,7 +168,7 @@ class Transformer(nn.Module):
         return {"total": int(counts["total"]), "active": int(counts["active"])}
 
     def parameter_table(self):
-        """Parameters by component as a DataFrame: total, and active per token (routed experts × top_k / n)."""
+        """Parameters by component as a DataFrame: total, and active per token (routed experts × k / N)."""
         import pandas as pd
 
         component_of = {
@@ -186,7 +188,7 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             rows[next(component_of[part] for part in name.split(".") if part in component_of)] += p.numel()
         table = pd.DataFrame({"total": rows}).query("total > 0")
-        share = self.config.top_k / self.config.n_experts if self.config.is_moe else 1.0
+        share = self.config.routed_top_k / self.config.routed_experts if self.config.is_moe else 1.0
         table["active"] = table["total"]
         if "routed experts" in table.index:
             table.loc["routed experts", "active"] = round(table.loc["routed experts", "total"] * share)
@@ -231,7 +233,7 @@ class Transformer(nn.Module):
         logits = self.head(self.ln_f(x))
 
         if targets is not None or self.training:
-            aux_loss, z_loss = moe_losses(routers, self.config.n_experts, like=x)
+            aux_loss, z_loss = moe_losses(routers, self.config.routed_experts, like=x)
         else:  # decoding and plain inference do not pay for the losses
             aux_loss = z_loss = x.new_zeros((), dtype=torch.promote_types(x.dtype, torch.float32))
         routing = [None if r is None else r.record() for r in routers] if record_routing else None
@@ -239,8 +241,27 @@ class Transformer(nn.Module):
         if targets is not None:
             wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 under autocast
             ce_loss = F.cross_entropy(wide.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            loss = ce_loss + self.config.aux_loss_coef * aux_loss + self.config.z_loss_coef * z_loss
+            loss = ce_loss + self.config.aux_loss_weight * aux_loss + self.config.z_loss_coef * z_loss
         return ModelOutput(logits, loss, ce_loss, aux_loss, z_loss, routing)
+
+    @torch.no_grad()
+    def update_balance_biases(self, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """With ``balance="bias"``: move every MoE layer's selection bias after an optimizer step.
+
+        Call it right after ``optimizer.step()``: each layer counted the routed slots of the
+        step's training forwards (all micro-batches); ``reduce`` sums the (layers, N) counts
+        over ranks under DDP (:func:`moelab.distributed.all_reduce`), so every rank applies
+        the same update. Then each layer applies :meth:`moelab.moe.MoE.update_balance_bias`
+        and restarts its count. Nothing happens for the other balance choices.
+        """
+        layers = [block.moe for block in self.blocks if block.moe.balance_bias is not None]
+        if not layers:
+            return
+        slots = torch.stack([moe.step_slots for moe in layers])
+        if reduce is not None:
+            slots = reduce(slots)
+        for moe, layer_slots in zip(layers, slots):
+            moe.update_balance_bias(layer_slots)
 
     # -------------------------------------------------------------- generation
     @torch.no_grad()

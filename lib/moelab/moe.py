@@ -2,22 +2,32 @@
 
 For every token x (a row of the (B, T, d) input), :class:`MoE` does, in order:
 
-1. router: ``logits = x W_g`` over the ``n_experts`` routed experts;
+1. router: ``logits = x W_g`` over the N routed experts (N = ``n_experts`` ·
+   ``expert_granularity``: fine-grained experts, DeepSeekMoE arXiv 2401.06066, are just
+   more, narrower experts here);
 2. noise (training only, noisy top-k of Shazeer et al. 2017): add
    ``randn · softplus(x W_noise)`` to the logits;
-3. ``probs = softmax(logits)`` and the ``top_k`` most probable experts;
-4. gates: the chosen probabilities, renormalized to sum to 1 when top_k > 1 (Mixtral);
-   with top_k = 1 the raw probability is kept (Switch), so the router still gets a
-   gradient from the output;
-5. capacity (optional, ``capacity_factor``): drop the slots an expert has no room for
+3. scores, in at least float32: ``softmax(logits)`` over the N experts (``gate="softmax"``,
+   Mixtral) or ``sigmoid(logits)`` of each (``gate="sigmoid"``, DeepSeek-V3 arXiv 2412.19437);
+4. choice: the k highest scores (k = ``top_k`` · ``expert_granularity``). With
+   ``balance="bias"`` (auxiliary-loss-free balancing, Wang et al. 2024, arXiv 2408.15664)
+   a per-expert bias is added to the scores for this choice only, and in training the
+   layer counts the slots each expert got, for the bias update after the optimizer step
+   (:meth:`MoE.update_balance_bias`);
+5. gates: the chosen *raw* scores (never the bias), renormalized to sum to 1 when k > 1
+   (Mixtral; DeepSeek-V3's sigmoid gate); with k = 1 the raw score is kept (Switch), so
+   the router still gets a gradient from the output (a renormalized single gate is 1);
+6. capacity (optional, ``capacity_factor``): drop the slots an expert has no room for
    (:func:`capacity_keep`);
-6. dispatch: sort the token slots by expert, so expert e sees one contiguous block;
-7. experts: one call runs every expert on its block (:mod:`moelab.experts`);
-8. combine: scale each result by its gate and add it back to its token (``index_add_``);
+7. dispatch: sort the token slots by expert, so expert e sees one contiguous block;
+8. experts: one call runs every expert on its block (:mod:`moelab.experts`);
+9. combine: scale each result by its gate and add it back to its token (``index_add_``);
 
 plus the always-on common experts, which see every token. ``MoE.forward`` returns the
 output and a :class:`RouterOutput`; the auxiliary losses are computed from the router
-outputs of all layers in one place, :func:`moe_losses`.
+outputs of all layers in one place, :func:`moe_losses` (the load-balancing loss enters
+the training loss only with ``balance="aux_loss"``), and the balance of a layer is
+measured the same way for every choice by :func:`load_imbalance`.
 """
 
 from __future__ import annotations
@@ -36,9 +46,13 @@ from .experts import Experts, gelu_mlp
 class RouterOutput:
     """What one MoE layer's router computed, shaped (B, T, ·); not detached (the losses need the graph).
 
-    logits: clean router logits (N) before noise; probs: softmax of the (noisy, in
-    training) logits (N); experts: chosen expert ids, best first (k); weights: their gate
-    weights (k); dropped: True where capacity dropped the slot (k), None when dropless.
+    logits: clean router logits (N) before noise; probs: the router's distribution over
+    the N experts from the (noisy, in training) logits: the softmax for ``gate="softmax"``,
+    the sigmoid scores divided by their sum over the N experts for ``gate="sigmoid"``
+    (DeepSeek-V3's normalized scores); the load-balancing loss takes its P_i from it and
+    the analyses their importance and entropies. experts: chosen expert ids, best by
+    selection score first (k); weights: their gate weights (k); dropped: True where
+    capacity dropped the slot (k), None when dropless.
     """
 
     logits: Tensor
@@ -57,7 +71,8 @@ class RoutingRecord:
     """What one MoE layer's router did for a batch (tensors are detached).
 
     experts: (B, T, k) chosen expert ids, best first; weights: (B, T, k) their gate
-    weights; probs: (B, T, N) router softmax over all experts; dropped: (B, T, k)
+    weights; probs: (B, T, N) router distribution over all experts (see
+    :class:`RouterOutput`); dropped: (B, T, k)
     True where a capacity limit dropped that token slot.
     """
 
@@ -89,24 +104,34 @@ class MoE(nn.Module):
     """Sparse MoE feed-forward: routed experts (top-k of n) plus always-on common experts.
 
     With ``n_experts=0`` it is the dense feed-forward (common experts only). ``kernel``
-    picks how the routed experts are computed (see :mod:`moelab.experts`).
+    picks how the routed experts are computed (see :mod:`moelab.experts`). ``n_experts``,
+    ``top_k``: the routed experts and the choices per token as the router sees them
+    (fine-grained experts included); ``expert_hidden``: the width of one common expert.
     """
 
     def __init__(self, config: ModelConfig, kernel: str = "auto") -> None:
         super().__init__()
-        self.n_experts = config.n_experts
-        self.top_k = config.top_k
+        self.n_experts = config.routed_experts
+        self.top_k = config.routed_top_k
         self.expert_hidden = config.expert_hidden
         self.capacity_factor = config.capacity_factor
+        self.score = config.gate  # "softmax" or "sigmoid"
         self.common = (
             FeedForward(config.n_embd, config.n_common_experts * config.expert_hidden, config.bias)
             if config.n_common_experts
             else None
         )
         if config.is_moe:
-            self.gate = nn.Linear(config.n_embd, config.n_experts, bias=False)
-            self.noise = nn.Linear(config.n_embd, config.n_experts, bias=False) if config.router_noise else None
-            self.experts = Experts(config.n_experts, config.n_embd, config.expert_hidden, config.bias, kernel)
+            self.gate = nn.Linear(config.n_embd, self.n_experts, bias=False)
+            self.noise = nn.Linear(config.n_embd, self.n_experts, bias=False) if config.router_noise else None
+            self.experts = Experts(self.n_experts, config.n_embd, config.routed_hidden, config.bias, kernel)
+        # balance="bias": the selection bias is state (saved in checkpoints, restored on resume);
+        # the slot counts of the current optimizer step are not (they are 0 after every step)
+        with_bias = config.is_moe and config.balance == "bias"
+        self.bias_update_rate = config.bias_update_rate
+        self.register_buffer("balance_bias", torch.zeros(self.n_experts) if with_bias else None)
+        self.register_buffer("step_slots", torch.zeros(self.n_experts, dtype=torch.long) if with_bias else None,
+                             persistent=False)  # fmt: skip
 
     def undecayed_weights(self) -> list[Tensor]:
         """Matrices the optimizer must not decay: the router-noise weights.
@@ -135,12 +160,21 @@ class MoE(nn.Module):
         logits = clean_logits
         if self.noise is not None and self.training:  # 2. noise
             logits = clean_logits + torch.randn_like(clean_logits) * F.softplus(self.noise(flat))
-        # 3. softmax and top-k, in at least float32 (also under bf16 autocast)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        weights, experts = probs.topk(self.top_k, dim=-1)
-        if self.top_k > 1:  # 4. gates
+        wide = torch.promote_types(logits.dtype, torch.float32)  # 3. scores (also under bf16 autocast)
+        if self.score == "softmax":
+            scores = probs = torch.softmax(logits, dim=-1, dtype=wide)
+        else:
+            scores = torch.sigmoid(logits.to(wide))
+            probs = scores / scores.sum(dim=-1, keepdim=True)
+        selection = scores if self.balance_bias is None else scores + self.balance_bias  # 4. choice
+        experts = selection.topk(self.top_k, dim=-1).indices
+        if self.step_slots is not None and self.training:  # this step's load, for the bias update
+            slot_experts = experts.reshape(-1)
+            self.step_slots.index_add_(0, slot_experts, torch.ones_like(slot_experts))  # no host sync
+        weights = scores.gather(-1, experts)  # 5. gates: the raw scores
+        if self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        keep = None  # 5. capacity
+        keep = None  # 6. capacity
         if self.capacity_factor is not None:
             keep = capacity_keep(experts.view(B, T, -1), self.capacity_factor, self.n_experts, start, expert_counts)
             keep = keep.reshape(experts.shape)
@@ -149,7 +183,7 @@ class MoE(nn.Module):
             chosen = experts[0] if keep is None else experts[0][keep[0]]
             gates = weights[0] if keep is None else weights[0][keep[0]]
             routed = self.experts.one_token(flat, chosen.tolist(), gates)
-        else:  # 6.-8.
+        else:  # 7.-9.
             routed = self.dispatch_and_combine(flat, experts, weights, keep)
         y = routed if y is None else y + routed.to(y.dtype)
 
@@ -162,11 +196,26 @@ class MoE(nn.Module):
         )
         return y.reshape(x.shape), router
 
+    @torch.no_grad()
+    def update_balance_bias(self, slots: Tensor) -> None:
+        """The auxiliary-loss-free update (Wang et al. 2024, arXiv 2408.15664, Algorithm 1), then a fresh count.
+
+        ``b_i += γ · sign(mean_j slots_j − slots_i)``: an expert that got more than its
+        share of the step's slots becomes less likely to be chosen, one with less more
+        likely (equal loads: no change). ``slots`` (N,): routed slots per expert over the
+        whole optimizer step: every micro-batch, and every rank under DDP (so every rank
+        moves its bias the same way). Slots that capacity dropped count: the bias steers
+        the router's choices.
+        """
+        slots = slots.to(self.balance_bias.device, torch.float64)
+        self.balance_bias += self.bias_update_rate * torch.sign(slots.mean() - slots).to(self.balance_bias.dtype)
+        self.step_slots.zero_()
+
     def dispatch_and_combine(self, flat: Tensor, experts: Tensor, weights: Tensor, keep: Tensor | None) -> Tensor:
         """Sort token slots by expert, run each expert once on its block, scatter-add the gated results."""
         k = experts.shape[-1]
         slot_expert = experts.reshape(-1)
-        order = torch.argsort(slot_expert, stable=True)  # 6. dispatch (stable: token order within an expert)
+        order = torch.argsort(slot_expert, stable=True)  # 7. dispatch (stable: token order within an expert)
         if keep is None:
             counts = torch.bincount(slot_expert, minlength=self.n_experts)
         else:
@@ -176,8 +225,8 @@ class MoE(nn.Module):
         x_sorted = flat.index_select(0, token)
         if torch.is_autocast_enabled(flat.device.type):  # keep activations in the autocast dtype through the experts
             x_sorted = x_sorted.to(torch.get_autocast_dtype(flat.device.type))
-        out_sorted = self.experts(x_sorted, counts.tolist())  # 7. experts
-        out_sorted = out_sorted * weights.reshape(-1)[order].unsqueeze(-1).to(out_sorted.dtype)  # 8. combine
+        out_sorted = self.experts(x_sorted, counts.tolist())  # 8. experts
+        out_sorted = out_sorted * weights.reshape(-1)[order].unsqueeze(-1).to(out_sorted.dtype)  # 9. combine
         routed = out_sorted.new_zeros(flat.shape)
         routed.index_add_(0, token, out_sorted)
         return routed
@@ -216,7 +265,7 @@ def capacity_keep(
     return rank < capacity.view(1, T, 1)
 
 
-# ---------------------------------------------------------------------------- losses
+# ---------------------------------------------------------------------------- load and losses
 
 
 def expert_load(expert_indices: Tensor, n_experts: int) -> Tensor:
@@ -226,6 +275,19 @@ def expert_load(expert_indices: Tensor, n_experts: int) -> Tensor:
     """
     slots = torch.bincount(expert_indices.reshape(-1), minlength=n_experts).float()
     return slots / max(expert_indices.numel(), 1)
+
+
+def load_imbalance(load: Tensor) -> tuple[Tensor, Tensor]:
+    """How unevenly a layer's load is spread: (load CV, MaxVio), each of shape ``load.shape[:-1]``.
+
+    load (..., N): per-expert load, as slot counts or shares (both measures are scale-free).
+    CV = std / mean (the population std over the N experts); MaxVio = (max_i load_i − mean)
+    / mean (Wang et al. 2024, arXiv 2408.15664). Both are 0 for a perfectly balanced layer;
+    with all load on one of N experts, CV = sqrt(N − 1) and MaxVio = N − 1.
+    """
+    load = load.double()
+    mean = load.mean(dim=-1)
+    return load.std(dim=-1, correction=0) / mean, (load.amax(dim=-1) - mean) / mean
 
 
 def load_balancing_loss(router_probs: Tensor, expert_indices: Tensor, n_experts: int) -> Tensor:
@@ -242,7 +304,9 @@ def load_balancing_loss(router_probs: Tensor, expert_indices: Tensor, n_experts:
     full collapse (every token's k slots on the same k experts, all probability on one)
     gives N / k (N for top_k = 1).
 
-    router_probs: (..., N) softmax of the router logits; expert_indices: (..., k).
+    router_probs: (..., N) the router's distribution over experts (:class:`RouterOutput`
+    ``probs``: the softmax, or the normalized sigmoid scores as in DeepSeek-V3's
+    sequence-wise balance loss); expert_indices: (..., k).
     """
     fraction = expert_load(expert_indices, n_experts).to(router_probs.dtype)
     mean_prob = router_probs.reshape(-1, n_experts).mean(dim=0)
@@ -258,6 +322,11 @@ def router_z_loss(router_logits: Tensor) -> Tensor:
 
 def moe_losses(routers: list[RouterOutput | None], n_experts: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """The auxiliary load-balancing loss and the router z-loss, each averaged over MoE layers.
+
+    Both are computed for every gate and balance choice (the load-balancing loss is then
+    a comparable balance measure); the model adds the load-balancing loss to its training
+    loss only with ``balance="aux_loss"`` (``ModelConfig.aux_loss_weight``). The z-loss
+    acts on the raw logits, before softmax or sigmoid.
 
     ``routers``: one router output per layer (None for a dense layer: both losses 0 there);
     ``like``: a tensor of the activations' device and dtype (for the zeros of a dense model).

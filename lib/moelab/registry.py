@@ -214,8 +214,9 @@ class TensorBoardLog:
 
 
 def tensorboard_tag(column: str) -> str:
-    """The TensorBoard tag of a metric column: ``val_bpb`` -> ``bpb/val``, ``load_l0_e3`` -> ``load/l0_e3``."""
-    if column.startswith("load_"):
+    """The TensorBoard tag of a metric column: ``val_bpb`` -> ``bpb/val``, ``load_l0_e3`` -> ``load/l0_e3``,
+    ``maxvio_l0`` -> ``load/maxvio_l0``."""
+    if column.startswith(("load_", "maxvio_")):  # the loads and their balance measures, side by side
         return "load/" + column.removeprefix("load_")
     for suffix in ("_bpb", "_loss"):
         if column.endswith(suffix):

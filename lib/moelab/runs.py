@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .checkpoint import CheckpointError
-from .moe import expert_load
+from .moe import expert_load, load_imbalance
 from .paths import atomic_write, data_dir, reports_dir
 from .scoring import LN2
 
@@ -139,22 +139,31 @@ def write_records(reports: Path, run_name: str, rows: list[dict], routing_rows: 
 
 
 def load_columns(routing, n_experts: int) -> dict[str, float]:
-    """Metric-row columns ``load_l{layer}_e{expert}``: the share of routed token slots per expert, per layer."""
+    """Metric-row columns per layer: ``load_l{layer}_e{expert}``, the share of routed token slots
+    per expert, and the layer's balance ``load_cv_l{layer}``, ``maxvio_l{layer}`` (:func:`moelab.moe.load_imbalance`).
+
+    ``n_experts``: the routed experts as the router sees them (``ModelConfig.routed_experts``).
+    """
     columns = {}
     for layer, record in enumerate(routing):
-        for expert, share in enumerate(expert_load(record.experts, n_experts).tolist()):
+        load = expert_load(record.experts, n_experts).cpu()  # one copy to the host per layer
+        for expert, share in enumerate(load.tolist()):
             columns[f"load_l{layer}_e{expert}"] = share
+        cv, maxvio = (v.item() for v in load_imbalance(load))
+        columns[f"load_cv_l{layer}"], columns[f"maxvio_l{layer}"] = cv, maxvio
     return columns
 
 
 def routing_rows(step: int, routing, n_experts: int) -> list[dict]:
-    """Rows of routing.parquet: per layer and expert, its load and mean router probability (importance)."""
+    """Rows of routing.parquet: per layer and expert, its load and mean router probability (importance),
+    with the layer's ``load_cv`` and ``maxvio`` (:func:`moelab.moe.load_imbalance`) on each of its rows."""
     rows = []
     for layer, record in enumerate(routing):
-        load = expert_load(record.experts, n_experts).tolist()  # one copy to the host per layer
+        shares = expert_load(record.experts, n_experts).cpu()  # one copy to the host per layer
+        load = shares.tolist()
         importance = record.probs.reshape(-1, n_experts).mean(0).tolist()
+        cv, maxvio = (v.item() for v in load_imbalance(shares))
         for expert in range(n_experts):
-            rows.append(
-                {"step": step, "layer": layer, "expert": expert, "load": load[expert], "importance": importance[expert]}
-            )
+            rows.append({"step": step, "layer": layer, "expert": expert, "load": load[expert],
+                         "importance": importance[expert], "load_cv": cv, "maxvio": maxvio})  # fmt: skip
     return rows

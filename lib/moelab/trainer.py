@@ -6,7 +6,7 @@
   checkpoint when resuming (``_restore``), DDP / torch.compile (``_wrap``), ``config.json``;
 * then, until the budget (steps, tokens and/or minutes) is spent, per optimizer step:
   ``_train_step`` (learning rate, micro-batches, the loss parts, divergence check,
-  gradient clipping, optimizer step), ``_log_row`` every ``log_every`` steps,
+  gradient clipping, optimizer step, balance biases), ``_log_row`` every ``log_every`` steps,
   ``_evaluate`` every ``eval_every``, ``_save`` a checkpoint every ``checkpoint_every``;
 * ``_finish``: the TrainResult.
 
@@ -219,6 +219,7 @@ class Trainer:
             self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         ).item()
         self.optimizer.step()
+        self.model.update_balance_biases(distributed.all_reduce if self.dist.enabled else None)  # balance="bias"
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += sequences * window * cfg.grad_accum_steps
@@ -274,7 +275,7 @@ class Trainer:
         }
         self.last_log_time, self.last_log_tokens = self.elapsed, self.tokens
         if outcome.routing is not None and self.model_config.is_moe:
-            row.update(load_columns(outcome.routing, self.model_config.n_experts))
+            row.update(load_columns(outcome.routing, self.model_config.routed_experts))
         return row
 
     def _evaluate(self, row: dict[str, Any]) -> None:
@@ -337,12 +338,7 @@ class Trainer:
         this rank chose (the stacked experts' backward returns zeros for it), so DDP
         needs no ``find_unused_parameters`` pass and never waits for a missing gradient.
         """
-        self.step_model = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.step_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.step_model = distributed.ddp(self.model, self.device) if self.dist.enabled else self.model
         self.routing_model = self.step_model  # routing records run uncompiled (they return extra tensors)
         if self.train_config.compile:
             if self.model_config.dropout:  # inductor's own dropout RNG measured ~12% slower on CPU
@@ -389,7 +385,7 @@ class Trainer:
         n = min(len(self.val_x), self.train_config.batch_size)
         with eval_mode(self.model):
             out = self.model(self.val_x[:n].to(self.device), record_routing=True)
-        self.routing_rows.extend(routing_rows(self.step, out.routing, self.model_config.n_experts))
+        self.routing_rows.extend(routing_rows(self.step, out.routing, self.model_config.routed_experts))
 
     def _write_metrics(self) -> None:
         if self.dist.is_main:

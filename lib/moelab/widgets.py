@@ -163,7 +163,7 @@ class SamplerUI:
                 samples[piece.sample].append(piece)
                 rate, generated = piece.tokens_per_s or rate, piece.generated
                 if time.monotonic() - last_draw > 0.1:
-                    self.output.value = self._render(prompt.text, samples, model.config.n_experts)
+                    self.output.value = self._render(prompt.text, samples, model.config.routed_experts)
                     self._say(f"generating… {rate:,.0f} bytes/s" + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
                     last_draw = time.monotonic()
             stopped = should_stop()
@@ -172,7 +172,7 @@ class SamplerUI:
             return
         finally:
             self.generate_button.disabled, self.stop_button.disabled = False, True
-        self.output.value = self._render(prompt.text, samples, model.config.n_experts)
+        self.output.value = self._render(prompt.text, samples, model.config.routed_experts)
         summary = f"{'stopped' if stopped else 'done'}: {generated * settings.num_samples:,} bytes at {rate:,.0f} bytes/s"
         self._say(summary + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
 
