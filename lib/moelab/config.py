@@ -9,6 +9,7 @@ Names follow the seed repository where it had one (``context_window``,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import InitVar, asdict, dataclass
 from typing import Any, ClassVar
 
@@ -16,6 +17,7 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 BATCH_KEEPS = ("sequences", "tokens")
 PRECISIONS = ("auto", "fp32", "bf16")
 BUDGET_FIELDS = ("max_steps", "max_tokens", "max_minutes")  # TrainConfig: training ends at the first reached
+ACTIVATIONS = ("gelu", "relu2")  # the feed-forward nonlinearity; relu2 is relu(x)² (moelab.experts)
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
@@ -70,6 +72,9 @@ class ModelConfig:
     plus ``n_common_experts`` always-on experts form each block's feed-forward.
     ``n_experts=0`` is the dense model: the feed-forward is then the common experts
     alone (at least one), through the same code.
+
+    Recipe options seen to help small models (modded-nanogpt, nanochat), off by default:
+    ``activation="relu2"``, ``qk_norm``, ``logit_softcap`` and ``tie_weights=False``.
     """
 
     vocab_size: int = 256
@@ -90,6 +95,9 @@ class ModelConfig:
     capacity_factor: float | None = None  # None = dropless; else tokens per expert are capped
     tie_weights: bool = True  # share the token embedding with the output projection
     bias: bool = True  # biases in Linear layers and LayerNorm
+    activation: str = "gelu"  # one of ACTIVATIONS, in every feed-forward (common and routed experts)
+    qk_norm: bool = False  # RMS-normalize queries and keys per head (learned gain) before RoPE and attention
+    logit_softcap: float | None = None  # logits = c · tanh(logits / c) (Gemma 2); None = no cap
     num_embeds: InitVar[int | None] = None  # the seed's name for n_embd
 
     def __post_init__(self, num_embeds: int | None) -> None:
@@ -155,6 +163,17 @@ class ModelConfig:
                 "capacity_factor",
                 f"must be > 0 or None (dropless), got {self.capacity_factor!r}",
             )
+        _check(
+            self.activation in ACTIVATIONS,
+            "activation",
+            f"must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}",
+        )
+        if self.logit_softcap is not None:
+            _check(
+                0 < self.logit_softcap < math.inf,
+                "logit_softcap",
+                f"must be a finite number > 0 (the cap c of c · tanh(logits / c)) or None, got {self.logit_softcap!r}",
+            )
 
     # ----------------------------------------------------------------- derived
     @property
@@ -183,13 +202,15 @@ class ModelConfig:
         position tables (the tied output head is not counted twice). ``matmul``: the
         weight-matrix entries one training token multiplies through (attention, router
         with its noise weights, common + top_k routed experts, output head; not the
-        embedding lookups): the N of the 6·N FLOPs per token.
+        embedding lookups): the N of the 6·N FLOPs per token. An untied head counts
+        in ``total`` and ``active``, a tied one does not (it is the token embedding).
         """
         d, h, b, V = self.n_embd, self.expert_hidden, int(self.bias), self.vocab_size
         # each component as (matrix entries, vector entries)
         layer_norm = (0, d + b * d)
         expert = (2 * d * h, b * (h + d))
-        attention = (4 * d * d, b * 4 * d)
+        qk_gains = 2 * self.head_dim if self.qk_norm else 0  # one gain vector for q, one for k
+        attention = (4 * d * d, b * 4 * d + qk_gains)
         router = (d * self.n_experts * (2 if self.router_noise else 1) if self.is_moe else 0, 0)
         # common experts are stored fused as one FFN of width n_common * h: one output bias
         n_common = self.n_common_experts
