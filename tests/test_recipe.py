@@ -1,24 +1,29 @@
-"""The recipe options of the model: activation="relu2", qk_norm, logit_softcap, tie_weights=False.
+"""The recipe options: optimizer="muon", activation="relu2", qk_norm, logit_softcap, tie_weights=False.
 
-Each is checked against an independent reference: one token at a time through each expert,
-the formulas, and moelab.baseline's per-head model. The defaults stay today's model (the
-other test files check that).
+Each is checked against an independent reference: torch.optim.Muon on every matrix, one
+token at a time through each expert, the formulas, and moelab.baseline's per-head model.
+The defaults stay today's model and optimizer (the other test files check those).
 """
 
+import math
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from moelab import KVCache, ModelConfig, Transformer
+from moelab import KVCache, ModelConfig, TrainConfig, Transformer, load_model
 from moelab.attention import CausalSelfAttention
 from moelab.experts import Experts
 from moelab.generation import sample_next_token
 from moelab.model import decay_groups
+from moelab.optim import Muon, MuonWithAdamW, hidden_matrices, load_optimizer_state, make_optimizer
 from moelab.presets import build_configs
+from moelab.trainer import Trainer
 
-MODEL_RECIPE = {"activation": "relu2", "qk_norm": True, "logit_softcap": 30.0, "tie_weights": False}
+RECIPE = {"optimizer": "muon", "activation": "relu2", "qk_norm": True, "logit_softcap": 30.0, "tie_weights": False}
+MODEL_RECIPE = {k: v for k, v in RECIPE.items() if k != "optimizer"}
 
 
 def relu_squared(h: torch.Tensor) -> torch.Tensor:
@@ -58,12 +63,21 @@ def test_bad_model_recipe_values_name_the_field_the_value_and_what_is_allowed(ch
         ModelConfig(**changes)
 
 
+def test_bad_optimizer_names_the_field_the_value_and_the_choices():
+    with pytest.raises(ValueError, match=re.escape("optimizer: must be one of adamw, muon; got 'sgd'")):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="optimizer: must be one of adamw, muon; got 'Muon'"):
+        build_configs("cpu", {"optimizer": "Muon"})
+
+
 def test_every_option_goes_through_build_configs():
-    model, _ = build_configs("cpu", MODEL_RECIPE)
+    model, train = build_configs("cpu", RECIPE)
     assert (model.activation, model.qk_norm, model.logit_softcap, model.tie_weights) == ("relu2", True, 30.0, False)
-    default, _ = build_configs("cpu", {})
-    assert (default.activation, default.qk_norm, default.logit_softcap, default.tie_weights) == ("gelu", False, None, True)
-    assert ModelConfig.from_dict(model.to_dict()) == model
+    assert train.optimizer == "muon"
+    default_model, default_train = build_configs("cpu", {})
+    assert (default_model.activation, default_model.qk_norm, default_model.logit_softcap) == ("gelu", False, None)
+    assert default_model.tie_weights and default_train.optimizer == "adamw"
+    assert ModelConfig.from_dict(model.to_dict()) == model and TrainConfig.from_dict(train.to_dict()) == train
 
 
 @pytest.mark.parametrize(
@@ -269,3 +283,144 @@ def test_relu2_kernels_in_bf16_on_cuda_match_a_per_token_reference():
 def test_unknown_activation_is_refused_by_the_experts():
     with pytest.raises(ValueError, match="activation must be one of gelu, relu2, got 'tanh'"):
         Experts(2, 4, 4, True, activation="tanh")
+
+
+# ---------------------------------------------------------------------------- Muon
+
+
+@pytest.mark.parametrize(
+    "shape, row_blocks",
+    [((12, 20), 1), ((20, 12), 1), ((3, 12, 20), 1), ((3, 20, 12), 1), ((3 * 8, 8), 3)],
+    ids=["wide", "tall", "experts-wide", "experts-tall", "qkv"],
+)
+@pytest.mark.on_device
+def test_muon_is_torch_muon_on_every_matrix(shape, row_blocks, device):
+    """Each expert's (and each of q, k, v's) slice steps as torch.optim.Muon steps that slice as a 2-D parameter."""
+    torch.manual_seed(0)
+    rows, cols = shape[-2] // row_blocks, shape[-1]
+    stacked = nn.Parameter(torch.randn(shape, device=device) * 0.1)
+    slices = [nn.Parameter(m.clone()) for m in stacked.detach().reshape(-1, rows, cols)]
+    ours = Muon([{"params": [stacked], "row_blocks": row_blocks}], lr=0.02, weight_decay=0.1)
+    reference = torch.optim.Muon(slices, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    start = stacked.detach().clone()
+    for step in range(4):
+        grad = torch.randn(shape, device=device)
+        stacked.grad = grad
+        for p, g in zip(slices, grad.reshape(-1, rows, cols)):
+            p.grad = g.clone()
+        for group in ours.param_groups + reference.param_groups:  # as the Trainer's schedule does
+            group["lr"] = 0.02 * (step + 1) / 4
+        ours.step()
+        reference.step()
+    # Both orthogonalize in bf16. On the CPU the batched products round as torch's 2-D ones (bit for bit,
+    # seen here); CUDA's batched kernels round differently, which five Newton–Schulz steps carry to ~1%
+    # of the movement. A wrong split, scale or momentum differs by far more.
+    tolerance = 0.03 * (stacked.detach() - start).abs().max().item()
+    for mine, theirs in zip(stacked.detach().reshape(-1, rows, cols), slices):
+        torch.testing.assert_close(mine, theirs.detach(), rtol=0, atol=tolerance)
+
+
+def test_muon_update_has_about_adamws_rms():
+    """match_rms_adamw: one step of Muon moves each matrix by an RMS of about 0.2 · lr."""
+    torch.manual_seed(0)
+    experts = nn.Parameter(torch.zeros(4, 16, 64))
+    experts.grad = torch.randn(4, 16, 64)
+    Muon([{"params": [experts]}], lr=0.01).step()
+    rms = experts.detach().pow(2).mean(dim=(1, 2)).sqrt()
+    assert ((0.1 * 0.01 < rms) & (rms < 0.3 * 0.01)).all(), rms
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    config = small_config(n_layers=1, qk_norm=True, tie_weights=False, bias=True, router_noise=True)
+    model = Transformer(config)
+    optimizer = make_optimizer(model, TrainConfig(optimizer="muon", weight_decay=0.1), torch.device("cpu"))
+    assert isinstance(optimizer, MuonWithAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = optimizer.muon.param_groups
+    muon = [(names[id(p)], group["row_blocks"], group["weight_decay"]) for group in groups for p in group["params"]]
+    assert sorted(muon) == [
+        ("blocks.0.attn.proj.weight", 1, 0.1),
+        ("blocks.0.attn.qkv.weight", 3, 0.1),
+        ("blocks.0.moe.common.fc.weight", 1, 0.1),
+        ("blocks.0.moe.common.proj.weight", 1, 0.1),
+        ("blocks.0.moe.experts.w1", 1, 0.1),
+        ("blocks.0.moe.experts.w2", 1, 0.1),
+    ]
+    in_order = [n for n, _ in model.named_parameters() if n in {name for name, _, _ in muon}]
+    assert [n for n, _, _ in hidden_matrices(model)] == in_order
+    decayed, kept = optimizer.adamw.param_groups
+    assert [names[id(p)] for p in decayed["params"]] == ["tok_emb.weight", "pos_emb.weight", "blocks.0.moe.gate.weight",
+                                                         "head.weight"]  # fmt: skip
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (0.1, 0.0)
+    assert "blocks.0.moe.noise.weight" in [names[id(p)] for p in kept["params"]]
+    assert "blocks.0.attn.q_norm.weight" in [names[id(p)] for p in kept["params"]]
+    every = [p for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(map(id, every)) == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+
+
+def test_an_optimizer_state_of_the_other_kind_is_refused():
+    model = Transformer(small_config())
+    adamw = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    muon = make_optimizer(model, TrainConfig(optimizer="muon"), torch.device("cpu"))
+    model(torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8))).loss.backward()
+    adamw.step()
+    muon.step()
+    with pytest.raises(ValueError, match="optimizer='adamw', this run trains with optimizer='muon'"):
+        load_optimizer_state(muon, model, adamw.state_dict())
+    with pytest.raises(ValueError, match="optimizer='muon', this run trains with optimizer='adamw'"):
+        load_optimizer_state(adamw, model, muon.state_dict())
+    assert isinstance(adamw, torch.optim.AdamW)  # the default is today's optimizer
+    fresh = make_optimizer(model, TrainConfig(optimizer="muon"), torch.device("cpu"))
+    load_optimizer_state(fresh, model, muon.state_dict())
+    for _, p, _ in hidden_matrices(model):
+        assert torch.equal(fresh.muon.state[p]["momentum_buffer"], muon.muon.state[p]["momentum_buffer"])
+    embedding = model.tok_emb.weight
+    assert torch.equal(fresh.adamw.state[embedding]["exp_avg"], muon.adamw.state[embedding]["exp_avg"])
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def recipe_configs(**changes):
+    return build_configs("tiny", {**RECIPE, "log_every": 1, **changes})
+
+
+def test_the_whole_recipe_trains_and_reloads(toy_dataset):
+    model_config, train_config = recipe_configs(max_steps=8)
+    torch.manual_seed(train_config.seed)  # the Trainer starts from this model
+    start = Transformer(model_config).state_dict()
+    trainer = Trainer(model_config, train_config, "recipe-trains", dataset=toy_dataset, progress=False)
+    result = trainer.fit()
+    losses = result.metrics["loss"]
+    assert losses.map(math.isfinite).all() and losses.iloc[-1] < losses.iloc[0] - 0.5
+    assert all(g["lr"] == result.metrics["lr"].iloc[-1] for g in trainer.optimizer.param_groups)  # one schedule
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach().cpu(), start[n])}
+    assert {"head.weight", "tok_emb.weight", "blocks.0.attn.q_norm.weight", "blocks.0.moe.experts.w1"} <= moved
+    reloaded = load_model(result.checkpoint)
+    x = torch.randint(0, 256, (2, 16))
+    assert torch.equal(reloaded(x).logits, trainer.model.cpu().eval()(x).logits)
+
+
+def test_resume_with_muon_continues_exactly(toy_dataset):
+    # on the CPU: resuming on CUDA stops earlier, at the sampler's RNG state (map_location moves it to the GPU)
+    model_config, train_config = recipe_configs(max_steps=12, checkpoint_every=5)
+
+    def trainer(run_name, train=train_config):
+        return Trainer(model_config, train, run_name, dataset=toy_dataset, device="cpu", progress=False)
+
+    full = trainer("recipe-straight").fit().metrics
+    trainer("recipe-resumed").fit(stop_after_steps=5)
+    metrics = trainer("recipe-resumed").fit(resume=True).metrics
+    assert metrics["step"].tolist() == list(range(1, 13))
+    for column in ("loss", "lr", "grad_norm"):
+        assert metrics[column].tolist() == full[column].tolist(), column
+    with pytest.raises(ValueError, match="optimizer='muon', this run trains with optimizer='adamw'"):
+        trainer("recipe-resumed", train_config.replace(optimizer="adamw")).fit(resume=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_whole_recipe_trains_in_bf16_on_cuda(toy_dataset):
+    model_config, train_config = recipe_configs(max_steps=8, precision="bf16")
+    trainer = Trainer(model_config, train_config, "recipe-cuda", dataset=toy_dataset, device="cuda", progress=False)
+    losses = trainer.fit().metrics["loss"]
+    assert losses.map(math.isfinite).all() and losses.iloc[-1] < losses.iloc[0] - 0.5

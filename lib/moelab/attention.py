@@ -134,6 +134,14 @@ class CausalSelfAttention(nn.Module):
         """The weights that write into the residual stream (the init rule scales them down)."""
         return [self.proj.weight]
 
+    def fused_matrices(self) -> list[tuple[Tensor, int]]:
+        """Weights that store several matrices stacked along their rows: q, k and v in ``qkv``.
+
+        An optimizer that treats each matrix as a unit (Muon, :mod:`moelab.optim`) splits
+        them, as modded-nanogpt orthogonalizes its stacked q, k, v (and o) weights one by one.
+        """
+        return [(self.qkv.weight, 3)]
+
     def forward(
         self,
         x: Tensor,

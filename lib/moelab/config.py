@@ -18,6 +18,7 @@ BATCH_KEEPS = ("sequences", "tokens")
 PRECISIONS = ("auto", "fp32", "bf16")
 BUDGET_FIELDS = ("max_steps", "max_tokens", "max_minutes")  # TrainConfig: training ends at the first reached
 ACTIVATIONS = ("gelu", "relu2")  # the feed-forward nonlinearity; relu2 is relu(x)² (moelab.experts)
+OPTIMIZERS = ("adamw", "muon")  # see moelab.optim
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
@@ -74,7 +75,8 @@ class ModelConfig:
     alone (at least one), through the same code.
 
     Recipe options seen to help small models (modded-nanogpt, nanochat), off by default:
-    ``activation="relu2"``, ``qk_norm``, ``logit_softcap`` and ``tie_weights=False``.
+    ``activation="relu2"``, ``qk_norm``, ``logit_softcap`` and ``tie_weights=False``
+    (and TrainConfig's ``optimizer="muon"``).
     """
 
     vocab_size: int = 256
@@ -255,12 +257,17 @@ class TrainConfig:
     batch (``sequences``: batch_size sequences, as the seed did) or the number of
     tokens (``tokens``: batch_size × context_window tokens, so more, shorter
     sequences early on).
+
+    ``optimizer``: ``adamw``, or ``muon`` (Muon for the attention and expert matrices, AdamW
+    for the rest; :mod:`moelab.optim`). Both follow the one learning-rate schedule, and
+    both decay the matrices by ``weight_decay``.
     """
 
     max_steps: int | None = 1000
     max_minutes: float | None = None
     max_tokens: int | None = None
     batch_size: int = 32
+    optimizer: str = "adamw"  # one of OPTIMIZERS: "muon" = Muon for the hidden matrices, AdamW for the rest
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
     warmup_steps: int = 50  # linear learning-rate warmup
@@ -308,6 +315,11 @@ class TrainConfig:
             any(getattr(self, name) is not None for name in BUDGET_FIELDS),
             "max_steps",
             "give a budget: max_steps, max_tokens and/or max_minutes (training stops at the first reached)",
+        )
+        _check(
+            self.optimizer in OPTIMIZERS,
+            "optimizer",
+            f"must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}",
         )
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")

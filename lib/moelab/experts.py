@@ -66,7 +66,7 @@ def mlp(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
 class Experts(nn.Module):
     """``n`` feed-forward experts with stacked weights: w1 (n, d, h), w2 (n, h, d), b1 (n, h), b2 (n, d)."""
 
-    stacked_dims = 1  # every parameter has a leading expert dimension (the init and decay rules read this)
+    stacked_dims = 1  # every parameter has a leading expert dimension (the init, decay and Muon rules read this)
 
     def __init__(
         self, n: int, n_embd: int, hidden: int, bias: bool, kernel: str = "auto", activation: str = "gelu"
