@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moelab import ModelConfig, load_balancing_loss, router_z_loss
-from moelab.experts import ExpertMLP, Experts, gelu_mlp
+from moelab.experts import ExpertMLP, Experts, mlp
 from moelab.moe import MoE, capacity_keep, moe_losses
 
 
@@ -260,15 +260,18 @@ def test_single_token_path_matches_reference(changes):
     torch.testing.assert_close(moe(x)[0], reference_moe(moe, x, small_config(**changes))[0], rtol=1e-10, atol=1e-10)
 
 
-def test_expert_mlp_backward_passes_gradcheck():
+@pytest.mark.parametrize("activation", ["gelu", "relu2"])
+def test_expert_mlp_backward_passes_gradcheck(activation):
     """The hand-written backward of the stacked experts, against finite differences (empty experts included)."""
 
     def param(*shape):
         return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
     x, w1, b1, w2, b2 = param(10, 4), param(3, 4, 5), param(3, 5), param(3, 5, 4), param(3, 4)
-    assert torch.autograd.gradcheck(lambda *a: ExpertMLP.apply(*a, (4, 0, 6), False), (x, w1, b1, w2, b2))
-    assert torch.autograd.gradcheck(lambda x, w1, w2: ExpertMLP.apply(x, w1, None, w2, None, (0, 10, 0), False), (x, w1, w2))
+    assert torch.autograd.gradcheck(lambda *a: ExpertMLP.apply(*a, (4, 0, 6), False, activation), (x, w1, b1, w2, b2))
+    assert torch.autograd.gradcheck(
+        lambda x, w1, w2: ExpertMLP.apply(x, w1, None, w2, None, (0, 10, 0), False, activation), (x, w1, w2)
+    )
 
 
 def test_bf16_autocast_keeps_experts_in_bf16_and_stays_close_to_fp32():
@@ -338,8 +341,10 @@ def test_unknown_kernel_is_refused():
         Experts(2, 4, 4, True, kernel="fast")
 
 
-def test_gelu_mlp_is_linear_gelu_linear():
+def test_mlp_is_linear_activation_linear():
     x, w1, b1, w2, b2 = torch.randn(3, 4), torch.randn(4, 5), torch.randn(5), torch.randn(5, 4), torch.randn(4)
     want = torch.nn.functional.gelu(x @ w1 + b1) @ w2 + b2
-    torch.testing.assert_close(gelu_mlp(x, w1, b1, w2, b2), want)
+    torch.testing.assert_close(mlp(x, w1, b1, w2, b2, "gelu"), want)
+    want = torch.relu(x @ w1 + b1) ** 2 @ w2 + b2
+    torch.testing.assert_close(mlp(x, w1, b1, w2, b2, "relu2"), want)
 

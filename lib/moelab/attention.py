@@ -72,6 +72,11 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+def rms_norm(x: Tensor, norm: nn.RMSNorm) -> Tensor:
+    """``norm`` applied with its gain cast to x's dtype: under bf16 autocast, the fused kernel (float32 inside)."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+
+
 def padded_head_dim(head_dim: int, multiple: int = 8) -> int:
     """The head size rounded up to a multiple of 8 (what SDPA's fused CUDA kernels need)."""
     return head_dim + (-head_dim % multiple)
@@ -102,6 +107,16 @@ class CausalSelfAttention(nn.Module):
     ``pad_head_dim``: None (the default) pads the head size to a multiple of 8 on CUDA
     when it is not one already (see :func:`attention`); True / False force it on or off
     (the tests force it on the CPU).
+
+    With ``qk_norm``, each head's query and key are RMS-normalized over the head size
+    before RoPE, so the attention logits cannot grow with the size of the projections
+    (QK-norm: modded-nanogpt and nanochat per head without a gain; Qwen3 and Gemma 3 per
+    head with one; OLMo 2 over all heads together, with one). Here q and k each have a
+    learned gain of head size, shared by the heads, initialized to 1: without it, the
+    logits q·k / sqrt(head size) of unit-RMS vectors stay below sqrt(head size), 4 to 6 at
+    this project's head sizes (modded-nanogpt, at head size 128, raises its fixed attention
+    scale to 0.12 for that). Keys are cached normalized, so the KV cache and the padded-head
+    path need nothing else.
     """
 
     pad_head_dim: bool | None = None
@@ -112,10 +127,20 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_norm = nn.RMSNorm(config.head_dim) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_dim) if config.qk_norm else None
 
     def residual_projections(self) -> list[Tensor]:
         """The weights that write into the residual stream (the init rule scales them down)."""
         return [self.proj.weight]
+
+    def fused_matrices(self) -> list[tuple[Tensor, int]]:
+        """Weights that store several matrices stacked along their rows: q, k and v in ``qkv``.
+
+        An optimizer that treats each matrix as a unit (Muon, :mod:`moelab.optim`) splits
+        them, as modded-nanogpt orthogonalizes its stacked q, k, v (and o) weights one by one.
+        """
+        return [(self.qkv.weight, 3)]
 
     def forward(
         self,
@@ -126,6 +151,8 @@ class CausalSelfAttention(nn.Module):
     ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:  # QK-norm over each head's size, before the positions are rotated in
+            q, k = rms_norm(q, self.q_norm), rms_norm(k, self.k_norm)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0

@@ -2,7 +2,8 @@
 
 One module per attention head and per expert, a masked softmax per head, and a boolean
 mask over all tokens per expert: the approach of the seed repository. It computes the
-same function as :class:`moelab.model.Transformer` (dropout 0, dropless routing) and
+same function as :class:`moelab.model.Transformer` (dropout 0, dropless routing; the
+activation, QK-norm and logit soft-capping options included) and
 can take a moelab model's weights (:meth:`NaiveTransformer.from_model`), so
 ``python -m moelab.bench`` compares the two with identical parameters, and a test
 checks that logits, loss and gradients agree. Not meant for training.
@@ -18,15 +19,19 @@ import torch.nn.functional as F
 
 
 class NaiveHead(torch.nn.Module):
-    def __init__(self, n_embd: int, head_dim: int, bias: bool) -> None:
+    def __init__(self, n_embd: int, head_dim: int, bias: bool, qk_norm: bool) -> None:
         super().__init__()
         self.query = torch.nn.Linear(n_embd, head_dim, bias=bias)
         self.key = torch.nn.Linear(n_embd, head_dim, bias=bias)
         self.value = torch.nn.Linear(n_embd, head_dim, bias=bias)
+        self.q_gain = torch.nn.Parameter(torch.ones(head_dim)) if qk_norm else None
+        self.k_gain = torch.nn.Parameter(torch.ones(head_dim)) if qk_norm else None
 
     def forward(self, x, rope):
         T = x.shape[1]
         q, k, v = self.query(x), self.key(x), self.value(x)
+        if self.q_gain is not None:
+            q, k = naive_rms_norm(q, self.q_gain), naive_rms_norm(k, self.k_gain)
         if rope is not None:
             q, k = naive_rope(q, *rope), naive_rope(k, *rope)
         scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-1])
@@ -43,14 +48,21 @@ def naive_rope(x, cos, sin):
     return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
 
 
+def naive_rms_norm(x, gain):
+    """x / sqrt(mean(x²) + eps) · gain over the last dim (eps: the dtype's, as torch's RMSNorm default)."""
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps) * gain
+
+
 class NaiveExpert(torch.nn.Module):
-    def __init__(self, n_embd: int, hidden: int, bias: bool) -> None:
+    def __init__(self, n_embd: int, hidden: int, bias: bool, activation: str) -> None:
         super().__init__()
         self.fc = torch.nn.Linear(n_embd, hidden, bias=bias)
         self.proj = torch.nn.Linear(hidden, n_embd, bias=bias)
+        self.activation = activation
 
     def forward(self, x):
-        return self.proj(F.gelu(self.fc(x)))
+        h = self.fc(x)
+        return self.proj(F.gelu(h) if self.activation == "gelu" else torch.relu(h) ** 2)
 
 
 class NaiveMoE(torch.nn.Module):
@@ -58,8 +70,9 @@ class NaiveMoE(torch.nn.Module):
         super().__init__()
         self.config = config
         d, h = config.n_embd, config.expert_hidden
-        self.common = torch.nn.ModuleList(NaiveExpert(d, h, config.bias) for _ in range(config.n_common_experts))
-        self.experts = torch.nn.ModuleList(NaiveExpert(d, h, config.bias) for _ in range(config.n_experts))
+        args = (d, h, config.bias, config.activation)
+        self.common = torch.nn.ModuleList(NaiveExpert(*args) for _ in range(config.n_common_experts))
+        self.experts = torch.nn.ModuleList(NaiveExpert(*args) for _ in range(config.n_experts))
         if config.n_experts:
             self.gate = torch.nn.Linear(d, config.n_experts, bias=False)
             self.noise = torch.nn.Linear(d, config.n_experts, bias=False) if config.router_noise else None
@@ -98,7 +111,9 @@ class NaiveBlock(torch.nn.Module):
         super().__init__()
         d = config.n_embd
         self.ln1 = torch.nn.LayerNorm(d, bias=config.bias)
-        self.heads = torch.nn.ModuleList(NaiveHead(d, config.head_dim, config.bias) for _ in range(config.n_heads))
+        self.heads = torch.nn.ModuleList(
+            NaiveHead(d, config.head_dim, config.bias, config.qk_norm) for _ in range(config.n_heads)
+        )
         self.proj = torch.nn.Linear(d, d, bias=config.bias)
         self.ln2 = torch.nn.LayerNorm(d, bias=config.bias)
         self.moe = NaiveMoE(config)
@@ -156,6 +171,9 @@ class NaiveTransformer(torch.nn.Module):
                     part.weight.copy_(w[rows])
                     if b is not None:
                         part.bias.copy_(b[rows])
+                if head.q_gain is not None:  # the model shares one gain per q and k between heads
+                    head.q_gain.copy_(theirs.attn.q_norm.weight)
+                    head.k_gain.copy_(theirs.attn.k_norm.weight)
             moe = theirs.moe
             for i, expert in enumerate(mine.moe.common):
                 cols = slice(i * h, (i + 1) * h)
@@ -193,6 +211,8 @@ class NaiveTransformer(torch.nn.Module):
             x, aux, z = block(x, rope)
             aux_total, z_total = aux_total + aux, z_total + z
         logits = self.head(self.ln_f(x))
+        if c.logit_softcap is not None:
+            logits = c.logit_softcap * torch.tanh(logits / c.logit_softcap)
         if targets is None:
             return logits, None
         wide = logits.to(torch.promote_types(logits.dtype, torch.float32))

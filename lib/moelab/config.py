@@ -9,6 +9,7 @@ Names follow the seed repository where it had one (``context_window``,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import InitVar, asdict, dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +19,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 GATES = ("softmax", "sigmoid")  # ModelConfig.gate: how router logits become scores (see moelab.moe)
 BALANCES = ("aux_loss", "bias", "none")  # ModelConfig.balance: how the expert load is balanced
 BUDGET_FIELDS = ("max_steps", "max_tokens", "max_minutes")  # TrainConfig: training ends at the first reached
+ACTIVATIONS = ("gelu", "relu2")  # the feed-forward nonlinearity; relu2 is relu(x)² (moelab.experts)
+OPTIMIZERS = ("adamw", "muon")  # see moelab.optim
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
@@ -80,6 +83,9 @@ class ModelConfig:
     ``bias_update_rate`` after every optimizer step) or ``none``;
     ``expert_granularity`` m splits each routed expert into m experts m times narrower,
     of which the router picks ``top_k * m`` (:attr:`routed_experts`, :attr:`routed_top_k`).
+    Recipe options seen to help small models (modded-nanogpt, nanochat), off by default:
+    ``activation="relu2"``, ``qk_norm``, ``logit_softcap`` and ``tie_weights=False``
+    (and TrainConfig's ``optimizer="muon"``).
     """
 
     vocab_size: int = 256
@@ -104,6 +110,9 @@ class ModelConfig:
     expert_granularity: int = 1  # m: each routed expert split into m of width expert_hidden / m (DeepSeekMoE)
     tie_weights: bool = True  # share the token embedding with the output projection
     bias: bool = True  # biases in Linear layers and LayerNorm
+    activation: str = "gelu"  # one of ACTIVATIONS, in every feed-forward (common and routed experts)
+    qk_norm: bool = False  # RMS-normalize queries and keys per head (learned gain) before RoPE and attention
+    logit_softcap: float | None = None  # logits = c · tanh(logits / c) (Gemma 2); None = no cap
     num_embeds: InitVar[int | None] = None  # the seed's name for n_embd
 
     def __post_init__(self, num_embeds: int | None) -> None:
@@ -168,6 +177,17 @@ class ModelConfig:
                 self.capacity_factor > 0,
                 "capacity_factor",
                 f"must be > 0 or None (dropless), got {self.capacity_factor!r}",
+            )
+        _check(
+            self.activation in ACTIVATIONS,
+            "activation",
+            f"must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}",
+        )
+        if self.logit_softcap is not None:
+            _check(
+                0 < self.logit_softcap < math.inf,
+                "logit_softcap",
+                f"must be a finite number > 0 (the cap c of c · tanh(logits / c)) or None, got {self.logit_softcap!r}",
             )
         self._validate_routing()
 
@@ -236,13 +256,15 @@ class ModelConfig:
         with its noise weights, common + chosen routed experts, output head; not the
         embedding lookups): the N of the 6·N FLOPs per token. With ``expert_granularity``
         m the routed experts' matrices keep their total and active sizes; the router
-        grows m-fold and each of the m·n experts has its own output bias.
+        grows m-fold and each of the m·n experts has its own output bias. An untied head
+        counts in ``total`` and ``active``, a tied one does not (it is the token embedding).
         """
         d, h, b, V = self.n_embd, self.expert_hidden, int(self.bias), self.vocab_size
         # each component as (matrix entries, vector entries)
         layer_norm = (0, d + b * d)
         routed_expert = (2 * d * self.routed_hidden, b * (self.routed_hidden + d))
-        attention = (4 * d * d, b * 4 * d)
+        qk_gains = 2 * self.head_dim if self.qk_norm else 0  # one gain vector for q, one for k
+        attention = (4 * d * d, b * 4 * d + qk_gains)
         router = (d * self.routed_experts * (2 if self.router_noise else 1), 0)
         # common experts are stored fused as one FFN of width n_common * h: one output bias
         n_common = self.n_common_experts
@@ -287,12 +309,17 @@ class TrainConfig:
     batch (``sequences``: batch_size sequences, as the seed did) or the number of
     tokens (``tokens``: batch_size × context_window tokens, so more, shorter
     sequences early on).
+
+    ``optimizer``: ``adamw``, or ``muon`` (Muon for the attention and expert matrices, AdamW
+    for the rest; :mod:`moelab.optim`). Both follow the one learning-rate schedule, and
+    both decay the matrices by ``weight_decay``.
     """
 
     max_steps: int | None = 1000
     max_minutes: float | None = None
     max_tokens: int | None = None
     batch_size: int = 32
+    optimizer: str = "adamw"  # one of OPTIMIZERS: "muon" = Muon for the hidden matrices, AdamW for the rest
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
     warmup_steps: int = 50  # linear learning-rate warmup
@@ -340,6 +367,11 @@ class TrainConfig:
             any(getattr(self, name) is not None for name in BUDGET_FIELDS),
             "max_steps",
             "give a budget: max_steps, max_tokens and/or max_minutes (training stops at the first reached)",
+        )
+        _check(
+            self.optimizer in OPTIMIZERS,
+            "optimizer",
+            f"must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}",
         )
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")

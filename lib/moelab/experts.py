@@ -1,11 +1,12 @@
 """The routed experts and their fast kernels.
 
-:class:`Experts` holds ``n`` GELU MLPs with stacked weights, w1 (n, d, h) and w2 (n, h, d).
+:class:`Experts` holds ``n`` MLPs with stacked weights, w1 (n, d, h) and w2 (n, h, d); their
+nonlinearity is ``activation``, GELU or ReLU² (relu(x)², :data:`ACTIVATIONS`).
 The MoE layer (:mod:`moelab.moe`) sorts token slots by expert and calls
 ``experts(x_sorted, counts)`` once: expert ``e`` runs on its contiguous slice of
 ``counts[e]`` rows. Which kernel computes that is the module's ``kernel`` attribute:
 
-- ``"plain"``: autograd through one :func:`gelu_mlp` per expert (the readable reference);
+- ``"plain"``: autograd through one :func:`mlp` per expert (the readable reference);
 - ``"loop"``: one matmul per expert into preallocated buffers, with a hand-written
   backward (:class:`ExpertMLP`) that writes each expert's weight gradient in place into
   one (n, ·, ·) tensor (autograd through slices of stacked weights would build a
@@ -33,26 +34,50 @@ from torch import Tensor, nn
 KERNELS = ("auto", "plain", "loop", "grouped")
 
 
+def relu2(x: Tensor) -> Tensor:
+    """ReLU squared, relu(x)² (So et al. 2021, Primer; modded-nanogpt's and nanochat's MLPs)."""
+    return F.relu(x).square()
+
+
+def relu2_backward(grad: Tensor, pre: Tensor) -> Tensor:
+    """The gradient through :func:`relu2` at pre-activation ``pre``: grad · 2 relu(pre)."""
+    return grad * 2 * F.relu(pre)
+
+
+# the nonlinearities by ModelConfig.activation name: (function, backward(grad, pre-activation)),
+# the backward for the kernels with a hand-written backward (loop, grouped)
+ACTIVATIONS = {
+    "gelu": (F.gelu, torch.ops.aten.gelu_backward),
+    "relu2": (relu2, relu2_backward),
+}
+
+
 def affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """x @ w + b with w stored (in, out)."""
     return x @ w if b is None else torch.addmm(b, x, w)
 
 
-def gelu_mlp(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
-    """The feed-forward of one expert: gelu(x w1 + b1) w2 + b2, with w1 (d, h) and w2 (h, d)."""
-    return affine(F.gelu(affine(x, w1, b1)), w2, b2)
+def mlp(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, activation: str) -> Tensor:
+    """The feed-forward of one expert: act(x w1 + b1) w2 + b2, with w1 (d, h), w2 (h, d), act by name."""
+    act = ACTIVATIONS[activation][0]
+    return affine(act(affine(x, w1, b1)), w2, b2)
 
 
 class Experts(nn.Module):
     """``n`` feed-forward experts with stacked weights: w1 (n, d, h), w2 (n, h, d), b1 (n, h), b2 (n, d)."""
 
-    stacked_dims = 1  # every parameter has a leading expert dimension (the init and decay rules read this)
+    stacked_dims = 1  # every parameter has a leading expert dimension (the init, decay and Muon rules read this)
 
-    def __init__(self, n: int, n_embd: int, hidden: int, bias: bool, kernel: str = "auto") -> None:
+    def __init__(
+        self, n: int, n_embd: int, hidden: int, bias: bool, kernel: str = "auto", activation: str = "gelu"
+    ) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.kernel = kernel
+        self.activation = activation
         self.w1 = nn.Parameter(torch.empty(n, n_embd, hidden))
         self.w2 = nn.Parameter(torch.empty(n, hidden, n_embd))
         self.b1 = nn.Parameter(torch.zeros(n, hidden)) if bias else None
@@ -76,15 +101,15 @@ class Experts(nn.Module):
         if kernel == "auto":
             kernel = "grouped" if grouped_mm_fits(x_sorted) else "loop"
         if kernel == "plain":
-            return plain_experts(x_sorted, *weights, counts)
+            return plain_experts(x_sorted, *weights, counts, self.activation)
         try:
-            return ExpertMLP.apply(x_sorted, *weights, tuple(counts), kernel == "grouped")
+            return ExpertMLP.apply(x_sorted, *weights, tuple(counts), kernel == "grouped", self.activation)
         except RuntimeError as err:
             if self.kernel != "auto" or kernel != "grouped" or isinstance(err, torch.OutOfMemoryError):
                 raise
             warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=2)
             self.kernel = "loop"
-            return ExpertMLP.apply(x_sorted, *weights, tuple(counts), False)
+            return ExpertMLP.apply(x_sorted, *weights, tuple(counts), False, self.activation)
 
     def one_token(self, row: Tensor, experts: list[int], gates: Tensor) -> Tensor:
         """The gate-weighted sum of the chosen experts on one token row (1, d), run by index (decoding)."""
@@ -93,12 +118,13 @@ class Experts(nn.Module):
         b1, b2 = self.b1, self.b2
         out = None
         for e, gate in zip(experts, gates.to(dtype).unbind(0)):
-            y = gelu_mlp(
+            y = mlp(
                 row.to(dtype),
                 self.w1[e].to(dtype),
                 None if b1 is None else b1[e].to(dtype),
                 self.w2[e].to(dtype),
                 None if b2 is None else b2[e].to(dtype),
+                self.activation,
             )
             out = y * gate if out is None else out + y * gate
         return torch.zeros_like(row, dtype=dtype) if out is None else out  # None: capacity dropped every slot
@@ -109,32 +135,33 @@ def grouped_mm_fits(x: Tensor) -> bool:
     return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
 
 
-def plain_experts(x, w1, b1, w2, b2, counts) -> Tensor:
-    """The reference kernel: autograd through one :func:`gelu_mlp` per expert slice."""
+def plain_experts(x, w1, b1, w2, b2, counts, activation) -> Tensor:
+    """The reference kernel: autograd through one :func:`mlp` per expert slice."""
     parts = [
-        gelu_mlp(x[rows], w1[e], None if b1 is None else b1[e], w2[e], None if b2 is None else b2[e])
+        mlp(x[rows], w1[e], None if b1 is None else b1[e], w2[e], None if b2 is None else b2[e], activation)
         for e, rows in _slices(counts)
     ]
     return torch.cat(parts) if parts else x.new_zeros(0, w2.shape[-1])
 
 
 class ExpertMLP(torch.autograd.Function):
-    """GELU MLPs over contiguous row slices, one per expert, with a hand-written backward.
+    """MLPs over contiguous row slices, one per expert, with a hand-written backward.
 
-    ``apply(x, w1, b1, w2, b2, counts, grouped)``: one matmul per expert (``grouped=False``)
-    or ``grouped_mm`` over all experts at once (``grouped=True``).
+    ``apply(x, w1, b1, w2, b2, counts, grouped, activation)``: one matmul per expert
+    (``grouped=False``) or ``grouped_mm`` over all experts at once (``grouped=True``);
+    ``activation`` names the nonlinearity (:data:`ACTIVATIONS`).
     """
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, counts, grouped):
+    def forward(ctx, x, w1, b1, w2, b2, counts, grouped, activation):
         with torch.autocast(x.device.type, enabled=False):
             if grouped:  # the backward reuses the padded layout and weights (see _grouped_forward)
-                saved, out = _grouped_forward(x, w1, b1, w2, b2, counts)
+                saved, out = _grouped_forward(x, w1, b1, w2, b2, counts, activation)
             else:
-                pre, act, out = _loop_forward(x, w1, b1, w2, b2, counts)
+                pre, act, out = _loop_forward(x, w1, b1, w2, b2, counts, activation)
                 saved = (x, w1, w2, pre, act)
         ctx.save_for_backward(*saved)
-        ctx.has_bias, ctx.grouped = (b1 is not None, b2 is not None), grouped
+        ctx.has_bias, ctx.grouped, ctx.activation = (b1 is not None, b2 is not None), grouped, activation
         ctx.shape = (counts, x.shape[1], w1.shape[2])  # the loop's counts; the true widths d, h
         return out
 
@@ -144,15 +171,16 @@ class ExpertMLP(torch.autograd.Function):
         saved, (counts, d, h) = ctx.saved_tensors, ctx.shape
         with torch.autocast(grad_out.device.type, enabled=False):
             if ctx.grouped:
-                grads = _grouped_backward(grad_out.contiguous(), *saved, d, h, ctx.has_bias)
+                grads = _grouped_backward(grad_out.contiguous(), *saved, d, h, ctx.has_bias, ctx.activation)
             else:
-                grads = _loop_backward(grad_out.contiguous(), *saved, counts, ctx.has_bias)
-        return (*grads, None, None)
+                grads = _loop_backward(grad_out.contiguous(), *saved, counts, ctx.has_bias, ctx.activation)
+        return (*grads, None, None, None)
 
 
-def _loop_forward(x, w1, b1, w2, b2, counts):
-    """:func:`gelu_mlp` per expert, written into preallocated buffers (pre-activation and
+def _loop_forward(x, w1, b1, w2, b2, counts, activation):
+    """:func:`mlp` per expert, written into preallocated buffers (pre-activation and
     activation are kept for the backward)."""
+    act_fn = ACTIVATIONS[activation][0]
     pre = x.new_empty(x.shape[0], w1.shape[-1])
     act = torch.empty_like(pre)
     out = x.new_empty(x.shape[0], w2.shape[-1])
@@ -161,7 +189,7 @@ def _loop_forward(x, w1, b1, w2, b2, counts):
             torch.mm(x[rows], w1[e], out=pre[rows])
         else:
             torch.addmm(b1[e], x[rows], w1[e], out=pre[rows])
-        act[rows] = F.gelu(pre[rows])
+        act[rows] = act_fn(pre[rows])
         if b2 is None:
             torch.mm(act[rows], w2[e], out=out[rows])
         else:
@@ -169,7 +197,8 @@ def _loop_forward(x, w1, b1, w2, b2, counts):
     return pre, act, out
 
 
-def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias):
+def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias, activation):
+    act_backward = ACTIVATIONS[activation][1]
     grad_x = torch.empty_like(x)
     grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
     grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]) if has_bias[0] else None
@@ -177,7 +206,7 @@ def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias):
     for e, rows in _slices(counts):
         g = grad_out[rows]
         torch.mm(act[rows].t(), g, out=grad_w2[e])
-        g_pre = torch.ops.aten.gelu_backward(g @ w2[e].t(), pre[rows])
+        g_pre = act_backward(g @ w2[e].t(), pre[rows])
         torch.mm(x[rows].t(), g_pre, out=grad_w1[e])
         torch.mm(g_pre, w1[e].t(), out=grad_x[rows])
         if grad_b2 is not None:
@@ -223,7 +252,7 @@ def _pad_widths(w1, b1, w2, b2):
     return pad(w1, 0, ph, 0, pd), pad(b1, 0, ph), pad(w2, 0, pd, 0, ph), pad(b2, 0, pd)
 
 
-def _grouped_forward(x, w1, b1, w2, b2, counts):
+def _grouped_forward(x, w1, b1, w2, b2, counts, activation):
     """The output rows, and what the backward needs: the padded input, weights, activations and layout."""
     d = x.shape[1]
     position, offsets, padded_expert = _aligned_layout(counts, x.device)
@@ -232,17 +261,20 @@ def _grouped_forward(x, w1, b1, w2, b2, counts):
     pre = F.grouped_mm(x_padded, w1, offs=offsets)
     if b1 is not None:
         pre += b1[padded_expert]
-    act = F.gelu(pre)
+    act = ACTIVATIONS[activation][0](pre)
     out = F.grouped_mm(act, w2, offs=offsets)
     if b2 is not None:
         out += b2[padded_expert]
     return (x_padded, w1, w2, pre, act, position, offsets, padded_expert), out[position, :d]
 
 
-def _grouped_backward(grad_out, x_padded, w1, w2, pre, act, position, offsets, padded_expert, d, h, has_bias):
+def _grouped_backward(
+    grad_out, x_padded, w1, w2, pre, act, position, offsets, padded_expert, d, h, has_bias, activation
+):
     """Gradients of the true (unpadded) input, weights and biases; w1, w2 arrive padded."""
     grad_out = _scatter_rows(F.pad(grad_out, (0, w2.shape[2] - d)), position, x_padded.shape[0])  # 0 on padding
-    g_pre = torch.ops.aten.gelu_backward(F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets), pre)
+    g_act = F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets)
+    g_pre = ACTIVATIONS[activation][1](g_act, pre)
     # weight gradients: (n, ·, ·) from row-partitioned 2D operands; zeros for an expert without rows
     grad_w2 = F.grouped_mm(act.t().contiguous(), grad_out, offs=offsets)[:, :h, :d]
     grad_w1 = F.grouped_mm(x_padded.t().contiguous(), g_pre, offs=offsets)[:, :d, :h]

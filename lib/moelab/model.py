@@ -83,15 +83,16 @@ def init_parameters(model: nn.Module, n_layers: int) -> None:
 
     Matrices N(0, 0.02); matrices a module lists in ``residual_projections()`` (attention
     output, common experts' output, routed experts' w2: they add into the residual
-    stream) N(0, 0.02 / sqrt(2 n_layers)); LayerNorm gains 1; every other vector (biases,
-    stacked expert biases) 0. Parameters are drawn in ``named_parameters`` order.
+    stream) N(0, 0.02 / sqrt(2 n_layers)); norm gains (LayerNorm, the QK-norm's RMSNorm) 1;
+    every other vector (biases, stacked expert biases) 0. Parameters are drawn in
+    ``named_parameters`` order.
     """
     residual = _marked(model, "residual_projections")
     residual_std = 0.02 / math.sqrt(2 * n_layers)
     for _, p, module in _own_parameters(model):
         if is_matrix(p, module):
             nn.init.normal_(p, std=residual_std if id(p) in residual else 0.02)
-        elif isinstance(module, nn.LayerNorm) and p is module.weight:
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and p is module.weight:
             nn.init.ones_(p)
         else:
             nn.init.zeros_(p)
@@ -100,8 +101,8 @@ def init_parameters(model: nn.Module, n_layers: int) -> None:
 def decay_groups(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
     """The weight-decay rule: (decayed, not decayed) (name, parameter) pairs, in ``named_parameters`` order.
 
-    Every matrix decays, embeddings included (nanoGPT's rule: every >= 2-D tensor);
-    vectors (biases, LayerNorm gains) do not, nor the matrices a module lists in
+    Every matrix decays, embeddings and an untied output head included (nanoGPT's rule:
+    every >= 2-D tensor); vectors (biases, norm gains) do not, nor the matrices a module lists in
     ``undecayed_weights()`` (the router-noise weights: see :meth:`moelab.moe.MoE.undecayed_weights`).
     """
     undecayed = _marked(model, "undecayed_weights")
@@ -114,6 +115,16 @@ def decay_groups(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list
 # ---------------------------------------------------------------------------- model
 
 
+def soft_cap(logits: Tensor, cap: float) -> Tensor:
+    """cap · tanh(logits / cap), in at least float32: about the identity for |logits| << cap, never beyond ±cap.
+
+    Logit soft-capping (Gemma 2, Gemma Team 2024; modded-nanogpt caps at 15 to 30) keeps the
+    output logits, and so the loss's pull on them, bounded without clipping their gradient.
+    """
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # as the loss reads them under autocast
+    return cap * torch.tanh(wide / cap)
+
+
 @dataclass
 class ModelOutput:
     """logits (B, T, V); loss = ce_loss + aux_loss_weight * aux_loss + z_loss_coef * z_loss.
@@ -123,7 +134,8 @@ class ModelOutput:
     unweighted means over MoE layers (0 for a dense model, and
     0 when they are not needed: no targets and eval mode, as in generation);
     ce_loss and loss are None when no targets were given. routing holds one record per
-    layer when requested.
+    layer when requested. The logits are soft-capped (:func:`soft_cap`) when the config
+    sets ``logit_softcap``.
     """
 
     logits: Tensor
@@ -231,6 +243,8 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.length += T
         logits = self.head(self.ln_f(x))
+        if self.config.logit_softcap is not None:  # for the loss and for generation alike
+            logits = soft_cap(logits, self.config.logit_softcap)
 
         if targets is not None or self.training:
             aux_loss, z_loss = moe_losses(routers, self.config.routed_experts, like=x)

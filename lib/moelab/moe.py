@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .experts import Experts, gelu_mlp
+from .experts import Experts, mlp
 
 
 @dataclass
@@ -83,21 +83,22 @@ class RoutingRecord:
 
 
 class FeedForward(nn.Module):
-    """Linear -> GELU -> Linear. Also ``n`` always-on experts of width ``h`` fused as one of width ``n*h``
+    """Linear -> activation -> Linear. Also ``n`` always-on experts of width ``h`` fused as one of width ``n*h``
 
     (the sum of n such experts is exactly one wide FFN with a single output bias).
     """
 
-    def __init__(self, n_embd: int, hidden: int, bias: bool) -> None:
+    def __init__(self, n_embd: int, hidden: int, bias: bool, activation: str = "gelu") -> None:
         super().__init__()
         self.fc = nn.Linear(n_embd, hidden, bias=bias)
         self.proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.activation = activation
 
     def residual_projections(self) -> list[Tensor]:
         return [self.proj.weight]
 
     def forward(self, x: Tensor) -> Tensor:
-        return gelu_mlp(x, self.fc.weight.t(), self.fc.bias, self.proj.weight.t(), self.proj.bias)
+        return mlp(x, self.fc.weight.t(), self.fc.bias, self.proj.weight.t(), self.proj.bias, self.activation)
 
 
 class MoE(nn.Module):
@@ -117,14 +118,16 @@ class MoE(nn.Module):
         self.capacity_factor = config.capacity_factor
         self.score = config.gate  # "softmax" or "sigmoid"
         self.common = (
-            FeedForward(config.n_embd, config.n_common_experts * config.expert_hidden, config.bias)
+            FeedForward(config.n_embd, config.n_common_experts * config.expert_hidden, config.bias, config.activation)
             if config.n_common_experts
             else None
         )
         if config.is_moe:
             self.gate = nn.Linear(config.n_embd, self.n_experts, bias=False)
             self.noise = nn.Linear(config.n_embd, self.n_experts, bias=False) if config.router_noise else None
-            self.experts = Experts(self.n_experts, config.n_embd, config.routed_hidden, config.bias, kernel)
+            self.experts = Experts(
+                self.n_experts, config.n_embd, config.routed_hidden, config.bias, kernel, config.activation
+            )
         # balance="bias": the selection bias is state (saved in checkpoints, restored on resume);
         # the slot counts of the current optimizer step are not (they are 0 after every step)
         with_bias = config.is_moe and config.balance == "bias"
