@@ -274,7 +274,7 @@ def test_precision_is_resolved_recorded_and_bf16_trains(toy_dataset):
         chosen, why = resolve_precision("auto", "cpu", lambda m=measured: m)
         assert chosen == expected and (f"{measured:.2f}× fp32's speed" in why) == units
     assert resolve_precision("auto", "cpu")[0] == "fp32"  # nothing measured: float32
-    assert resolve_precision("fp32", "cpu", lambda: 5.0) == ("fp32", "requested")
+    assert resolve_precision("fp32", "cpu", lambda: 1 / 0) == ("fp32", "requested")  # fp32 asked for: nothing measured
     with pytest.warns(UserWarning, match=r"bf16.*0\.40× fp32's speed"):
         assert resolve_precision("bf16", "cpu", lambda: 0.4)[0] == "bf16"  # forced: kept, with a warning
     with pytest.raises(ValueError, match="precision"):

@@ -96,7 +96,7 @@ def resolve_precision(
         raise ValueError(f"precision: must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     device = torch.device(device)
     runs, units, why = bf16_support(device)
-    measure = device.type == "cpu" and speedup is not None and (units or precision == "bf16")
+    measure = device.type == "cpu" and speedup is not None and (precision == "bf16" or precision == "auto" and units)
     ratio = speedup() if measure else None
     measured = f"a bf16 training step measured {ratio:.2f}× fp32's speed" if ratio is not None else ""
     if precision == "auto":
