@@ -210,7 +210,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     assert len(genre) == 8
     assert "expert 0" in (run / "routing_passage.html").read_text()
     assert {p.name for p in (run / "figures").iterdir()} == {
-        "training_curves.png", "comparison.png", "expert_load.png", "load_over_time.png", "balance.png",
+        "training_curves.png", "balance_training.png", "comparison.png", "expert_load.png", "load_over_time.png", "balance.png",
         "coactivation.png", "specialization_bytes.png", "specialization_genre.png", "expert_load_compare.png",
     }
 

@@ -151,6 +151,10 @@ def test_sweep_trains_seed_major_summarizes_and_never_retrains(toy_dataset):
     assert summary.loc["fixed", ["diff_ci_low", "diff_ci_high"]].tolist() == pytest.approx([ci.low, ci.high])
     assert (folder / "figures" / "summary.png").is_file() and (folder / "figures" / "curves.png").is_file()
     assert set(pd.read_csv(folder / "curves.csv")["variant"]) == {"schedule", "fixed", "control"}
+    assert (results["maxvio"] >= 0).all()  # the imbalance at the end, from the metric rows
+    readme = (folder / "README.md").read_text()
+    assert "## Summary" in readme and "'control'" in readme and "no detectable difference" in readme
+    assert "6 runs on" in readme and "![summary](figures/summary.png)" in readme
     # again: nothing to train, the same tables
     again = run_sweep(spec, progress=False)
     assert again.trained == [] and again.results["val_bpb"].tolist() == result.results["val_bpb"].tolist()

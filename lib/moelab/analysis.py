@@ -318,12 +318,14 @@ def plot_load_over_time(snapshots: pd.DataFrame, title: str) -> plt.Figure:
 
 
 def plot_balance(stats: pd.DataFrame, title: str) -> plt.Figure:
-    """Per layer: load CV and min/max ratio, router entropies against log N, decisive tokens."""
+    """Per layer: load CV, MaxVio and min/max ratio, router entropies against log N, decisive tokens."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     layers = stats.index.astype(str)
     axes[0].bar(layers, stats["load_cv"], color="tab:blue", label="CV of load (0 = balanced)")
+    axes[0].plot(layers, stats["maxvio"], "s-", color="tab:red", label="MaxVio: (max − mean) / mean load")
     axes[0].plot(layers, stats["min_max_ratio"], "o-", color="tab:orange", label="min / max load (1 = balanced)")
-    axes[0].set(title="Balance", xlabel="layer", ylabel="value", ylim=(0, max(1.0, stats["load_cv"].max()) * 1.35))
+    top = max(1.0, stats["load_cv"].max(), stats["maxvio"].max()) * 1.35
+    axes[0].set(title="Balance", xlabel="layer", ylabel="value", ylim=(0, top))
     axes[0].legend(fontsize=8)
     axes[1].plot(layers, stats["token_entropy"], "o-", label="per token (mean)")
     axes[1].plot(layers, stats["mean_entropy"], "s-", label="of the mean distribution")

@@ -69,6 +69,21 @@ class LiveLossPlot:
         self._last_draw = time.monotonic()
 
 
+def plot_balance_over_training(metrics: pd.DataFrame, title: str) -> plt.Figure:
+    """Each layer's MaxVio, (max − mean) / mean expert load, at every logged step (0 = balanced)."""
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    columns = sorted((c for c in metrics.columns if c.startswith("maxvio_l")), key=lambda c: int(c.removeprefix("maxvio_l")))
+    for column in columns:
+        logged = metrics.dropna(subset=[column])
+        ax.plot(logged["tokens"] / 1e6, logged[column], lw=1.2, label=f"layer {column.removeprefix('maxvio_l')}")
+    ax.set(title=title, xlabel="tokens seen (millions)", ylabel="MaxVio of the training batch")
+    ax.set_ylim(bottom=0)
+    if columns:
+        ax.legend(fontsize=8, ncol=min(len(columns), 6))
+    fig.tight_layout()
+    return fig
+
+
 def plot_sweep_summary(summary: pd.DataFrame, title: str, metric: str = "validation bits per byte") -> plt.Figure:
     """Left: each variant's mean over seeds with its 95% t-interval. Right: its difference from the
     first variant, paired by seed, with its interval and verdict (the informative panel: the

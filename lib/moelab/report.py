@@ -19,6 +19,7 @@ import pandas as pd
 
 FIGURES = [
     ("training_curves.png", "Bits per byte while training, with the context window"),
+    ("balance_training.png", "Expert balance (MaxVio per layer) while training"),
     ("comparison.png", "Window schedule vs fixed window vs dense, same budget"),
     ("expert_load.png", "Expert load per layer"),
     ("load_over_time.png", "Expert load during training"),

@@ -13,7 +13,8 @@ the sweep's own outputs go to ``reports/sweeps/<name>/``:
   wall_s, tokens_per_s, best_val_bpb, maxvio: the expert imbalance at the end);
 * ``summary.csv``: one row per variant, its mean and 95% t-interval over seeds and its
   difference from the first variant paired by seed, with a verdict (:mod:`moelab.stats`);
-* ``curves.csv`` and ``figures/``: validation curves and the summary as figures.
+* ``curves.csv`` and ``figures/``: validation curves and the summary as figures;
+* ``README.md``: the summary, per-seed values and conclusions, where and how long it ran.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def run_sweep(
     write_tables(spec, folder, result)
     if figures:
         write_figures(result)
+    write_readme(result)
     return result
 
 
@@ -235,6 +237,41 @@ def write_figures(result: SweepResult) -> list[Path]:
             fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
             paths.append(out / f"{name}.png")
     return paths
+
+
+def write_readme(result: SweepResult) -> Path:
+    """README.md of the sweep: the question, the command, where and how long it ran, the summary,
+    the per-seed values, the conclusions in words and the figures."""
+    spec, lines = result.spec, [f"# Sweep `{result.spec.name}`", "", result.spec.description, ""]
+    lines += ["```bash", f"python -m moelab.sweep {spec.name}   # or: python -m moelab.sweep reports/sweeps/{spec.name}/spec.yaml",
+              "```", ""]  # fmt: skip
+    if not result.results.empty:
+        lines += [_where_and_how_long(result), "", "## Summary", "",
+                  result.summary.to_markdown(index=False, floatfmt=".4f"), ""]  # fmt: skip
+        for column, what in (("val_bpb", "validation bits per byte"), ("maxvio", "MaxVio at the end"),
+                             ("tokens", "training tokens (they differ: a time budget)")):  # fmt: skip
+            per_seed = result.results.pivot(index="seed", columns="variant", values=column)
+            if per_seed.notna().any().any() and (column != "tokens" or result.results["tokens"].nunique() > 1):
+                lines += [f"Per seed, {what}:", "", per_seed[[v for v in spec.variants if v in per_seed]].to_markdown(floatfmt=".4f"), ""]
+        lines += ["## What the numbers say", "", *(f"- {line}" for line in result.conclusions()), ""]
+        lines += [f"![{name}](figures/{name}.png)" for name in ("summary", "curves") if (result.folder / "figures" / f"{name}.png").is_file()]
+    path = result.folder / "README.md"
+    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    return path
+
+
+def _where_and_how_long(result: SweepResult) -> str:
+    """One sentence: the runs' CPU (or GPU), torch, commit, and the sweep's span of wall time."""
+    runs = [run_reports_dir(run) for run in result.results["run"]]
+    config = json.loads((runs[0] / "config.json").read_text())
+    statuses = [read_status(folder) for folder in runs]
+    start = min(pd.Timestamp(s["started"]) for s in statuses if s.get("started"))
+    end = max(pd.Timestamp(s["ended"]) for s in statuses if s.get("ended"))
+    machine = config.get("hardware") or {}
+    device = machine.get("gpu") or f"{machine.get('cpu')} ({machine.get('threads')} threads)"
+    return (f"{len(runs)} runs on {device}, torch {config.get('torch')}, moelab {config.get('git_commit')}: "
+            f"{(end - start).total_seconds() / 60:.1f} minutes from the first start to the last end "
+            f"({result.results['wall_s'].sum() / 60:.1f} of them training).")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
