@@ -349,7 +349,7 @@ class Trainer:
         candidates = list_checkpoints(self.checkpoints)
         for path in reversed(candidates):  # the newest readable one (a damaged file is skipped, not used)
             try:
-                payload = load_checkpoint(path, map_location=self.device)
+                payload = load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
             except CheckpointError as err:
                 warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
                 continue
