@@ -253,6 +253,10 @@ def write_readme(result: SweepResult) -> Path:
             per_seed = result.results.pivot(index="seed", columns="variant", values=column)
             if per_seed.notna().any().any() and (column != "tokens" or result.results["tokens"].nunique() > 1):
                 lines += [f"Per seed, {what}:", "", per_seed[[v for v in spec.variants if v in per_seed]].to_markdown(floatfmt=".4f"), ""]
+        if result.results["maxvio"].notna().sum() >= 2:  # the balance, compared the same way
+            imbalance = summarize(result.results, metric="maxvio", variants=list(spec.variants))
+            lines += ["MaxVio at the end (mean over layers; 0 = every expert equally loaded), compared the same way:", "",
+                      imbalance.to_markdown(index=False, floatfmt=".4f"), ""]  # fmt: skip
         lines += ["## What the numbers say", "", *(f"- {line}" for line in result.conclusions()), ""]
         lines += [f"![{name}](figures/{name}.png)" for name in ("summary", "curves") if (result.folder / "figures" / f"{name}.png").is_file()]
     path = result.folder / "README.md"
