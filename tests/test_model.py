@@ -265,19 +265,15 @@ def test_seed_preset_is_the_seeds_hyperparameters():
     assert 0.5e9 < counts["total"] < 0.56e9 and 0.2e9 < counts["active"] < 0.25e9
 
 
-@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
-@pytest.mark.parametrize("bias", [True, False])
-def test_naive_seed_style_reference_computes_the_same_model(pos_encoding, bias):
-    """moelab.baseline's per-head, per-expert-mask model (the benchmark's baseline) with moelab's
-    weights gives the same logits, loss and gradients."""
+def same_as_naive(config: ModelConfig):
+    """A float64 model with perturbed parameters (non-zero biases, non-trivial gains) and moelab.baseline's
+    per-head, per-expert-mask copy of it: equal logits and loss, both backpropagated; returns (model, naive)."""
     from moelab.baseline import NaiveTransformer
 
-    model = Transformer(
-        small_config(pos_encoding=pos_encoding, bias=bias, n_common_experts=2, router_noise=False)
-    ).double()
+    model = Transformer(config).double()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)  # non-zero biases, non-trivial norms
+            p.add_(torch.randn_like(p) * 0.1)
     naive = NaiveTransformer.from_model(model)
     idx, targets = torch.randint(0, 256, (3, 12)), torch.randint(0, 256, (3, 12))
     out = model(idx, targets)
@@ -286,6 +282,15 @@ def test_naive_seed_style_reference_computes_the_same_model(pos_encoding, bias):
     torch.testing.assert_close(out.loss, loss, rtol=1e-9, atol=1e-9)
     out.loss.backward()
     loss.backward()
+    return model, naive
+
+
+@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_naive_seed_style_reference_computes_the_same_model(pos_encoding, bias):
+    """moelab.baseline's per-head, per-expert-mask model (the benchmark's baseline) with moelab's
+    weights gives the same logits, loss and gradients."""
+    model, naive = same_as_naive(small_config(pos_encoding=pos_encoding, bias=bias, n_common_experts=2, router_noise=False))
     qkv_grad = torch.cat(
         [torch.cat([getattr(h, part).weight.grad for h in naive.blocks[0].heads]) for part in ("query", "key", "value")]
     )

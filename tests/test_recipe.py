@@ -21,6 +21,7 @@ from moelab.model import decay_groups
 from moelab.optim import Muon, MuonWithAdamW, hidden_matrices, load_optimizer_state, make_optimizer
 from moelab.presets import build_configs
 from moelab.trainer import Trainer
+from tests.test_model import same_as_naive
 
 RECIPE = {"optimizer": "muon", "activation": "relu2", "qk_norm": True, "logit_softcap": 30.0, "tie_weights": False}
 MODEL_RECIPE = {k: v for k, v in RECIPE.items() if k != "optimizer"}
@@ -109,21 +110,8 @@ def test_parameter_counts_match_the_module(changes):
 )
 def test_per_head_naive_reference_computes_the_same_model(pos_encoding, changes):
     """moelab.baseline's model (one module per head and per expert, written out) with moelab's weights."""
-    from moelab.baseline import NaiveTransformer
-
     config = small_config(pos_encoding=pos_encoding, router_noise=False, n_common_experts=2, **changes)
-    model = Transformer(config).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)  # non-trivial gains and biases
-    naive = NaiveTransformer.from_model(model)
-    idx, targets = torch.randint(0, 256, (3, 12)), torch.randint(0, 256, (3, 12))
-    out = model(idx, targets)
-    logits, loss = naive(idx, targets)
-    torch.testing.assert_close(out.logits, logits, rtol=1e-7, atol=1e-7)
-    torch.testing.assert_close(out.loss, loss, rtol=1e-9, atol=1e-9)
-    out.loss.backward()
-    loss.backward()
+    model, naive = same_as_naive(config)
     experts = model.blocks[1].moe.experts
     for e, expert in enumerate(naive.blocks[1].moe.experts):
         if expert.fc.weight.grad is not None:  # the naive model skips an expert without tokens
