@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import BUDGET_FIELDS, ModelConfig
-from .sweep_spec import load_spec
+from .sweep_spec import BUDGET_KINDS, load_spec
 
 VARIANTS = ("schedule", "fixed", "dense")
 
@@ -37,8 +37,7 @@ def comparison_spec(
         "name": f"{run_name}-compare",
         "description": f"notebook 02's comparison of run {run_name}",
         "base": {"preset": preset, "dataset": dataset, **base},
-        "budget": {kind: budget[field] for kind, field in (("steps", "max_steps"), ("tokens", "max_tokens"),
-                                                           ("minutes", "max_minutes")) if budget.get(field) is not None},  # fmt: skip
+        "budget": {kind: budget[field] for kind, field in BUDGET_KINDS.items() if budget.get(field) is not None},
         "seeds": list(seeds),
         "variants": {
             "schedule": {},
