@@ -212,7 +212,11 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     assert {p.name for p in (run / "figures").iterdir()} == {
         "training_curves.png", "balance_training.png", "comparison.png", "expert_load.png", "load_over_time.png", "balance.png",
         "coactivation.png", "specialization_bytes.png", "specialization_genre.png", "expert_load_compare.png",
+        "forecast.png",
     }
+    forecast = pd.read_csv(run / "forecast.csv", index_col=[0, 1])  # notebook 06: every method on both series
+    assert forecast.index.tolist() == [(s, m) for s in ("co2", "sunspots") for m in ("moelab", "naive", "seasonal naive", "ETS")]
+    assert forecast["MASE"].notna().all() and (forecast["origins"] == 5).all()
 
     samples = (run / "samples.md").read_text()
     assert samples.count("**Sample 1**") == 2 and "## Prompt: “Capitu”" in samples

@@ -87,6 +87,10 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "default": {"study": "window-schedule-quick"},  # a few minutes; the reference study is "window-schedule"
         "tiny": {"study": "tiny"},
     },
+    "06_forecasting": {
+        "default": {"max_steps": 600, "seeds": [1, 2, 3], "run_name": "default"},
+        "tiny": {"max_steps": 20, "seeds": [1], "run_name": "tiny"},
+    },
 }
 
 

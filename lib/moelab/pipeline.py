@@ -51,7 +51,7 @@ from .notebook import PROFILE_SETTINGS, resolve_profile
 from .paths import atomic_write_json, check_run_name, project_root, reports_dir, sha256_file
 from .report import duration, write_report
 
-STAGES = ("00_moe_by_hand", "01_data_prep", "02_train", "03_expert_utilization", "04_sampling", "05_experiments")
+STAGES = ("00_moe_by_hand", "01_data_prep", "02_train", "03_expert_utilization", "04_sampling", "05_experiments", "06_forecasting")
 TRAINING_STAGE = "02_train"  # the stage whose training run resumes after an interruption
 KERNEL = "moelab"
 PROGRESS_ENV = {"MOELAB_PROGRESS": "log"}  # plain status lines from the Trainer instead of a progress bar

@@ -3,8 +3,8 @@
 ``python -m moelab.report reports/<run>`` (``make run`` calls it last) writes, in that
 folder, ``<notebook>.html`` for every executed notebook and ``index.html`` plus
 ``README.md``: the configuration, training time and tokens, validation bits per byte,
-the schedule / fixed window / dense comparison, the router's balance, a sample, and
-the figures.
+the schedule / fixed window / dense comparison, the router's balance, a sample, the
+forecasting metrics, and the figures.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ FIGURES = [
     ("specialization_bytes.png", "Experts by kind of byte"),
     ("specialization_genre.png", "Experts by genre"),
     ("coactivation.png", "Experts chosen together"),
+    ("forecast.png", "Time-series forecasts against the actuals (notebook 06)"),
 ]
 
 
@@ -69,6 +70,8 @@ def summary(folder: Path) -> dict:
         facts["comparison"] = pd.read_csv(folder / "comparison.csv", index_col=0)
     if (folder / "balance.parquet").is_file():
         facts["balance"] = pd.read_parquet(folder / "balance.parquet")
+    if (folder / "forecast.csv").is_file():  # notebook 06
+        facts["forecast"] = pd.read_csv(folder / "forecast.csv", index_col=[0, 1])
     if (folder / "samples.md").is_file():
         text = (folder / "samples.md").read_text(encoding="utf-8")
         blocks = text.split("```text\n")
@@ -108,7 +111,7 @@ def write_report(folder: str | Path) -> Path:
     pages = render_notebooks(folder)
     facts = summary(folder)
     figures = [(name, caption) for name, caption in FIGURES if (folder / "figures" / name).is_file()]
-    tables = {k: facts[k] for k in ("comparison", "balance") if k in facts}
+    tables = {k: facts[k] for k in ("comparison", "balance", "forecast") if k in facts}
 
     md = [f"# moelab run `{facts['run']}`", ""] + [f"- {line}" for line in _headline(facts)] + [""]
     md += ["Notebooks: " + ", ".join(f"[{p.stem}]({p.name})" for p in pages), ""]

@@ -1,0 +1,366 @@
+"""Time-series forecasting with moelab's Transformer, scored against the forecasters' baselines.
+
+The series is tokenized the way Chronos does (:mod:`moelab.timeseries`): every window of
+``context + horizon`` points is divided by the mean absolute value of its first ``context``
+points and quantized into 256 bins, so the same byte-sized vocabulary and the same
+``Transformer`` (MoE or dense) learn to predict the next bin. A forecast samples
+``n_paths`` futures of ``horizon`` bins from the last ``context`` points and maps them
+back to values: the median is the point forecast, the 10–90% quantiles the 80% band.
+
+The evaluation is rolling-origin (Tashman 2000): ``n_origins`` back-to-back blocks of
+``horizon`` points at the end of the series, the last one the plain hold-out. The model
+trains once, on the points before the first origin, so it never sees a value it is scored
+on; at each origin it conditions on the actual history up to there, and naive, seasonal
+naive and ETS (:mod:`moelab.forecast_eval`) are fitted to that same history. With several
+training seeds, the comparison with a baseline is paired by origin: the per-origin MASE
+difference (moelab's mean over seeds minus the baseline's) gets a t-interval.
+
+    python -m moelab.forecast co2 --horizon 12 --season 12 --steps 800
+    python -m moelab.forecast SERIES.csv --value-column value --date-column date --horizon 12 --season 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import stats
+from .config import ModelConfig, TrainConfig
+from .forecast_eval import Forecast, ets, naive, rolling_origins, scores, seasonal_naive
+from .model import Transformer, eval_mode
+from .optim import make_optimizer
+from .precision import resolve_device
+from .schedule import Budget, LRSchedule
+from .timeseries import BUILTIN, MeanScaleQuantizer, load_series, mean_scale, sliding_windows
+
+METHODS = ("moelab", "naive", "seasonal naive", "ETS")
+METRICS = ("MASE", "sMAPE", "coverage")
+SMALL_MODEL = {  # a few hundred windows of one series: a small model, with dropout
+    "n_layers": 2, "n_heads": 4, "n_embd": 64, "n_experts": 8, "top_k": 2,
+    "n_common_experts": 1, "expert_hidden": 128, "dropout": 0.1, "pos_encoding": "rope",
+}  # fmt: skip
+
+
+@dataclass
+class ForecastConfig:
+    """What to forecast and how to train; ``model`` holds ModelConfig fields (vocabulary and window are set here)."""
+
+    horizon: int
+    season: int
+    context: int = 48
+    n_origins: int = 5
+    val_blocks: int = 2  # blocks of horizon points before the first origin that pick the best weights; 0 = none
+    eval_every: int = 25  # steps between validation losses
+    n_bins: int = 256
+    max_steps: int | None = 600
+    max_minutes: float | None = None
+    batch_size: int = 32
+    lr: float = 2e-3
+    n_paths: int = 100
+    temperature: float = 1.0
+    seed: int = 1
+    model: dict[str, Any] = field(default_factory=lambda: dict(SMALL_MODEL))
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "season", "context", "n_origins", "batch_size", "n_paths", "eval_every", "val_blocks"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= (name != "val_blocks")):
+                raise ValueError(f"{name} must be a {'positive' if name != 'val_blocks' else 'non-negative'} integer, got {value!r}")
+        if self.context < 2:
+            raise ValueError(f"context must be at least 2 points, got {self.context}")
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("give a training budget: max_steps (--steps) or max_minutes (--minutes)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        fixed = {"vocab_size", "context_window"} & set(self.model)
+        if fixed:
+            raise ValueError(f"model: {', '.join(sorted(fixed))} follow from n_bins, context and horizon; do not set them")
+        self.model_config()  # ModelConfig validates the rest and names a bad field
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=self.n_bins, context_window=self.context + self.horizon, **self.model)
+
+    def check_length(self, n_points: int, name: str = "the series") -> None:
+        """Enough points for the evaluation and validation blocks plus one training window before them."""
+        gap = self.horizon - 1 if self.val_blocks else 0  # validation targets never appear in a training window
+        need = self.context + self.horizon + (self.val_blocks + self.n_origins) * self.horizon + gap
+        if n_points < need:
+            raise ValueError(
+                f"{name} has {n_points} points; context {self.context} + horizon {self.horizon} for one training "
+                f"window, plus {self.val_blocks} validation and {self.n_origins} evaluation block(s) of horizon "
+                f"{self.horizon}, need at least {need}. Use a shorter context, a shorter horizon or fewer origins"
+            )
+
+
+@dataclass
+class Forecaster:
+    """A Transformer trained on one series, with the quantizer it was trained with."""
+
+    model: Transformer
+    quantizer: MeanScaleQuantizer
+    config: ForecastConfig
+    losses: pd.DataFrame  # step, loss (cross-entropy in nats), lr, val_loss (every eval_every steps)
+    train_seconds: float
+    best_step: int  # the step whose weights the model holds (lowest validation loss; the last without validation)
+
+    def forecast(self, history: np.ndarray, seed: int = 0) -> Forecast:
+        """``n_paths`` sampled futures after the last ``context`` points of history (greedy at temperature 0)."""
+        c = self.config
+        if len(history) < c.context:
+            raise ValueError(f"history has {len(history)} points, fewer than the context of {c.context}")
+        window = np.asarray(history[-c.context :], dtype=float)
+        scale = mean_scale(window)
+        tokens = torch.from_numpy(self.quantizer.encode(window, scale)).unsqueeze(0)
+        device = next(self.model.parameters()).device
+        paths = 1 if c.temperature == 0 else c.n_paths
+        ids = self.model.generate(tokens.repeat(paths, 1).to(device), c.horizon, temperature=c.temperature, seed=seed)
+        values = self.quantizer.decode(ids[:, c.context :].cpu().numpy(), scale)
+        low, median, high = np.quantile(values, [0.1, 0.5, 0.9], axis=0)
+        return Forecast(median, low, high, values)
+
+
+def train_forecaster(train: np.ndarray, config: ForecastConfig, device: str = "cpu", progress: bool = True) -> Forecaster:
+    """Train on the windows of ``context + horizon`` points of ``train`` (next-bin cross-entropy at every position).
+
+    The windows whose last point falls in the final ``val_blocks × horizon`` points validate:
+    every ``eval_every`` steps their loss over the horizon positions (the forecast's own task)
+    is measured, and the model keeps the weights of the step where it was lowest. Training
+    windows end ``horizon`` points before the first validation target, so none contains one.
+    """
+    from tqdm.auto import tqdm
+
+    config.check_length(len(train) + config.n_origins * config.horizon)
+    length = config.context + config.horizon
+    quantizer = MeanScaleQuantizer.fit(train, config.context, length, config.n_bins)
+    windows = sliding_windows(train, length)
+    tokens = torch.from_numpy(quantizer.encode(windows, mean_scale(windows[:, : config.context])))
+    fit, held = split_windows(tokens, config.val_blocks * config.horizon, config.horizon)
+    device = resolve_device(device)
+    torch.manual_seed(config.seed)
+    model = Transformer(config.model_config()).to(device)
+    train_config = TrainConfig(lr=config.lr, batch_size=config.batch_size, max_steps=config.max_steps,
+                               max_minutes=config.max_minutes, warmup_steps=20)  # fmt: skip
+    optimizer = make_optimizer(model, train_config, device)
+    budget = Budget(config.max_steps, config.max_minutes)
+    lr_at = LRSchedule(config.lr, train_config.warmup_steps, train_config.min_lr_ratio)
+    generator = torch.Generator().manual_seed(config.seed)
+    rows, step, start, best = [], 0, time.perf_counter(), (math.inf, 0, None)
+    bar = tqdm(total=1000, desc="training", disable=not progress, leave=False)
+    model.train()
+    while not budget.done(step, time.perf_counter() - start):
+        lr = lr_at(step, budget.progress(step, time.perf_counter() - start))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = fit[torch.randint(len(fit), (config.batch_size,), generator=generator)].to(device)
+        loss = model(batch[:, :-1], batch[:, 1:]).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimizer.step()
+        model.update_balance_biases()
+        step += 1
+        rows.append({"step": step, "loss": loss.item(), "lr": lr, "val_loss": math.nan})
+        if held is not None and (step % config.eval_every == 0 or budget.done(step, time.perf_counter() - start)):
+            rows[-1]["val_loss"] = horizon_loss(model, held.to(device), config.horizon)
+            if rows[-1]["val_loss"] < best[0]:
+                best = (rows[-1]["val_loss"], step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        bar.update(int(1000 * budget.progress(step, time.perf_counter() - start)) - bar.n)
+        bar.set_postfix(step=step, loss=f"{rows[-1]['loss']:.3f}", refresh=False)
+    bar.close()
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    model.eval()
+    return Forecaster(model, quantizer, config, pd.DataFrame(rows), time.perf_counter() - start, best[1] or step)
+
+
+def split_windows(windows: torch.Tensor, n_val: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(training, validation) windows, in time order: the last ``n_val`` windows validate, and the
+    ``horizon − 1`` before them are dropped, since they hold the first validation targets."""
+    if n_val == 0:
+        return windows, None
+    return windows[: -(n_val + horizon - 1)], windows[-n_val:]
+
+
+@torch.no_grad()
+def horizon_loss(model: Transformer, windows: torch.Tensor, horizon: int) -> float:
+    """Mean cross-entropy (nats) of the last ``horizon`` tokens of each window given the ones before."""
+    with eval_mode(model):
+        logits = model(windows[:, :-1]).logits[:, -horizon:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), windows[:, -horizon:].reshape(-1)).item()
+
+
+# ------------------------------------------------------------------------- evaluation
+@dataclass
+class ForecastEvaluation:
+    """Every method's forecast at every origin, scored; moelab once per training seed."""
+
+    name: str
+    series: pd.Series
+    config: ForecastConfig
+    origins: list[int]
+    forecasters: dict[int, Forecaster]  # by training seed
+    forecasts: dict[tuple[str, int], Forecast]  # (method, origin) -> forecast; moelab's of the first seed
+    results: pd.DataFrame  # method, seed (moelab only), origin, MASE, sMAPE, coverage
+
+    def summary(self, holdout: bool = False) -> pd.DataFrame:
+        """Mean MASE, sMAPE and coverage per method, over the origins (or the last one: ``holdout``) and seeds."""
+        rows = self.results if not holdout else self.results[self.results["origin"] == self.origins[-1]]
+        table = rows.groupby("method", sort=False)[list(METRICS)].mean().reindex(list(METHODS))
+        table["origins"] = rows.groupby("method", sort=False)["origin"].nunique()
+        table["seeds"] = [len(self.forecasters) if m == "moelab" else 1 for m in table.index]
+        return table
+
+    def comparison(self, baseline: str, confidence: float = 0.95) -> dict[str, Any]:
+        """moelab's MASE minus the baseline's, paired by origin (moelab averaged over seeds), with a t-interval."""
+        per_origin = self.results.groupby(["method", "origin"])["MASE"].mean().unstack("origin")
+        d = (per_origin.loc["moelab"] - per_origin.loc[baseline]).to_numpy()
+        diff, _, low, high = stats.t_interval(d, confidence)
+        return {"baseline": baseline, "diff": diff, "ci_low": low, "ci_high": high, "origins": len(d),
+                "verdict": stats.verdict(low, high)}  # fmt: skip
+
+    def headline(self) -> str:
+        mase = self.summary()["MASE"]
+        return f"moelab MASE {mase['moelab']:.3f}, seasonal naive MASE {mase['seasonal naive']:.3f}, ETS MASE {mase['ETS']:.3f}"
+
+    def verdict(self) -> str:
+        """The comparison in words, from the numbers: never better or worse unless the interval excludes 0."""
+        mase = self.summary()["MASE"]
+        seeds = len(self.forecasters)
+        lines = [
+            f"{self.name}: moelab's MASE is {mase['moelab']:.3f} (mean over {len(self.origins)} origins"
+            + (f" and {seeds} training seeds)" if seeds > 1 else ", one training seed)")
+            + f"; seasonal naive {mase['seasonal naive']:.3f}, ETS {mase['ETS']:.3f}, naive {mase['naive']:.3f}."
+        ]
+        for baseline in ("seasonal naive", "ETS"):
+            c = self.comparison(baseline)
+            if math.isnan(c["ci_low"]):
+                lines.append(f"Against {baseline}: one origin gives no interval, so no conclusion.")
+                continue
+            word = {stats.BETTER: "better than", stats.WORSE: "worse than"}.get(c["verdict"])
+            text = f"moelab is {word} {baseline}" if word else f"no detectable difference from {baseline}"
+            lines.append(
+                f"Against {baseline}: {text} (MASE difference {c['diff']:+.3f}, "
+                f"95% CI {c['ci_low']:+.3f} to {c['ci_high']:+.3f} over {c['origins']} origins)."
+            )
+        ratio = mase["moelab"] / mase["ETS"]
+        goal = "within" if ratio <= 1.10 else "not within"
+        lines.append(f"moelab's MASE is {ratio:.2f}× ETS's: {goal} the goal of 10%.")
+        return " ".join(lines)
+
+
+def evaluate(
+    series: pd.Series,
+    config: ForecastConfig,
+    seeds: list[int] | None = None,
+    name: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> ForecastEvaluation:
+    """Train on the points before the first origin (once per seed), then score every method at every origin."""
+    values = series.to_numpy(dtype=float)
+    name = name or str(series.name or "series")
+    config.check_length(len(values), name)
+    origins = rolling_origins(len(values), config.horizon, config.n_origins)
+    seeds = list(seeds) if seeds is not None else [config.seed]
+    forecasters = {}
+    for seed in seeds:
+        seeded = ForecastConfig(**{**asdict(config), "seed": seed})
+        forecasters[seed] = train_forecaster(values[: origins[0]], seeded, device, progress)
+    rows, forecasts = [], {}
+    for origin in origins:
+        history, actual = values[:origin], values[origin : origin + config.horizon]
+        baselines = {
+            "naive": naive(history, config.horizon),
+            "seasonal naive": seasonal_naive(history, config.horizon, config.season),
+            "ETS": ets(history, config.horizon, config.season),
+        }
+        for seed, forecaster in forecasters.items():
+            fc = forecaster.forecast(history, seed=seed * 1000 + origin)
+            forecasts.setdefault(("moelab", origin), fc)
+            rows.append({"method": "moelab", "seed": seed, "origin": origin, **scores(fc, actual, history, config.season)})
+        for method, fc in baselines.items():
+            forecasts[(method, origin)] = fc
+            rows.append({"method": method, "seed": None, "origin": origin, **scores(fc, actual, history, config.season)})
+    return ForecastEvaluation(name, series, config, origins, forecasters, forecasts, pd.DataFrame(rows))
+
+
+# --------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m moelab.forecast",
+        description="Train moelab's Transformer on one series (Chronos tokenization) and score its forecasts "
+        "against naive, seasonal naive and ETS over a rolling-origin evaluation.",
+    )
+    p.add_argument("series", help=f"a CSV file, or a built-in series: {', '.join(BUILTIN)}")
+    p.add_argument("--value-column", help="the CSV column holding the values")
+    p.add_argument("--date-column", help="the CSV column holding the dates (optional; must increase)")
+    p.add_argument("--horizon", type=int, help="points to forecast (built-in series: one season)")
+    p.add_argument("--season", type=int, help="the seasonal period, 1 for none (built-in series: their own)")
+    p.add_argument("--context", type=int, default=48, help="points the model conditions on (default 48)")
+    p.add_argument("--origins", type=int, default=5, help="rolling-origin blocks of horizon points (default 5)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="training steps (default 600)")
+    budget.add_argument("--minutes", type=float, help="training time instead of steps")
+    p.add_argument("--seed", type=int, default=1, help="training and sampling seed (default 1)")
+    p.add_argument("--paths", type=int, default=100, help="sampled futures per forecast (default 100)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    return p
+
+
+def series_config(source: str, horizon: int | None = None, season: int | None = None, **fields: Any) -> ForecastConfig:
+    """A ForecastConfig for one series: a built-in series brings its own horizon and season."""
+    builtin = BUILTIN.get(str(source))
+    horizon = horizon if horizon is not None else (builtin.horizon if builtin else None)
+    season = season if season is not None else (builtin.season if builtin else None)
+    if horizon is None or season is None:
+        raise ValueError(f"{source}: a CSV series needs a horizon and a season (--horizon, --season; season 1 for none)")
+    return ForecastConfig(horizon=horizon, season=season, **fields)
+
+
+def summary_table(evaluations: list[ForecastEvaluation]) -> pd.DataFrame:
+    """Every series' summary stacked: rows (series, method), columns MASE, sMAPE, coverage, origins, seeds."""
+    return pd.concat({ev.name: ev.summary() for ev in evaluations}, names=["series", "method"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:  # every check on the input happens here, before any training
+        series = load_series(args.series, args.value_column, args.date_column)
+        steps = args.steps if args.steps is not None else (None if args.minutes is not None else 600)
+        config = series_config(args.series, args.horizon, args.season, context=args.context, n_origins=args.origins,
+                               max_steps=steps, max_minutes=args.minutes, seed=args.seed, n_paths=args.paths)  # fmt: skip
+        config.check_length(len(series), repr(args.series))
+        resolve_device(args.device)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.series}: {len(series)} points; horizon {config.horizon}, season {config.season}, "
+          f"context {config.context}, {config.n_origins} origins")  # fmt: skip
+    result = evaluate(series, config, name=str(args.series), device=args.device, progress=sys.stderr.isatty())
+    forecaster = result.forecasters[config.seed]
+    kept = f"kept the weights of step {forecaster.best_step}"
+    if forecaster.losses["val_loss"].notna().any():
+        kept += f", validation loss {forecaster.losses['val_loss'].min():.3f} nats"
+    print(f"trained {len(forecaster.losses)} steps in {forecaster.train_seconds:.1f} s ({kept})")
+    table = result.summary().drop(columns=["seeds"])
+    print(f"\nrolling origin ({config.n_origins} × {config.horizon} points; coverage of the 80% band):")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print()
+    print(result.headline())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
