@@ -46,8 +46,8 @@ def test_mean_scale_is_the_mean_absolute_value_and_one_for_an_all_zero_context()
 
 def test_fitted_range_covers_every_scaled_training_window():
     series = sine_series().to_numpy()
-    q = MeanScaleQuantizer.fit(series, context=24, length=36, n_bins=256)
     windows = np.array([series[s : s + 36] for s in range(len(series) - 35)])  # the windows, by a loop
+    q = MeanScaleQuantizer.fit(windows, context=24, n_bins=256)
     scaled = windows / np.abs(windows[:, :24]).mean(1, keepdims=True)
     assert q.low < scaled.min() and scaled.max() < q.high
     np.testing.assert_array_equal(sliding_windows(series, 36), windows)
@@ -127,6 +127,13 @@ def write_csv(tmp_path, text):
     return path
 
 
+def test_blank_lines_keep_line_numbers_and_uneven_dates_warn(tmp_path):
+    with pytest.raises(ValueError, match="line 3: the value in 'value' is missing"):
+        load_series(write_csv(tmp_path, "date,value\n2020-01-01,1\n\n2020-03-01,2\n"), "value", "date")
+    with pytest.warns(UserWarning, match="not evenly spaced"):
+        load_series(write_csv(tmp_path, "date,value\n2020-01-01,1\n2020-01-02,2\n2020-03-01,2\n"), "value", "date")
+
+
 def test_csv_series_with_dates(tmp_path):
     path = write_csv(tmp_path, "date,value\n2020-01-01,1.5\n2020-02-01, 2\n2020-03-01,-3e1\n")
     series = load_series(path, "value", "date")
@@ -159,8 +166,10 @@ def test_unknown_series_is_named():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"horizon": 0}, "horizon must be a positive integer"),
-        ({"season": -1}, "season must be a positive integer"),
+        ({"horizon": 0}, "horizon must be an integer >= 1"),
+        ({"season": -1}, "season must be an integer >= 1"),
+        ({"n_paths": 5}, "n_paths must be an integer >= 20"),
+        ({"max_steps": 2.5}, "max_steps must be an integer >= 1"),
         ({"max_steps": None, "max_minutes": None}, "give a training budget"),
         ({"model": {**TINY_MODEL, "context_window": 9}}, "follow from n_bins, context and horizon"),
         ({"model": {**TINY_MODEL, "n_heads": 3}}, "n_embd"),
@@ -171,9 +180,12 @@ def test_bad_config_is_named(changes, message):
         tiny_config(**changes)
 
 
-def test_a_series_too_short_is_refused_before_training():
-    with pytest.raises(ValueError, match="has 40 points.*need at least 95"):
+def test_a_series_too_short_or_a_season_too_long_is_refused_before_training(monkeypatch):
+    monkeypatch.setattr(forecast, "train_forecaster", lambda *a, **k: pytest.fail("trained on bad input"))
+    with pytest.raises(ValueError, match="has 40 points.*11 more between training and validation.*need at least 95"):
         evaluate(sine_series(40), tiny_config())
+    with pytest.raises(ValueError, match="season 300: MASE needs more than one season"):
+        evaluate(sine_series(), tiny_config(season=300))
 
 
 # ------------------------------------------------------------------ training, forecasting
@@ -190,7 +202,7 @@ def test_the_transformer_learns_a_seasonal_series_and_samples_reproducibly():
     row = result.results.query("method == 'moelab' and origin == @origin").iloc[0]
     assert row["MASE"] == pytest.approx(mase(values[origin:origin + 12], fc.point, values[:origin], 12))
     assert fc.paths.shape == (20, 12) and (fc.low <= fc.point).all() and (fc.point <= fc.high).all()
-    again = result.forecasters[1].forecast(values[:origin], seed=1000 + origin)
+    again = result.forecasters[1].forecast(values[:origin], seed=forecast.sampling_seed(1, origin))
     np.testing.assert_array_equal(again.paths, fc.paths)
     assert result.headline().startswith("moelab MASE ")
     assert "ETS" in result.verdict()
@@ -210,7 +222,7 @@ def test_cli_prints_the_table_and_the_headline(tmp_path, capsys):
     values = sine_series(120).to_numpy()
     path = write_csv(tmp_path, "t,y\n" + "".join(f"{i},{v}\n" for i, v in enumerate(values)))
     assert forecast.main([str(path), "--value-column", "y", "--horizon", "12", "--season", "12",
-                          "--context", "24", "--origins", "2", "--steps", "3", "--paths", "5"]) == 0  # fmt: skip
+                          "--context", "24", "--origins", "2", "--steps", "3", "--paths", "20"]) == 0  # fmt: skip
     out = capsys.readouterr().out.strip().splitlines()
     origins = rolling_origins(120, 12, 2)
     snaive = np.mean([mase(values[o:o + 12], seasonal_naive(values[:o], 12, 12).point, values[:o], 12) for o in origins])
@@ -223,7 +235,8 @@ def test_cli_prints_the_table_and_the_headline(tmp_path, capsys):
     "args, message",
     [
         (["--value-column", "nope", "--horizon", "12", "--season", "12"], "no value column 'nope'"),
-        (["--value-column", "y", "--horizon", "0", "--season", "12"], "horizon must be a positive integer"),
+        (["--value-column", "y", "--horizon", "0", "--season", "12"], "horizon must be an integer >= 1"),
+        (["--value-column", "y", "--horizon", "6", "--season", "100"], "season 100: MASE needs more than one season"),
         (["--value-column", "y", "--season", "12"], "needs a horizon and a season"),
         (["--value-column", "y", "--horizon", "12", "--season", "12", "--context", "100"], "has 120 points"),
     ],
@@ -249,7 +262,7 @@ def test_validation_windows_are_disjoint_from_training_and_pick_the_best_step(mo
     f = train_forecaster(values[:108], config, progress=False)
     assert seen["held"].shape == (24, 36)  # the windows ending in the last 24 points
     val = f.losses.dropna(subset=["val_loss"])
-    assert val["step"].tolist() == [20, 40, 60]
+    assert val["step"].tolist() == [0, 20, 40, 60]  # the untrained model is a candidate too
     assert f.best_step == int(val.loc[val["val_loss"].idxmin(), "step"])
     assert real_loss(f.model, seen["held"], 12) == pytest.approx(val["val_loss"].min(), rel=1e-5)
 

@@ -111,7 +111,10 @@ def ets(history: np.ndarray, horizon: int, season: int, level: float = LEVEL) ->
         )
         with warnings.catch_warnings():  # convergence chatter from the optimizer
             warnings.simplefilter("ignore")
-            fit = model.fit(disp=False)
+            try:
+                fit = model.fit(disp=False)
+            except (np.linalg.LinAlgError, ValueError):  # this candidate fails; the others may not
+                continue
         if np.isfinite(fit.aicc) and (best is None or fit.aicc < best.aicc):
             best = fit
     if best is None:

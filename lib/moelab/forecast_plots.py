@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .forecast import ForecastEvaluation
-from .timeseries import mean_scale
+from .timeseries import mean_scale, scaled_windows, sliding_windows
 
 
 def plot_series(evaluations: list[ForecastEvaluation]) -> plt.Figure:
@@ -30,13 +30,11 @@ def plot_tokenization(ev: ForecastEvaluation) -> plt.Figure:
     window = values[ev.origins[0] - c.context : ev.origins[0]]
     scale = mean_scale(window)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4))
-    train = values[: ev.origins[0]]
-    scaled = np.lib.stride_tricks.sliding_window_view(train, c.context + c.horizon)
-    scaled = scaled / mean_scale(scaled[:, : c.context])[:, None]
+    scaled = scaled_windows(sliding_windows(values[: ev.origins[0]], c.context + c.horizon), c.context)
     left.hist(scaled.ravel(), bins=80, color="C0")
     for edge in (q.low, q.high):
         left.axvline(edge, color="C3", ls="--")
-    left.set(title=f"{ev.name}: scaled training values; bin centers {q.low:.3g} … {q.high:.3g} (dashed)",
+    left.set(title=f"{ev.name}: scaled windows before the first origin; bin centers {q.low:.3g} … {q.high:.3g} (dashed)",
              xlabel="value / mean |context|", ylabel="count")  # fmt: skip
     left.title.set_fontsize(9)
     tokens = q.encode(window, scale)

@@ -16,6 +16,7 @@ level-heavy series such as CO₂ (scaled values near 1) would fall into two or t
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,7 +81,8 @@ def load_series(source: str | Path, value_column: str | None = None, date_column
             f"series {str(source)!r}: no such file, and not a built-in series ({', '.join(BUILTIN)})"
         )
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # blank lines stay rows (reported as missing values), so row i is line i + 2
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
     if value_column is None:
@@ -117,7 +119,13 @@ def _parse_dates(column: pd.Series, path: Path, name: str) -> pd.DatetimeIndex:
             f"{path}, line {row + 2}: the dates in {name!r} must increase strictly "
             f"({column.iloc[row - 1]!r} is followed by {column.iloc[row]!r}); sort the file or drop duplicates"
         )
-    return pd.DatetimeIndex(dates)
+    index = pd.DatetimeIndex(dates)
+    with warnings.catch_warnings():  # pandas 3 announces a change of infer_freq's return type
+        warnings.simplefilter("ignore")
+        uneven = len(index) >= 3 and pd.infer_freq(index) is None
+    if uneven:
+        warnings.warn(f"{path}: the dates in {name!r} are not evenly spaced; the season and horizon count rows, not time")
+    return index
 
 
 # ------------------------------------------------------------------- Chronos tokenizer
@@ -161,17 +169,19 @@ class MeanScaleQuantizer:
         return self.centers[np.asarray(tokens)] * np.expand_dims(np.asarray(scale, dtype=float), -1)
 
     @classmethod
-    def fit(cls, series: np.ndarray, context: int, length: int, n_bins: int = 256, margin: float = 0.25) -> "MeanScaleQuantizer":
-        """A range covering every training window of ``length`` points, each scaled by its first
-        ``context`` points, widened by ``margin`` of its span on both sides (room for the future)."""
-        windows = sliding_windows(series, length)
-        scaled = windows / mean_scale(windows[:, :context])[:, None]
+    def fit(cls, windows: np.ndarray, context: int, n_bins: int = 256, margin: float = 0.25) -> "MeanScaleQuantizer":
+        """A range covering the training ``windows`` (n, length), each scaled by its first ``context``
+        points, widened by ``margin`` of its span on both sides (room for the future)."""
+        scaled = scaled_windows(windows, context)
         low, high = float(scaled.min()), float(scaled.max())
         span = max(high - low, 1e-6)
         return cls(n_bins, low - margin * span, high + margin * span)
 
-    def to_dict(self) -> dict:
-        return {"n_bins": self.n_bins, "low": self.low, "high": self.high}
+
+def scaled_windows(windows: np.ndarray, context: int) -> np.ndarray:
+    """Each window (row) divided by the mean absolute value of its first ``context`` points."""
+    windows = np.asarray(windows, dtype=float)
+    return windows / mean_scale(windows[:, :context])[:, None]
 
 
 def sliding_windows(series: np.ndarray, length: int) -> np.ndarray:
