@@ -49,6 +49,8 @@ def test_short_benchmark_run_writes_its_table(tmp_path, capsys):
             "1",
             "--new-tokens",
             "3",
+            "--sampling-bytes",
+            "100",
             "--skip",
             "memory",
             "--out",
@@ -66,6 +68,8 @@ def test_short_benchmark_run_writes_its_table(tmp_path, capsys):
         "MFU fp32",
         "generation tok/s (KV cache) window 256 batch 1",
         "generation exact window 128 batch 8",
+        "sampling B/s past the window (slide) cpu model, 100 bytes",
+        "sampling slide speedup over crop cpu model, 100 bytes",
     ):
         assert expected in measures
     assert (table.loc[table["measure"].str.startswith("generation exact"), "value"] == 1.0).all()

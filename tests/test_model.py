@@ -89,16 +89,39 @@ def test_cached_prefix_then_chunk_matches_full_forward(pos_encoding, capacity_fa
     ids=["greedy", "sampled", "top-k-top-p"],
 )
 @pytest.mark.parametrize("capacity_factor", [None, 0.5])
+@pytest.mark.parametrize("window", ["slide", "crop"])
 @pytest.mark.on_device
-def test_kv_cached_generation_equals_full_recomputation(pos_encoding, sampling, capacity_factor, device):
+def test_kv_cached_generation_equals_full_recomputation(pos_encoding, sampling, capacity_factor, window, device):
     model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor).to(device)
     prompt = torch.randint(0, 256, (2, 3)).to(device)
-    # 20 new tokens with a window of 12: runs past the window, where the window slides
-    cached = model.generate(prompt, 20, seed=7, use_cache=True, **sampling)
-    full = model.generate(prompt, 20, seed=7, use_cache=False, **sampling)
-    assert cached.shape == (2, 23)
+    # 30 new tokens with a window of 12: runs past the window (slide refills its cache three times)
+    cached = model.generate(prompt, 30, seed=7, use_cache=True, window=window, **sampling)
+    full = model.generate(prompt, 30, seed=7, use_cache=False, window=window, **sampling)
+    assert cached.shape == (2, 33)
     assert torch.equal(cached, full)
-    assert torch.equal(cached[:, :3], prompt)
+    assert torch.equal(cached, reference_generation(model, prompt, 30, window, seed=7, **sampling))
+
+
+def reference_generation(model, prompt, n, window, seed, temperature=1.0, top_k=None, top_p=None):
+    """Each step recomputes its whole context from scratch: crop = the last W tokens; slide = the
+    tokens since a start that jumps to the last W/2 whenever the context would exceed W."""
+    W = model.config.context_window
+    generator = torch.Generator(device=prompt.device).manual_seed(seed)
+    seq, start = prompt, max(0, prompt.shape[1] - W)
+    for _ in range(n):
+        if window == "crop":
+            start = max(0, seq.shape[1] - W)
+        elif seq.shape[1] - start > W:
+            start = seq.shape[1] - W // 2
+        assert W // 2 <= seq.shape[1] - start <= W or start == 0
+        logits = model(seq[:, start:]).logits[:, -1]
+        seq = torch.cat([seq, sample_next_token(logits, temperature, top_k, top_p, generator)[:, None]], dim=1)
+    return seq
+
+
+def test_generation_window_mode_is_checked():
+    with pytest.raises(ValueError, match="window must be one of 'slide', 'crop'"):
+        make_model().generate(torch.zeros(1, 2, dtype=torch.long), 3, window="wrap")
 
 
 def test_generation_is_reproducible_with_a_seed_and_varies_without():

@@ -90,6 +90,7 @@ TARGETS = {
     "MoE overhead fp32": ("<=", 1.10),
     "MFU fp32": (">=", 0.45),
     "generation tok/s (KV cache)": (">=", 400.0),
+    "sampling B/s past the window (slide)": (">=", 1500.0),
 }
 
 
@@ -255,6 +256,26 @@ def bench_generation(
     return rows
 
 
+def bench_sampling(device: torch.device, repeats: int, new_bytes: int = 300) -> list[dict]:
+    """The `cpu` preset's model (freshly initialized) writing ``new_bytes`` greedily from a
+    16-byte prompt, far past its 64-byte window: ``window="slide"`` against ``"crop"``."""
+    from .presets import preset
+
+    torch.manual_seed(0)
+    model = Transformer(preset("cpu").model).to(device).eval()
+    prompt = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2)).to(device)
+    model.generate(prompt, 80, temperature=0.0)  # warm up, past the window
+    variants = {mode: lambda mode=mode: model.generate(prompt, new_bytes, temperature=0.0, window=mode)
+                for mode in ("slide", "crop")}  # fmt: skip
+    times = interleaved(variants, repeats, 1, device, warmup=0)
+    label = f"cpu model, {new_bytes} bytes"
+    return [
+        _row(None, f"sampling B/s past the window (slide) {label}", new_bytes / statistics.median(times["slide"]), "B/s"),
+        _row(None, f"sampling B/s past the window (crop) {label}", new_bytes / statistics.median(times["crop"]), "B/s"),
+        _row(None, f"sampling slide speedup over crop {label}", paired_ratio(times["crop"], times["slide"]), "×"),
+    ]
+
+
 def gpu_rows(
     bench: BenchConfig, trained: list[dict], rated: tuple[str, float] | None, measured_bf16: float | None
 ) -> list[dict]:
@@ -309,6 +330,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--generation-config", default="B", choices=list(CONFIGS))
     add("--generation-threads", type=int, default=1, help="threads for generation (default 1)")
     add("--new-tokens", type=int, default=None, help="tokens to generate (default: up to the window)")
+    add("--sampling-bytes", type=int, default=300, help="bytes the cpu model writes past its window (default 300)")
     add("--generation-repeats", type=int, default=2, help="rounds of generation (default 2: recomputation is slow)")
     add("--skip", nargs="*", default=[], choices=["train", "memory", "generation", "peak"])
     add("--out", default=None, help="output folder (default reports/benchmarks)")
@@ -318,7 +340,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.device = resolve_device(args.device)
     except ValueError as err:
         parser.error(str(err))
-    for name in ("repeats", "steps", "generation_threads", "generation_repeats"):
+    for name in ("repeats", "steps", "generation_threads", "generation_repeats", "sampling_bytes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -372,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_generation(
                 CONFIGS[args.generation_config], device, [128, 256], [1, 8], args.generation_repeats, args.new_tokens
             )
+            rows += bench_sampling(device, args.generation_repeats, args.sampling_bytes)
 
     table = pd.DataFrame(rows)
     if device.type == "cuda":

@@ -13,6 +13,9 @@ from torch import Tensor
 from .moe import RoutingRecord
 
 
+WINDOW_MODES = ("slide", "crop")  # what generation does past the context window (Transformer.generate)
+
+
 @dataclass
 class GenerationStep:
     """One generated position: tokens (B,) and, if asked for, the routing that produced them."""

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .attention import CausalSelfAttention, KVCache, rope_tables, sinusoidal_table
 from .config import ModelConfig
-from .generation import GenerationStep, check_sampling_args, last_position, sample_next_token
+from .generation import WINDOW_MODES, GenerationStep, check_sampling_args, last_position, sample_next_token
 from .moe import MoE, RouterOutput, RoutingRecord, moe_losses
 
 @contextmanager
@@ -290,9 +290,12 @@ class Transformer(nn.Module):
         seed: int | None = None,
         use_cache: bool = True,
         record_routing: bool = False,
+        window: str = "slide",
     ) -> Iterator[GenerationStep]:
         """Yield one GenerationStep per new position (see :meth:`generate`)."""
         check_sampling_args(temperature, top_k, top_p, self.config.vocab_size)
+        if window not in WINDOW_MODES:
+            raise ValueError(f"window must be one of {', '.join(map(repr, WINDOW_MODES))}, got {window!r}")
         if idx.ndim == 1:
             idx = idx.unsqueeze(0)
         if idx.ndim != 2 or idx.shape[1] == 0:
@@ -303,20 +306,24 @@ class Transformer(nn.Module):
         else:
             generator.manual_seed(seed)
 
-        window = self.config.context_window
+        W = self.config.context_window
+        keep = max(1, W // 2)  # what "slide" keeps of a full window
         with eval_mode(self):
             seq = idx
+            start = max(0, seq.shape[1] - W)  # the context of the next prediction is seq[:, start:]
             cache: KVCache | None = None
             for _ in range(max_new_tokens):
-                if cache is not None and cache.length == seq.shape[1] - 1 and seq.shape[1] <= window:
+                n = seq.shape[1]
+                if window == "slide" and n - start > W:
+                    start, cache = n - keep, None  # drop the oldest half, refill from the rest
+                elif window == "crop" and n > W:
+                    start, cache = n - W, None  # positions shift every step: recompute exactly
+                if cache is not None and cache.length == n - 1 - start:
                     out = self(seq[:, -1:], kv_cache=cache, record_routing=record_routing)
                 else:
-                    # (re)compute the last `window` tokens; the cache is only exact while the
-                    # whole sequence fits in the window (positions would shift once it slides)
-                    ctx = seq[:, -window:]
-                    fits = use_cache and seq.shape[1] < window
+                    fits = use_cache and (window == "slide" or n < W)
                     cache = KVCache(self.config, seq.shape[0], seq.device, self.tok_emb.weight.dtype) if fits else None
-                    out = self(ctx, kv_cache=cache, record_routing=record_routing)
+                    out = self(seq[:, start:], kv_cache=cache, record_routing=record_routing)
                 next_tokens = sample_next_token(out.logits[:, -1, :], temperature, top_k, top_p, generator)
                 seq = torch.cat([seq, next_tokens.unsqueeze(1)], dim=1)
                 routing = [last_position(r) for r in out.routing] if record_routing else None
@@ -332,15 +339,23 @@ class Transformer(nn.Module):
         top_p: float | None = None,
         seed: int | None = None,
         use_cache: bool = True,
+        window: str = "slide",
     ) -> Tensor:
         """Continue each row of idx (B, T) by max_new_tokens bytes; returns (B, T + max_new_tokens).
 
         temperature 0 is greedy decoding; top_k keeps the k most likely bytes; top_p keeps
         the smallest set whose probability reaches p (nucleus). ``seed`` makes sampling
         reproducible. Inputs longer than the context window are cropped to its last
-        ``context_window`` tokens. The KV cache is used while the sequence fits in the
-        window; after that every step recomputes the cropped window, which is exactly
-        what full recomputation does (``use_cache=False`` always recomputes).
+        ``context_window`` (W) tokens. Past the window:
+
+        - ``window="slide"`` (default): when the window is full, the oldest half is dropped
+          and the KV cache refilled from the remaining W/2 tokens in one forward; every
+          token then sees between W/2 and W tokens of context, as ``evaluate`` scores with
+          stride W/2, and the cache serves all other steps.
+        - ``window="crop"``: every step recomputes the last W tokens, exactly what full
+          recomputation gives, at the cost of a W-token forward per token.
+
+        ``use_cache=False`` recomputes the same contexts without the cache.
         """
         new = [
             step.tokens
@@ -352,6 +367,7 @@ class Transformer(nn.Module):
                 top_p=top_p,
                 seed=seed,
                 use_cache=use_cache,
+                window=window,
             )
         ]
         idx = idx.unsqueeze(0) if idx.ndim == 1 else idx
