@@ -88,8 +88,8 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "tiny": {"study": "tiny"},
     },
     "06_forecasting": {
-        "default": {"max_steps": 600, "seeds": [1, 2, 3], "run_name": "default"},
-        "tiny": {"max_steps": 20, "seeds": [1], "run_name": "tiny"},
+        "default": {"forecast_steps": 600, "forecast_seeds": [1, 2, 3], "run_name": "default"},
+        "tiny": {"forecast_steps": 20, "forecast_seeds": [1], "run_name": "tiny"},
     },
 }
 
