@@ -276,6 +276,14 @@ def test_no_validation_target_is_in_a_training_window():
     assert split_windows(points, 0, 12)[0] is points
 
 
+def test_train_forecaster_checks_its_own_length():
+    values = sine_series().to_numpy()
+    with pytest.raises(ValueError, match="too few: one training window of 36 and the validation windows need 71"):
+        train_forecaster(values[:70], tiny_config(), progress=False)
+    f = train_forecaster(values[:36], tiny_config(val_blocks=0, max_steps=2), progress=False)  # one window, no validation
+    assert f.best_step == 2 and f.losses["val_loss"].isna().all()
+
+
 def test_training_budget_in_minutes_stops():
     values = sine_series().to_numpy()
     f = train_forecaster(values[:200], tiny_config(max_steps=None, max_minutes=0.02), progress=False)

@@ -152,8 +152,10 @@ def train_forecaster(train: np.ndarray, config: ForecastConfig, device: str = "c
     from tqdm.auto import tqdm
 
     length = config.context + config.horizon
-    if len(train) < length + (config.val_blocks + 1) * config.horizon - 1:
-        raise ValueError(f"{len(train)} training points are too few for one training window and the validation blocks")
+    held_out = config.val_blocks * config.horizon + config.horizon - 1 if config.val_blocks else 0
+    if len(train) < length + held_out:
+        raise ValueError(f"{len(train)} training points are too few: one training window of {length} "
+                         f"and the validation windows need {length + held_out}")
     windows, held_windows = split_windows(sliding_windows(train, length), config.val_blocks * config.horizon, config.horizon)
     quantizer = MeanScaleQuantizer.fit(windows, config.context, config.n_bins)
     fit, held = (None if w is None else torch.from_numpy(quantizer.encode(w, mean_scale(w[:, : config.context])))
