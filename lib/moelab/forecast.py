@@ -170,22 +170,26 @@ def train_forecaster(train: np.ndarray, config: ForecastConfig, device: str = "c
     budget = Budget(config.max_steps, config.max_minutes)
     lr_at = LRSchedule(config.lr, warmup, train_config.min_lr_ratio)
     generator = torch.Generator().manual_seed(config.seed)
+    fit = fit.to(device)  # the windows move to the device once, not every step
+    held = None if held is None else held.to(device)
     best, rows, step = _Best(), [], 0
     if held is not None:  # the untrained model is a candidate too
-        rows.append({"step": 0, "loss": math.nan, "lr": 0.0, "val_loss": horizon_loss(model, held.to(device), config.horizon)})
+        rows.append({"step": 0, "loss": math.nan, "lr": 0.0, "val_loss": horizon_loss(model, held, config.horizon)})
         best.offer(rows[-1]["val_loss"], 0, model)
-    start = time.perf_counter()
+    start, progress_now = time.perf_counter(), 0.0
     bar = tqdm(total=BAR_TICKS, desc="training", disable=not progress, leave=False)
     model.train()
-    while not budget.done(step, time.perf_counter() - start):
-        lr = lr_at(step, budget.progress(step, time.perf_counter() - start))
-        loss = _train_step(model, optimizer, fit[torch.randint(len(fit), (config.batch_size,), generator=generator)].to(device), lr, train_config.grad_clip)
+    while progress_now < 1.0:
+        lr = lr_at(step, progress_now)
+        batch = fit[torch.randint(len(fit), (config.batch_size,), generator=generator).to(device)]
+        loss = _train_step(model, optimizer, batch, lr, train_config.grad_clip)
         step += 1
+        progress_now = budget.progress(step, time.perf_counter() - start)
         rows.append({"step": step, "loss": loss, "lr": lr, "val_loss": math.nan})
-        if held is not None and (step % config.eval_every == 0 or budget.done(step, time.perf_counter() - start)):
-            rows[-1]["val_loss"] = horizon_loss(model, held.to(device), config.horizon)
+        if held is not None and (step % config.eval_every == 0 or progress_now >= 1.0):
+            rows[-1]["val_loss"] = horizon_loss(model, held, config.horizon)
             best.offer(rows[-1]["val_loss"], step, model)
-        bar.update(int(BAR_TICKS * budget.progress(step, time.perf_counter() - start)) - bar.n)
+        bar.update(int(BAR_TICKS * progress_now) - bar.n)
         bar.set_postfix(step=step, loss=f"{loss:.3f}", refresh=False)
     bar.close()
     if best.state is not None:
