@@ -190,3 +190,106 @@ def test_train_cli_refuses_an_unknown_device(toy_dataset, capsys):
 
     assert main(["--preset", "tiny", "--run-name", "gpu-bad", "--dataset", toy_dataset, "--device", "tpu"]) == 2
     assert "device: must be one of" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- CUDA graphs
+
+
+def _blocker(device="cuda", precision="bf16", distributed=False, model=None, **train):
+    from moelab.config import TrainConfig
+    from moelab.cuda_graph import graph_blocker
+    from moelab.optim import make_optimizer
+
+    model_config = model or ModelConfig(n_layers=1, n_embd=16, n_heads=2, n_experts=4, expert_hidden=32)
+    train_config = TrainConfig(**train)
+    optimizer = make_optimizer(Transformer(model_config), train_config, torch.device("cpu"))
+    return graph_blocker(model_config, train_config, torch.device(device), precision, optimizer, distributed)
+
+
+def test_graph_blocker_names_what_keeps_a_step_out_of_a_cuda_graph():
+    assert _blocker() is None  # bf16 MoE with fused AdamW on CUDA: graphed
+    assert _blocker(model=ModelConfig(n_layers=1, n_embd=16, n_heads=2, n_experts=0, n_common_experts=1), precision="fp32") is None
+    assert _blocker(device="cpu") == "not on CUDA"
+    assert _blocker(cuda_graphs=False) == "cuda_graphs=false"
+    assert _blocker(compile=True) == "torch.compile is on"
+    assert "DDP" in _blocker(distributed=True)
+    assert _blocker(grad_accum_steps=2) == "gradient accumulation"
+    assert "Muon" in _blocker(optimizer="muon")
+    assert "capacity" in _blocker(model=ModelConfig(n_layers=1, n_embd=16, n_heads=2, n_experts=4, capacity_factor=1.0))
+    assert "fp32 experts" in _blocker(precision="fp32")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_moe_training_step_never_waits_for_the_gpu():
+    """Forward and backward of a bf16 MoE on CUDA with no host synchronization (what a CUDA graph needs)."""
+    torch.manual_seed(0)
+    config = ModelConfig(n_layers=2, n_embd=36, n_heads=3, n_experts=6, top_k=2, n_common_experts=1, context_window=16)
+    model = Transformer(config).cuda().train()
+    x = torch.randint(0, 256, (4, 16), device="cuda")
+    model(x, x)  # first call: lazy setup may synchronize
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", torch.bfloat16):
+            out = model(x, x, record_routing=True)
+        out.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_training_equals_eager_training(toy_dataset):
+    """The Trainer with and without CUDA graphs: the same losses step by step (no dropout, no router
+    noise, so no random numbers; bf16 and atomic adds leave rounding differences), and the window
+    schedule's shape changes are captured anew."""
+    from moelab import Trainer
+    from moelab.presets import build_configs
+
+    losses = {}
+    for graphs in (False, True):
+        model, train = build_configs("tiny", {"max_steps": 24, "log_every": 1, "eval_every": 24, "checkpoint_every": 24,
+                                              "router_noise": False, "dropout": 0.0, "precision": "bf16",
+                                              "cuda_graphs": graphs})
+        trainer = Trainer(model, train, f"graphs-{graphs}", dataset=toy_dataset, device="cuda", progress=False)
+        metrics = trainer.fit(overwrite=True).metrics
+        assert (trainer.graphed is not None) == graphs
+        losses[graphs] = metrics.set_index("step")[["loss", "grad_norm", "window"]]
+    assert losses[True]["window"].nunique() > 1  # several shapes, several captures
+    torch.testing.assert_close(torch.tensor(losses[True]["loss"].values), torch.tensor(losses[False]["loss"].values),
+                               rtol=2e-2, atol=2e-2)
+    assert losses[True]["loss"].iloc[-1] < losses[True]["loss"].iloc[0]
+
+
+# ---------------------------------------------------------------------------- aligned matmuls
+
+
+@pytest.mark.parametrize("d_in, d_out", [(1028, 257), (12, 20), (16, 3), (8, 16)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_padded_linear_equals_unpadded_with_gradients(d_in, d_out, bias):
+    """linear(..., align=True) pads the widths (as on CUDA for n_embd 1028): same output and gradients."""
+    from moelab.aligned import linear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, d_in, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(d_out, d_in, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(d_out, dtype=torch.float64, requires_grad=True) if bias else None
+    results = []
+    for align in (False, True):
+        y = linear(x, w, b, align=align)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum(),
+                                    [t for t in (x, w, b) if t is not None])
+        results.append([y, *grads])
+    assert results[1][0].shape == (2, 5, d_out)
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_padded_linear_under_autocast_keeps_the_autocast_dtype():
+    from moelab.aligned import linear
+
+    x, w, b = torch.randn(6, 12), torch.randn(20, 12), torch.randn(20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        padded, plain = linear(x, w, b, align=True), torch.nn.functional.linear(x, w, b)
+    assert padded.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(padded.float(), plain.float(), rtol=2e-2, atol=2e-2)

@@ -107,6 +107,17 @@ def test_dispatch_matches_per_token_reference(changes, device):
     torch.testing.assert_close(moe(x)[0], reference_moe(moe, x, small_config(**changes))[0], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("changes", [{"top_k": 2}, {"top_k": 1, "n_common_experts": 1}, {"expert_granularity": 4}],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_grouped_kernel_layer_matches_per_token_reference(changes):
+    """The whole layer on the grouped kernel (counts and layout on the device, fixed-size buffers), in fp32."""
+    moe = make_moe(**changes).float()
+    moe.experts.kernel = "grouped"
+    x = torch.randn(3, 11, 16)
+    want = reference_moe(moe.double(), x.double(), small_config(**changes))[0]
+    torch.testing.assert_close(moe.float()(x)[0], want.float(), rtol=1e-4, atol=1e-5)
+
+
 def test_capacity_drops_later_tokens_and_respects_the_growing_capacity():
     moe = make_moe(top_k=2, capacity_factor=0.5)
     x = torch.randn(3, 48, 16, dtype=torch.float64)
@@ -291,7 +302,7 @@ def _run_kernel(kernel, bias, x, counts, dtype=torch.float32, device="cpu", hidd
         for p in experts.parameters():
             p.normal_(0, 0.3)
     xg = x.to(device, dtype).clone().requires_grad_()
-    out = experts(xg, counts)
+    out = experts(xg, torch.tensor(counts, device=device))
     (out.float() * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
     return [out, xg.grad] + [p.grad for p in experts.parameters()]
 
@@ -328,12 +339,16 @@ def test_auto_kernel_on_cuda_bf16_matches_the_plain_path(widths):
 
 
 def test_grouped_layout_aligns_every_expert_block():
-    from moelab.experts import _aligned_layout
+    from moelab.experts import _aligned_layout, padded_rows
 
-    position, offsets, padded_expert = _aligned_layout([3, 0, 9, 8], "cpu")
-    assert offsets.tolist() == [8, 8, 24, 32]  # blocks of 8, 0, 16, 8 rows
+    counts = [3, 0, 9, 8]  # 20 rows: blocks of 8, 0, 16, 8 rows, then the spare rows
+    assert padded_rows(20, 4) == 48  # 20 + 4 experts × 7, rounded up to 8: fixed by the shapes alone
+    position, offsets, padded_expert = _aligned_layout(torch.tensor(counts), 20)
+    assert offsets.tolist() == [8, 8, 24, 48]  # the last block takes the spare rows
     assert position.tolist() == [0, 1, 2, *range(8, 17), *range(24, 32)]
-    assert padded_expert.tolist() == [0] * 8 + [2] * 16 + [3] * 8
+    assert padded_expert.tolist() == [0] * 8 + [2] * 16 + [3] * 24
+    for n_rows, n in [(1, 1), (7, 3), (4096, 8), (13, 64)]:  # the worst case, every block 7 rows over a multiple of 8
+        assert padded_rows(n_rows, n) % 8 == 0 and padded_rows(n_rows, n) >= n_rows + 7 * min(n, n_rows)
 
 
 def test_unknown_kernel_is_refused():

@@ -226,7 +226,7 @@ def test_every_kernel_matches_a_per_token_reference(kernel, activation, device):
     x = torch.randn(13, 10, device=device, requires_grad=True)
     weight = torch.linspace(-1, 1, 130, device=device).view(13, 10)
     results = []
-    for run in (lambda: experts(x, counts), lambda: per_token_experts(experts, x, counts, ACTIVATIONS[activation])):
+    for run in (lambda: experts(x, torch.tensor(counts, device=device)), lambda: per_token_experts(experts, x, counts, ACTIVATIONS[activation])):
         experts.zero_grad()
         x.grad = None
         out = run()
@@ -265,7 +265,7 @@ def test_relu2_kernels_in_bf16_on_cuda_match_a_per_token_reference():
     for kernel in ("auto", "grouped", "loop"):
         experts = Experts(4, 12, 20, True, kernel=kernel, activation="relu2").cuda()
         experts.load_state_dict(reference.state_dict())
-        torch.testing.assert_close(experts(x, counts).float(), want, rtol=3e-2, atol=3e-2)
+        torch.testing.assert_close(experts(x, torch.tensor(counts, device="cuda")).float(), want, rtol=3e-2, atol=3e-2)
 
 
 def test_unknown_activation_is_refused_by_the_experts():

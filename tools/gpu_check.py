@@ -2,18 +2,20 @@
 
 Steps, each in its own subprocess with a time limit; a failure is logged and the next step runs:
 
-  a. env      the GPU (nvidia-smi) and torch                                  -> env.txt
+  a. env      the GPU (nvidia-smi) and torch                                  -> gpu_check.log
   b. tests    the tests marked on_device on CUDA (MoE vs the per-token reference, kernels incl.
               grouped_mm vs the loop in bf16, causality, cached = recomputed generation), and
-              tests/test_gpu.py                                               -> tests.txt
-  c. bench    python -m moelab.bench --device cuda, configs A B C seed, short -> bench.md, bench.csv
-  d. seed     the seed preset, 300 steps, bf16: tokens/s, MFU, 2000-step time -> seed_train.json
-  e. compare  the first 10 losses of one tiny config in fp32 on CPU and CUDA (and bf16 on CUDA)
+              tests/test_gpu.py (no host sync in a MoE step, graphed = eager training) -> tests.txt
+  c. profile  tools/gpu_profile.py: matmul rate at n_embd 1028 vs 1024, ms per step eager and
+              graphed, the share of it the GPU is busy, the top kernels       -> profile.md
+  d. bench    python -m moelab.bench --device cuda, configs A B C seed, short -> bench.md, bench.csv
+  e. seed     the seed preset's full 2000 steps, bf16, CUDA graphs: time, tokens/s, MFU -> seed_train.json
+  f. compare  the first 10 losses of one tiny config in fp32 on CPU and CUDA (and bf16 on CUDA)
                                                                               -> fp32_compare.md
-  f. compile  the seed run again with torch.compile, if time is left          -> seed_train.json
 
-Everything printed goes to gpu_check.log too; summary.md closes it. ``--cpu-smoke`` runs the
-same steps on the CPU with tiny sizes.
+Everything printed goes to gpu_check.log too; summary.md closes it (8 files: what the GPU
+machine of this workplace hands back at most). ``--cpu-smoke`` runs the same steps on the
+CPU with tiny sizes.
 """
 
 from __future__ import annotations
@@ -80,7 +82,6 @@ class Check:
             "PYTHONUNBUFFERED": "1",
         }
         self.results: dict[str, str] = {}
-        self.seed: dict = {}
 
     def left(self, reserve: float = 0.0) -> float:
         return self.deadline - time.perf_counter() - reserve
@@ -101,11 +102,11 @@ class Check:
 
     # ------------------------------------------------------------------ steps
     def env_info(self, timeout: float) -> str:
-        path = self.out / "env.txt"
+        path = None  # the log has it
         if shutil.which("nvidia-smi"):
             run(["nvidia-smi"], min(timeout, 20), self.env, path)
         else:
-            path.write_text("nvidia-smi: not found\n")
+            say("nvidia-smi: not found")
         code = (
             "import torch, platform, sys; print('python', sys.version.split()[0], platform.platform());"
             "print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available());"
@@ -122,7 +123,7 @@ class Check:
         path = self.out / "tests.txt"
         base = [PY, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider", "-q", "-rs"]
         start = time.perf_counter()
-        device_tests = base + ["-m", "on_device", "tests/test_moe.py", "tests/test_model.py"]
+        device_tests = base + ["-m", "on_device", "tests/test_moe.py", "tests/test_model.py", "tests/test_recipe.py"]
         if self.smoke:  # a few of them, enough to see the selection run
             device_tests += ["-k", "per_token_reference or (causality and learned) or auto_kernel"]
         rc1, out1, _ = run(device_tests, timeout * 0.75, self.env, path)
@@ -130,6 +131,12 @@ class Check:
         tail = lambda text: (text.strip().splitlines() or ["no output"])[-1]  # noqa: E731
         ok = rc1 == 0 and rc2 == 0
         return f"{'ok' if ok else 'FAILED'}: on_device tests on {self.device}: {tail(out1)}; test_gpu.py: {tail(out2)}"
+
+    def profile(self, timeout: float) -> str:
+        cmd = [PY, str(ROOT / "tools" / "gpu_profile.py"), str(self.out / "profile.md")] + (["--smoke"] if self.smoke else [])
+        rc, output, _ = run(cmd, timeout, self.env)
+        busy = [l for l in output.splitlines() if l.startswith("{")]
+        return ("ok: " if rc == 0 else f"FAILED ({rc}): ") + " | ".join(busy)[:600]
 
     def bench(self, timeout: float) -> str:
         """A, B, C (and generation) first, then the seed config alone: a timeout there keeps A, B, C."""
@@ -182,30 +189,28 @@ class Check:
             raise RuntimeError("building the synthetic dataset failed")
         return "synthetic"
 
-    def seed_train(self, timeout: float, compiled: bool = False) -> str:
+    def seed_train(self, timeout: float) -> str:
+        """The seed preset's whole run (its 2000 steps; smoke: the tiny preset, 20 steps)."""
         start = time.perf_counter()
         if not hasattr(self, "dataset"):
             self.dataset = self.prepare_dataset()
-        run_name = "gpu-seed-compiled" if compiled else "gpu-seed"
-        steps = 20 if self.smoke else 300
-        cmd = [PY, "-m", "moelab.train", "--preset", "tiny" if self.smoke else "seed", "--run-name", run_name,
+        steps = 20 if self.smoke else 2000
+        cmd = [PY, "-m", "moelab.train", "--preset", "tiny" if self.smoke else "seed", "--run-name", "gpu-seed",
                "--device", self.device, "--dataset", self.dataset, "--no-progress",
-               "--set", f"max_steps={steps}", "--set", "eval_every=100000", "--set", "checkpoint_every=100000",
+               "--set", f"max_steps={steps}", "--set", f"eval_every={steps // 2}", "--set", "checkpoint_every=100000",
                "--set", "log_every=10", "--set", "keep_checkpoints=1"]
-        if compiled:
-            cmd += ["--set", "compile=true"]
         rc, output, wall = run(cmd, timeout - (time.perf_counter() - start), self.env)
-        summary = analyse_run(self.tmp / "reports" / run_name, wall, steps, 2000)
+        summary = analyse_run(self.tmp / "reports" / "gpu-seed", wall, steps, steps)
         summary.update({"returncode": rc, "command": " ".join(cmd[1:]), "dataset": self.dataset,
                         "output_tail": output.strip().splitlines()[-6:]})
-        self.seed["compiled" if compiled else "eager"] = summary
-        (self.out / "seed_train.json").write_text(json.dumps(self.seed, indent=2, default=str) + "\n")
+        (self.out / "seed_train.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if rc != 0:
             return f"FAILED ({rc})"
         return (f"ok: {summary.get('steps')} steps in {summary.get('train_s', float('nan')):.1f} s training "
-                f"({wall:.1f} s wall); {summary.get('tokens_per_s_steady', float('nan')):,.0f} tok/s steady; "
-                f"MFU {summary.get('mfu_steady', float('nan')):.3f} vs {summary.get('peak_source')}; "
-                f"2000 steps ≈ {summary.get('extrapolated_2000_steps_s', float('nan')):.0f} s")
+                f"({wall:.1f} s wall, start-up, evaluation and the final checkpoint included); "
+                f"{summary.get('tokens_per_s_steady', float('nan')):,.0f} tok/s steady; "
+                f"MFU {summary.get('mfu_steady', float('nan')):.3f} steady, {summary.get('mfu', float('nan')):.3f} overall, "
+                f"vs {summary.get('peak_source')}; CUDA graphs {summary.get('cuda_graphs')}; val bpb {summary.get('val_bpb')}")
 
     def compare(self, timeout: float) -> str:
         if not hasattr(self, "dataset"):
@@ -240,7 +245,7 @@ def analyse_run(reports: Path, wall: float, steps: int, full_steps: int) -> dict
     train_s = float(metrics["elapsed_s"].iloc[-1])
     result = {
         "device": info["device"], "device_name": name, "precision": info["precision"], "torch": info["torch"],
-        "compile": info["train"].get("compile"), "params": info["params"],
+        "compile": info["train"].get("compile"), "cuda_graphs": info.get("cuda_graphs"), "params": info["params"],
         "steps": int(metrics["step"].iloc[-1]), "tokens": int(metrics["tokens"].iloc[-1]),
         "train_s": train_s, "wall_s": wall,
         "tokens_per_s": float(metrics["tokens"].iloc[-1] / train_s),
@@ -330,15 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     # limits and reserves (seconds) sized for 8 minutes on an H100; smoke: scaled down
     scale = budget / 465.0
-    check.step("a env", check.env_info, 25 * scale, 420 * scale)
-    check.step("b tests", check.tests, 100 * scale, 320 * scale)
-    check.step("c bench", check.bench, 140 * scale, 180 * scale)
-    check.step("d seed", check.seed_train, 130 * scale, 50 * scale)
-    check.step("e compare", check.compare, 60 * scale, 5 * scale)
-    if check.left() > 100 * scale and not args.cpu_smoke:
-        check.step("f compile", lambda t: check.seed_train(t, compiled=True), check.left(5), 5)
-    else:
-        check.results["f compile"] = "skipped: too little time left" if not args.cpu_smoke else "skipped in smoke mode"
+    check.step("a env", check.env_info, 25 * scale, 430 * scale)
+    check.step("b tests", check.tests, 80 * scale, 350 * scale)
+    check.step("c profile", check.profile, 70 * scale, 280 * scale)
+    check.step("d bench", check.bench, 100 * scale, 180 * scale)
+    check.step("e seed", check.seed_train, 170 * scale, 10 * scale)
+    check.step("f compare", check.compare, 40 * scale, 0)
     total = time.perf_counter() - t0
     lines = [f"# moelab GPU check, {started}", "",
              f"mode: {'CPU smoke (tiny sizes)' if args.cpu_smoke else 'CUDA'}; total {total:.0f} s of a {budget:.0f} s budget", ""]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .aligned import Linear
 from .config import ModelConfig
 
 # ---------------------------------------------------------------------------- positions
@@ -125,8 +126,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.q_norm = nn.RMSNorm(config.head_dim) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(config.head_dim) if config.qk_norm else None
 

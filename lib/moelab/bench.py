@@ -42,6 +42,7 @@ import torch
 
 from .baseline import NaiveTransformer
 from .config import ModelConfig
+from .cuda_graph import GraphedStep
 from .flops import mfu, rated_bf16_peak, train_flops_per_token
 from .model import Transformer
 from .paths import reports_dir
@@ -112,7 +113,14 @@ def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) ->
 def training_step(
     model: torch.nn.Module, kind: str, precision: str, device: torch.device, batch
 ) -> Callable[[], float]:
-    """One optimizer step as the Trainer takes it (naive: default AdamW, as the seed had)."""
+    """One optimizer step as the Trainer takes it (naive: default AdamW, as the seed had;
+    ``… graphed``: replayed from a CUDA graph, :mod:`moelab.cuda_graph`, after one eager step)."""
+    if kind.endswith("graphed"):
+        eager = training_step(model, kind.split()[0], precision, device, batch)
+        eager()  # creates the optimizer state the graph updates
+        graphed = GraphedStep(model, eager.optimizer, 1.0, precision)
+        x, y = (t.cpu() for t in batch)
+        return lambda: graphed.step(x, y, 1e-4)[0]
     if kind == "naive":
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     else:
@@ -130,6 +138,7 @@ def training_step(
         optimizer.zero_grad(set_to_none=True)
         return loss
 
+    step.optimizer = optimizer
     return step
 
 
@@ -147,7 +156,12 @@ def bench_training(
 ) -> list[dict]:
     batch = random_batch(bench, device)
     variants = [("naive", "fp32")] + [(kind, p) for p in precisions for kind in ("moelab", "dense")]
-    steps = {f"{kind} {p}": training_step(build(kind, bench, device), kind, p, device, batch) for kind, p in variants}
+    if device.type == "cuda" and "bf16" in precisions:
+        variants += [("moelab graphed", "bf16"), ("dense graphed", "bf16")]
+    steps = {
+        f"{kind} {p}": training_step(build(kind.split()[0], bench, device), kind, p, device, batch)
+        for kind, p in variants
+    }
     times = interleaved(steps, repeats, inner, device)
     tokens = bench.batch * bench.window
     flops = train_flops_per_token(bench.model_config(), bench.window) * tokens
@@ -162,6 +176,11 @@ def bench_training(
         speedup = paired_ratio(times["naive fp32"], times[f"moelab {p}"])
         rows.append(_row(bench, f"train speedup {p} vs naive" + (" fp32" if p != "fp32" else ""), speedup, "×"))
         rows.append(_row(bench, f"MoE overhead {p}", paired_ratio(times[f"moelab {p}"], times[f"dense {p}"]), "×"))
+    if "moelab graphed bf16" in times:
+        ratio = paired_ratio(times["moelab graphed bf16"], times["dense graphed bf16"])
+        rows.append(_row(bench, "MoE overhead bf16, CUDA graphs", ratio, "×"))
+        speedup = paired_ratio(times["moelab bf16"], times["moelab graphed bf16"])
+        rows.append(_row(bench, "CUDA graphs speedup, moelab bf16", speedup, "×"))
     return rows
 
 
@@ -281,14 +300,18 @@ def gpu_rows(
 ) -> list[dict]:
     """The MFU of moelab's bf16 step against the card's rated peak (or, unknown card, the measured bf16 peak)."""
     rows = []
+    flops = train_flops_per_token(bench.model_config(), bench.window)
     for row in trained:
-        if row["measure"] != "train tok/s moelab bf16":
+        if row["measure"] not in ("train tok/s moelab bf16", "train tok/s moelab graphed bf16"):
             continue
-        flops = train_flops_per_token(bench.model_config(), bench.window)
+        graphs = ", CUDA graphs" if "graphed" in row["measure"] else ""
         if rated is not None:
-            rows.append(_row(bench, f"MFU bf16 vs rated peak ({rated[0]})", mfu(row["value"], flops, rated[1]), "fraction"))
+            measure, peak = f"MFU bf16 vs rated peak ({rated[0]}){graphs}", rated[1]
         elif measured_bf16:
-            rows.append(_row(bench, "MFU bf16 vs measured peak (card not in the table)", mfu(row["value"], flops, measured_bf16), "fraction"))
+            measure, peak = f"MFU bf16 vs measured peak (card not in the table){graphs}", measured_bf16
+        else:
+            continue
+        rows.append(_row(bench, measure, mfu(row["value"], flops, peak), "fraction"))
     return rows
 
 

@@ -339,6 +339,7 @@ class TrainConfig:
     seed: int = 1337
     precision: str = "auto"  # one of PRECISIONS; see moelab.precision
     compile: bool = False  # torch.compile the model for training steps
+    cuda_graphs: bool = True  # on CUDA, replay each training step from a CUDA graph where it can (moelab.cuda_graph)
 
     ALIASES: ClassVar[dict[str, str]] = {"learning_rate": "lr", "epochs": "max_steps"}
 
@@ -398,6 +399,7 @@ class TrainConfig:
             f"must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
         )
         _check(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
+        _check(isinstance(self.cuda_graphs, bool), "cuda_graphs", f"must be true or false, got {self.cuda_graphs!r}")
         _check(
             self.batch_keep in BATCH_KEEPS,
             "batch_keep",

@@ -4,7 +4,8 @@
 nonlinearity is ``activation``, GELU or ReLU² (relu(x)², :data:`ACTIVATIONS`).
 The MoE layer (:mod:`moelab.moe`) sorts token slots by expert and calls
 ``experts(x_sorted, counts)`` once: expert ``e`` runs on its contiguous slice of
-``counts[e]`` rows. Which kernel computes that is the module's ``kernel`` attribute:
+``counts[e]`` rows (``counts`` a tensor on the activations' device). Which kernel computes
+that is the module's ``kernel`` attribute:
 
 - ``"plain"``: autograd through one :func:`mlp` per expert (the readable reference);
 - ``"loop"``: one matmul per expert into preallocated buffers, with a hand-written
@@ -12,7 +13,9 @@ The MoE layer (:mod:`moelab.moe`) sorts token slots by expert and calls
   one (n, ·, ·) tensor (autograd through slices of stacked weights would build a
   zero-filled full-size gradient per expert);
 - ``"grouped"``: the same backward, but ``torch.nn.functional.grouped_mm`` runs all
-  experts in one call;
+  experts in one call. It reads ``counts`` on the device and its buffers have a size fixed
+  by the number of rows, so a step never waits for the GPU to tell the host the counts
+  (CUDA graphs can capture it, :mod:`moelab.cuda_graph`);
 - ``"auto"`` (default): ``grouped`` on CUDA in bf16, else ``loop``. CUDA's grouped_mm
   wants 16-byte aligned blocks: the kernel pads each expert's rows and the widths d and h
   to multiples of 8 with zeros, which change nothing. If the GPU refuses
@@ -90,10 +93,11 @@ class Experts(nn.Module):
         """The weights that write into the residual stream (the init rule scales them down)."""
         return [self.w2]
 
-    def forward(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
-        """Run expert e on its contiguous slice of ``x_sorted`` (``counts[e]`` rows).
+    def forward(self, x_sorted: Tensor, counts: Tensor) -> Tensor:
+        """Run expert e on its contiguous slice of ``x_sorted`` (``counts[e]`` rows; ``counts`` (n,) int).
 
-        Weights are cast once to the activations' dtype (bf16 under autocast).
+        Weights are cast once to the activations' dtype (bf16 under autocast). The loop and
+        plain kernels read ``counts`` on the host, the grouped kernel on the device.
         """
         dtype = x_sorted.dtype
         weights = [None if p is None else p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2)]
@@ -101,15 +105,17 @@ class Experts(nn.Module):
         if kernel == "auto":
             kernel = "grouped" if grouped_mm_fits(x_sorted) else "loop"
         if kernel == "plain":
-            return plain_experts(x_sorted, *weights, counts, self.activation)
+            return plain_experts(x_sorted, *weights, counts.tolist(), self.activation)
+        if kernel == "loop":
+            return ExpertMLP.apply(x_sorted, *weights, tuple(counts.tolist()), False, self.activation)
         try:
-            return ExpertMLP.apply(x_sorted, *weights, tuple(counts), kernel == "grouped", self.activation)
+            return ExpertMLP.apply(x_sorted, *weights, counts, True, self.activation)
         except RuntimeError as err:
-            if self.kernel != "auto" or kernel != "grouped" or isinstance(err, torch.OutOfMemoryError):
+            if self.kernel != "auto" or isinstance(err, torch.OutOfMemoryError):
                 raise
             warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=2)
             self.kernel = "loop"
-            return ExpertMLP.apply(x_sorted, *weights, tuple(counts), False, self.activation)
+            return ExpertMLP.apply(x_sorted, *weights, tuple(counts.tolist()), False, self.activation)
 
     def one_token(self, row: Tensor, experts: list[int], gates: Tensor) -> Tensor:
         """The gate-weighted sum of the chosen experts on one token row (1, d), run by index (decoding)."""
@@ -148,8 +154,9 @@ class ExpertMLP(torch.autograd.Function):
     """MLPs over contiguous row slices, one per expert, with a hand-written backward.
 
     ``apply(x, w1, b1, w2, b2, counts, grouped, activation)``: one matmul per expert
-    (``grouped=False``) or ``grouped_mm`` over all experts at once (``grouped=True``);
-    ``activation`` names the nonlinearity (:data:`ACTIVATIONS`).
+    (``grouped=False``, ``counts`` a tuple of ints) or ``grouped_mm`` over all experts at
+    once (``grouped=True``, ``counts`` an int tensor on x's device); ``activation`` names the
+    nonlinearity (:data:`ACTIVATIONS`).
     """
 
     @staticmethod
@@ -162,7 +169,7 @@ class ExpertMLP(torch.autograd.Function):
                 saved = (x, w1, w2, pre, act)
         ctx.save_for_backward(*saved)
         ctx.has_bias, ctx.grouped, ctx.activation = (b1 is not None, b2 is not None), grouped, activation
-        ctx.shape = (counts, x.shape[1], w1.shape[2])  # the loop's counts; the true widths d, h
+        ctx.shape = (None if grouped else counts, x.shape[1], w1.shape[2])  # the loop's counts; the true widths d, h
         return out
 
     @staticmethod
@@ -219,21 +226,34 @@ def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias, activation):
 ALIGN_ROWS = 8  # grouped_mm on CUDA wants every group's rows to span a multiple of 16 bytes (8 bf16 values)
 
 
-def _aligned_layout(counts, device):
-    """Each expert's block of rows padded with zero rows to a multiple of ``ALIGN_ROWS``.
+def padded_rows(n_rows: int, n_experts: int) -> int:
+    """Rows of the aligned layout: room for every block padded to ``ALIGN_ROWS``, itself a multiple of it.
 
-    Returns where each real row goes in the padded layout, grouped_mm's offsets (the end row
-    of each padded block) and each padded row's expert. The weight gradients contract over
-    the rows, so CUDA's grouped_mm needs every block aligned; zero rows add nothing to them.
+    It depends on the shapes only, never on the counts, so the step's buffers have a fixed size.
     """
-    sizes = torch.tensor(counts)
-    padded = (sizes + ALIGN_ROWS - 1) // ALIGN_ROWS * ALIGN_ROWS
-    experts = torch.arange(len(counts))
-    row_expert = torch.repeat_interleave(experts, sizes)
-    shift = (padded.cumsum(0) - padded) - (sizes.cumsum(0) - sizes)  # padded start - real start, per expert
-    position = torch.arange(int(sizes.sum())) + shift[row_expert]
-    offsets = padded.cumsum(0).to(torch.int32)
-    return position.to(device), offsets.to(device), torch.repeat_interleave(experts, padded).to(device)
+    return -(-(n_rows + n_experts * (ALIGN_ROWS - 1)) // ALIGN_ROWS) * ALIGN_ROWS
+
+
+def _aligned_layout(counts: Tensor, n_rows: int):
+    """Each expert's block of rows padded with zero rows to a multiple of ``ALIGN_ROWS``, on the device.
+
+    ``counts`` (n,): rows per expert, ``n_rows`` their sum (known from the shapes, so nothing
+    is read back to the host). Returns where each real row goes in the padded layout,
+    grouped_mm's offsets (the end row of each padded block; the last block also takes the
+    spare rows up to :func:`padded_rows`) and each padded row's expert. The weight gradients
+    contract over the rows, so CUDA's grouped_mm needs every block aligned; zero rows add
+    nothing to them.
+    """
+    n, total = counts.shape[0], padded_rows(n_rows, counts.shape[0])
+    padded = (counts + ALIGN_ROWS - 1) // ALIGN_ROWS * ALIGN_ROWS
+    ends = padded.cumsum(0)
+    shift = (ends - padded) - (counts.cumsum(0) - counts)  # padded start - real start, per expert
+    experts = torch.arange(n, device=counts.device)
+    row_expert = torch.repeat_interleave(experts, counts, output_size=n_rows)
+    position = torch.arange(n_rows, device=counts.device) + shift[row_expert]
+    ends[-1:].fill_(total)  # (fill_, not item assignment: assigning a number copies it from the host)
+    padded_expert = torch.bucketize(torch.arange(total, device=counts.device), ends, right=True)
+    return position, ends.to(torch.int32), padded_expert
 
 
 def _scatter_rows(t: Tensor, position: Tensor, n_rows: int) -> Tensor:
@@ -255,7 +275,7 @@ def _pad_widths(w1, b1, w2, b2):
 def _grouped_forward(x, w1, b1, w2, b2, counts, activation):
     """The output rows, and what the backward needs: the padded input, weights, activations and layout."""
     d = x.shape[1]
-    position, offsets, padded_expert = _aligned_layout(counts, x.device)
+    position, offsets, padded_expert = _aligned_layout(counts, x.shape[0])
     w1, b1, w2, b2 = _pad_widths(w1, b1, w2, b2)
     x_padded = _scatter_rows(F.pad(x, (0, w1.shape[1] - d)), position, padded_expert.shape[0])
     pre = F.grouped_mm(x_padded, w1, offs=offsets)

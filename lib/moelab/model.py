@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .aligned import Linear
 from .attention import CausalSelfAttention, KVCache, rope_tables, sinusoidal_table
 from .config import ModelConfig
 from .generation import WINDOW_MODES, GenerationStep, check_sampling_args, last_position, sample_next_token
@@ -164,7 +165,7 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+        self.head = Linear(config.n_embd, config.vocab_size, bias=config.bias)
         if config.tie_weights:
             self.head.weight = self.tok_emb.weight
         self.reset_parameters()

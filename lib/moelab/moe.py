@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .aligned import Linear
 from .config import ModelConfig
-from .experts import Experts, mlp
+from .experts import ACTIVATIONS, Experts
 
 
 @dataclass
@@ -90,15 +91,15 @@ class FeedForward(nn.Module):
 
     def __init__(self, n_embd: int, hidden: int, bias: bool, activation: str = "gelu") -> None:
         super().__init__()
-        self.fc = nn.Linear(n_embd, hidden, bias=bias)
-        self.proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.fc = Linear(n_embd, hidden, bias=bias)
+        self.proj = Linear(hidden, n_embd, bias=bias)
         self.activation = activation
 
     def residual_projections(self) -> list[Tensor]:
         return [self.proj.weight]
 
     def forward(self, x: Tensor) -> Tensor:
-        return mlp(x, self.fc.weight.t(), self.fc.bias, self.proj.weight.t(), self.proj.bias, self.activation)
+        return self.proj(ACTIVATIONS[self.activation][0](self.fc(x)))
 
 
 class MoE(nn.Module):
@@ -123,8 +124,8 @@ class MoE(nn.Module):
             else None
         )
         if config.is_moe:
-            self.gate = nn.Linear(config.n_embd, self.n_experts, bias=False)
-            self.noise = nn.Linear(config.n_embd, self.n_experts, bias=False) if config.router_noise else None
+            self.gate = Linear(config.n_embd, self.n_experts, bias=False)
+            self.noise = Linear(config.n_embd, self.n_experts, bias=False) if config.router_noise else None
             self.experts = Experts(
                 self.n_experts, config.n_embd, config.routed_hidden, config.bias, kernel, config.activation
             )
@@ -219,16 +220,14 @@ class MoE(nn.Module):
         k = experts.shape[-1]
         slot_expert = experts.reshape(-1)
         order = torch.argsort(slot_expert, stable=True)  # 7. dispatch (stable: token order within an expert)
-        if keep is None:
-            counts = torch.bincount(slot_expert, minlength=self.n_experts)
-        else:
+        if keep is not None:  # capacity: the kept slots only (their number is read on the host)
             order = order[keep.reshape(-1)[order]]
-            counts = torch.bincount(slot_expert[order], minlength=self.n_experts)
+        counts = slot_counts(slot_expert[order], self.n_experts)
         token = order // k
         x_sorted = flat.index_select(0, token)
         if torch.is_autocast_enabled(flat.device.type):  # keep activations in the autocast dtype through the experts
             x_sorted = x_sorted.to(torch.get_autocast_dtype(flat.device.type))
-        out_sorted = self.experts(x_sorted, counts.tolist())  # 8. experts
+        out_sorted = self.experts(x_sorted, counts)  # 8. experts
         out_sorted = out_sorted * weights.reshape(-1)[order].unsqueeze(-1).to(out_sorted.dtype)  # 9. combine
         routed = out_sorted.new_zeros(flat.shape)
         routed.index_add_(0, token, out_sorted)
@@ -271,12 +270,22 @@ def capacity_keep(
 # ---------------------------------------------------------------------------- load and losses
 
 
+def slot_counts(expert_indices: Tensor, n_experts: int) -> Tensor:
+    """Slots per expert, (n_experts,) int64, of chosen expert ids of any shape.
+
+    A scatter-add into a fixed-size tensor: unlike ``torch.bincount``, which reads the largest
+    id back to the host on CUDA, it never stops the GPU's queue.
+    """
+    ids = expert_indices.reshape(-1)
+    return torch.zeros(n_experts, dtype=torch.long, device=ids.device).index_add_(0, ids, torch.ones_like(ids))
+
+
 def expert_load(expert_indices: Tensor, n_experts: int) -> Tensor:
     """Share of routed token slots each expert receives, shape (n_experts,), summing to 1.
 
     expert_indices: chosen expert ids of any shape (tokens × top_k slots).
     """
-    slots = torch.bincount(expert_indices.reshape(-1), minlength=n_experts).float()
+    slots = slot_counts(expert_indices, n_experts).float()
     return slots / max(expert_indices.numel(), 1)
 
 

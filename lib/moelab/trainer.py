@@ -6,7 +6,8 @@
   checkpoint when resuming (``_restore``), DDP / torch.compile (``_wrap``), ``config.json``;
 * then, until the budget (steps, tokens and/or minutes) is spent, per optimizer step:
   ``_train_step`` (learning rate, micro-batches, the loss parts, divergence check,
-  gradient clipping, optimizer step, balance biases), ``_log_row`` every ``log_every`` steps,
+  gradient clipping, optimizer step, balance biases; on CUDA one CUDA graph replay,
+  :mod:`moelab.cuda_graph`, where the step allows it), ``_log_row`` every ``log_every`` steps,
   ``_evaluate`` every ``eval_every``, ``_save`` a checkpoint every ``checkpoint_every``;
 * ``_finish``: the TrainResult.
 
@@ -33,6 +34,7 @@ from . import distributed
 from .batches import WindowSampler, fixed_windows, to_device
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, config_diff
+from .cuda_graph import GraphedStep, graph_blocker
 from .data import load_split
 from .model import Transformer, eval_mode
 from .optim import load_optimizer_state, make_optimizer
@@ -190,6 +192,7 @@ class Trainer:
                 f"{self.run_name}: precision {self.precision} ({self.precision_reason}), device {self.device}"
                 + (f" ({self.device_name})" if self.device.type == "cuda" else "")
                 + (", torch.compile" if self.train_config.compile else "")
+                + (f", CUDA graphs {self._run_info()['cuda_graphs']}" if self.device.type == "cuda" else "")
             )
         self.clock_start = time.perf_counter()  # training time = now - clock_start + elapsed_before
         self.elapsed = self.elapsed_before
@@ -208,25 +211,33 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         log_now = (self.step + 1) % cfg.log_every == 0
-        parts, routing = self._micro_batches(sequences, window, record=log_now)
-        if not torch.isfinite(parts[0]):
-            raise TrainingDiverged(
-                f"the loss became {parts[0].item()} at step {self.step + 1} (window {window}, lr {lr:.2e}). "
-                f"Training stopped; the last good checkpoint is {self.last_checkpoint or 'none (no checkpoint yet)'}. "
-                "Lower the learning rate, raise warmup_steps, or set grad_clip."
-            )
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        ).item()
-        self.optimizer.step()
+        if self.graphed is not None and self.step > 0:  # the first step is eager: it creates the optimizer state
+            parts, grad_norm, routing = self.graphed.step(*self.sampler.batch(sequences, window), lr)
+            self._check_finite(parts, window, lr)
+            routing = routing if log_now else None
+        else:
+            parts, routing = self._micro_batches(sequences, window, record=log_now)
+            self._check_finite(parts, window, lr)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            ).item()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # (a graph keeps its gradients: each replay overwrites them)
         self.model.update_balance_biases(distributed.all_reduce if self.dist.enabled else None)  # balance="bias"
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += sequences * window * cfg.grad_accum_steps
         self.elapsed = self.elapsed_before + time.perf_counter() - self.clock_start
         if self.dist.enabled:  # one clock for the budget, or ranks would stop at different steps
             self.elapsed = distributed.all_reduce(torch.tensor([self.elapsed]), "max").item()
         return StepOutcome(window, sequences, lr, parts, grad_norm, routing, log_now)
+
+    def _check_finite(self, parts: torch.Tensor, window: int, lr: float) -> None:
+        if not torch.isfinite(parts[0]):
+            raise TrainingDiverged(
+                f"the loss became {parts[0].item()} at step {self.step + 1} (window {window}, lr {lr:.2e}). "
+                f"Training stopped; the last good checkpoint is {self.last_checkpoint or 'none (no checkpoint yet)'}. "
+                "Lower the learning rate, raise warmup_steps, or set grad_clip."
+            )
 
     def _micro_batches(self, sequences: int, window: int, record: bool) -> tuple[torch.Tensor, list | None]:
         """Forward and backward over the micro-batches; the mean loss parts, and the routing if ``record``."""
@@ -344,6 +355,13 @@ class Trainer:
             if self.model_config.dropout:  # inductor's own dropout RNG measured ~12% slower on CPU
                 torch._inductor.config.fallback_random = True
             self.step_model = torch.compile(self.step_model)
+        cfg = self.train_config  # on CUDA, steps replayed from CUDA graphs where nothing prevents it
+        self.graph_blocker = graph_blocker(
+            self.model_config, cfg, self.device, self.precision, self.optimizer, self.dist.enabled
+        )
+        self.graphed = None if self.graph_blocker else GraphedStep(
+            self.model, self.optimizer, cfg.grad_clip, self.precision
+        )
 
     def _restore(self) -> Path | None:
         candidates = list_checkpoints(self.checkpoints)
@@ -441,6 +459,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
+            "cuda_graphs": "on" if self.graphed else f"off: {self.graph_blocker}",
             "torch": str(torch.__version__),
             "model": self.model_config.to_dict(),
             "train": self.train_config.to_dict(),

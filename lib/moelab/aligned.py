@@ -1,0 +1,41 @@
+"""Linear layers whose matmuls keep 16-byte aligned rows on CUDA.
+
+cuBLAS runs its fast Hopper kernels only when every row of a bf16 operand spans a multiple
+of 16 bytes (8 values). The ``seed`` preset's width, n_embd 1028, does not: on an H200 a
+(2048×1028) @ (1028×4112) bf16 product ran at 154 TFLOP/s, against 290 at width 1032 and
+302 at 1024 (``tools/gpu_profile.py``, reports/reference/gpu/). So on CUDA :func:`linear`
+pads a width that is not a multiple of 8 with zero columns for the call (the input's and
+the weight's inner width, the weight's and the bias's outer one) and slices the output
+back: zeros add nothing, the result and the gradients are the same. On the CPU nothing is
+padded (MKL has no such cliff); ``align=True`` forces the padding there for tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ALIGN = 8  # values per 16 bytes in bf16
+PAD_ON_CUDA = True  # False: no padding anywhere (tools/gpu_profile.py times the step both ways)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, align: bool | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` (weight (out, in)), with widths padded to multiples of ``ALIGN`` on CUDA."""
+    pad_out, pad_in = -weight.shape[0] % ALIGN, -weight.shape[1] % ALIGN
+    if not (x.is_cuda and PAD_ON_CUDA if align is None else align) or not (pad_out or pad_in):
+        return F.linear(x, weight, bias)
+    if torch.is_autocast_enabled(x.device.type):  # cast first: padding the fp32 weight would copy it twice
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+    padded = F.linear(
+        F.pad(x, (0, pad_in)), F.pad(weight, (0, pad_in, 0, pad_out)), None if bias is None else F.pad(bias, (0, pad_out))
+    )
+    return padded[..., : weight.shape[0]]
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) whose forward is :func:`linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
