@@ -347,8 +347,19 @@ def test_grouped_layout_aligns_every_expert_block():
     assert offsets.tolist() == [8, 8, 24, 48]  # the last block takes the spare rows
     assert position.tolist() == [0, 1, 2, *range(8, 17), *range(24, 32)]
     assert padded_expert.tolist() == [0] * 8 + [2] * 16 + [3] * 24
-    for n_rows, n in [(1, 1), (7, 3), (4096, 8), (13, 64)]:  # the worst case, every block 7 rows over a multiple of 8
-        assert padded_rows(n_rows, n) % 8 == 0 and padded_rows(n_rows, n) >= n_rows + 7 * min(n, n_rows)
+    generator = torch.Generator().manual_seed(0)
+    for n in (1, 3, 8, 64):  # random counts, with empty experts (trailing ones too) and blocks of 8k + 1 rows
+        for _ in range(20):
+            counts = torch.randint(0, 20, (n,), generator=generator) * torch.randint(0, 2, (n,), generator=generator)
+            if torch.rand((), generator=generator) < 0.3:
+                counts = 8 * torch.randint(0, 3, (n,), generator=generator) + 1  # the most padding per block
+            n_rows = int(counts.sum())
+            position, offsets, padded_expert = _aligned_layout(counts, n_rows)
+            row_expert = torch.repeat_interleave(torch.arange(n), counts)
+            assert len(padded_expert) == padded_rows(n_rows, n) and offsets[-1] == len(padded_expert)
+            assert (offsets % 8 == 0).all() and (offsets.diff() >= 0).all()
+            assert len(set(position.tolist())) == n_rows and (position < len(padded_expert)).all()
+            assert torch.equal(padded_expert[position], row_expert)  # every row lands in its expert's block
 
 
 def test_unknown_kernel_is_refused():

@@ -6,8 +6,9 @@ of 16 bytes (8 values). The ``seed`` preset's width, n_embd 1028, does not: on a
 302 at 1024 (``tools/gpu_profile.py``, reports/reference/gpu/). So on CUDA :func:`linear`
 pads a width that is not a multiple of 8 with zero columns for the call (the input's and
 the weight's inner width, the weight's and the bias's outer one) and slices the output
-back: zeros add nothing, the result and the gradients are the same. On the CPU nothing is
-padded (MKL has no such cliff); ``align=True`` forces the padding there for tests.
+back: zeros add nothing, the result and the gradients are the same. 16 bytes are 8 bf16
+values but 4 fp32 ones, so in fp32 n_embd 1028 needs no padding. On the CPU nothing is
+padded (MKL has no such cliff); ``align=N`` pads to multiples of N values anywhere (tests).
 """
 
 from __future__ import annotations
@@ -16,17 +17,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ALIGN = 8  # values per 16 bytes in bf16
+ALIGN_BYTES = 16
 PAD_ON_CUDA = True  # False: no padding anywhere (tools/gpu_profile.py times the step both ways)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, align: bool | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)`` (weight (out, in)), with widths padded to multiples of ``ALIGN`` on CUDA."""
-    pad_out, pad_in = -weight.shape[0] % ALIGN, -weight.shape[1] % ALIGN
-    if not (x.is_cuda and PAD_ON_CUDA if align is None else align) or not (pad_out or pad_in):
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, align: int | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` (weight (out, in)); on CUDA with widths padded to 16-byte rows.
+
+    ``align``: pad the widths to multiples of this many values (default: 16 bytes of the
+    compute dtype on CUDA, no padding on the CPU).
+    """
+    autocast = torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    if align is None:
+        align = ALIGN_BYTES // dtype.itemsize if x.is_cuda and PAD_ON_CUDA else 1
+    pad_out, pad_in = -weight.shape[0] % align, -weight.shape[1] % align
+    if not (pad_out or pad_in):
         return F.linear(x, weight, bias)
-    if torch.is_autocast_enabled(x.device.type):  # cast first: padding the fp32 weight would copy it twice
-        dtype = torch.get_autocast_dtype(x.device.type)
+    if autocast:  # cast first: padding the fp32 weight would copy it twice
         x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
     padded = F.linear(
         F.pad(x, (0, pad_in)), F.pad(weight, (0, pad_in, 0, pad_out)), None if bias is None else F.pad(bias, (0, pad_out))

@@ -15,12 +15,14 @@ What a graph needs, and where moelab gives it:
   step (the window schedule has a few shapes; the previous graph is freed), with batches
   copied into the graph's input buffers;
 - a learning rate the graph reads from memory: a tensor, filled before each replay;
-- optimizer state that exists before the capture: the run's first step is eager.
+- optimizer state that exists before the capture: the run's first step is eager;
+- a step whose loss is not finite changes nothing: the graph hands AdamW a ``found_inf``
+  flag (as a gradient scaler does), so the weights stay those of the last good step.
 
-:func:`graph_blocker` says why a run cannot use graphs (``None`` when it can). Graphs
-draw dropout and router noise from the same generator as eager steps, but not the same
-sequence (the capture's warm-up passes draw too): a graphed run is reproducible from its
-seed, not equal bit for bit to an eager one.
+:func:`graph_blocker` says why a run cannot use graphs (``None`` when it can); a capture
+that fails anyway raises :class:`CaptureError` (the Trainer then trains eagerly). Dropout
+and router noise come from the same generator as in eager steps (the capture's warm-up
+passes give back what they drew), and a graphed run is reproducible from its seed.
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ModelConfig, TrainConfig
 
 WARMUP_PASSES = 3  # forward + backward passes before a capture (cuBLAS handles, autograd's lazy setup)
+
+
+class CaptureError(RuntimeError):
+    """A training step could not be captured as a CUDA graph."""
 
 
 def graph_blocker(
@@ -46,8 +53,9 @@ def graph_blocker(
         (distributed, "DDP synchronizes gradients between ranks outside the graph"),
         (train.grad_accum_steps != 1, "gradient accumulation"),
         (not isinstance(optimizer, torch.optim.AdamW) or not optimizer.defaults.get("fused"),
-         "only fused AdamW reads its learning rate as a tensor (Muon takes it as a number)"),
+         "moelab's graphs take fused AdamW (Muon takes its learning rate as a number)"),
         (model.is_moe and model.capacity_factor is not None, "capacity reads the kept slots on the host"),
+        (model.is_moe and not hasattr(F, "grouped_mm"), "this torch has no grouped_mm"),
         (model.is_moe and precision != "bf16", "fp32 experts run one matmul per expert, which reads the counts on the host"),
     ]  # fmt: skip
     return next((why for blocked, why in reasons if blocked), None)
@@ -71,7 +79,12 @@ class GraphedStep:
 
     def step(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, float, list | None]:
         if tuple(x.shape) != self.shape:
-            self._capture(x, y)
+            try:
+                self._capture(x, y)
+            except RuntimeError as err:
+                self.graph = self.shape = None
+                self.optimizer.zero_grad(set_to_none=True)  # what a failed capture left in .grad is not a gradient
+                raise CaptureError(str(err)) from err
         self.x.copy_(x.pin_memory(), non_blocking=True)
         self.y.copy_(y.pin_memory(), non_blocking=True)
         self.lr.fill_(lr)
@@ -87,9 +100,13 @@ class GraphedStep:
         return torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float(), out.routing
 
     def _capture(self, x: Tensor, y: Tensor) -> None:
-        self.graph = self.shape = None  # the previous shape's graph and memory go first
+        # the previous shape's graph, its outputs and the gradients it wrote go first (their memory too)
+        self.graph = self.shape = self.parts = self.routing = self.grad_norm = None
+        self.optimizer.zero_grad(set_to_none=True)
         self.x, self.y = x.to(self.lr.device).clone(), y.to(self.lr.device).clone()
-        buffers = [(b, b.clone()) for b in self.model.buffers()]  # warm-up passes leave no trace (bias counts)
+        # warm-up passes leave no trace: buffers (the bias counts) and the random stream are restored
+        buffers = [(b, b.clone()) for b in self.model.buffers()]
+        rng = torch.cuda.get_rng_state(self.lr.device)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -99,18 +116,21 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(side)
         for buffer, saved in buffers:
             buffer.copy_(saved)
+        torch.cuda.set_rng_state(rng, self.lr.device)
         graph = torch.cuda.CUDAGraph()
-        with self._lr_as_tensor(), torch.cuda.graph(graph):  # gradients are allocated and written by the graph
+        with self._graph_optimizer(), torch.cuda.graph(graph):  # gradients are allocated and written by the graph
             self.parts, self.routing = self._forward_backward()
             self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
+            self.optimizer.found_inf = (~torch.isfinite(self.parts[0])).float()  # a bad step changes nothing
             self.optimizer.step()
         self.graph, self.shape = graph, tuple(x.shape)
 
     @contextlib.contextmanager
-    def _lr_as_tensor(self):
+    def _graph_optimizer(self):
         """During the capture only: the groups read ``self.lr`` (a tensor) and allow capture.
 
-        Outside it the optimizer keeps plain numbers, so its checkpoints load anywhere.
+        Outside it the optimizer keeps plain numbers and no ``found_inf``, so eager steps and
+        its checkpoints are as without graphs.
         """
         saved = [(group["lr"], group["capturable"]) for group in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
@@ -120,3 +140,4 @@ class GraphedStep:
         finally:
             for group, (lr, capturable) in zip(self.optimizer.param_groups, saved):
                 group["lr"], group["capturable"] = lr, capturable
+            self.optimizer.__dict__.pop("found_inf", None)

@@ -111,7 +111,8 @@ class Experts(nn.Module):
         try:
             return ExpertMLP.apply(x_sorted, *weights, counts, True, self.activation)
         except RuntimeError as err:
-            if self.kernel != "auto" or isinstance(err, torch.OutOfMemoryError):
+            capturing = x_sorted.is_cuda and torch.cuda.is_current_stream_capturing()
+            if self.kernel != "auto" or capturing or isinstance(err, torch.OutOfMemoryError):
                 raise
             warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=2)
             self.kernel = "loop"

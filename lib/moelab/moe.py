@@ -222,7 +222,7 @@ class MoE(nn.Module):
         order = torch.argsort(slot_expert, stable=True)  # 7. dispatch (stable: token order within an expert)
         if keep is not None:  # capacity: the kept slots only (their number is read on the host)
             order = order[keep.reshape(-1)[order]]
-        counts = slot_counts(slot_expert[order], self.n_experts)
+        counts = slot_counts(slot_expert if keep is None else slot_expert[order], self.n_experts)
         token = order // k
         x_sorted = flat.index_select(0, token)
         if torch.is_autocast_enabled(flat.device.type):  # keep activations in the autocast dtype through the experts

@@ -34,7 +34,7 @@ from . import distributed
 from .batches import WindowSampler, fixed_windows, to_device
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, config_diff
-from .cuda_graph import GraphedStep, graph_blocker
+from .cuda_graph import CaptureError, GraphedStep, graph_blocker
 from .data import load_split
 from .model import Transformer, eval_mode
 from .optim import load_optimizer_state, make_optimizer
@@ -211,8 +211,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         log_now = (self.step + 1) % cfg.log_every == 0
-        if self.graphed is not None and self.step > 0:  # the first step is eager: it creates the optimizer state
-            parts, grad_norm, routing = self.graphed.step(*self.sampler.batch(sequences, window), lr)
+        graphed = self._graphed_step(sequences, window, lr) if self.graphed is not None and self.step > 0 else None
+        if graphed is not None:  # (the first step is eager: it creates the optimizer state the graph updates)
+            parts, grad_norm, routing = graphed
             self._check_finite(parts, window, lr)
             routing = routing if log_now else None
         else:
@@ -230,6 +231,15 @@ class Trainer:
         if self.dist.enabled:  # one clock for the budget, or ranks would stop at different steps
             self.elapsed = distributed.all_reduce(torch.tensor([self.elapsed]), "max").item()
         return StepOutcome(window, sequences, lr, parts, grad_norm, routing, log_now)
+
+    def _graphed_step(self, sequences: int, window: int, lr: float) -> tuple | None:
+        """One CUDA graph replay; None (graphs off from now on, with a warning) if the capture failed."""
+        try:
+            return self.graphed.step(*self.sampler.batch(sequences, window), lr)
+        except CaptureError as err:  # the eager step that follows draws a new batch
+            warnings.warn(f"CUDA graphs off: the capture failed ({err}); training eagerly", stacklevel=3)
+            self.graphed, self.graph_blocker = None, f"the capture failed: {err}"[:300]
+            return None
 
     def _check_finite(self, parts: torch.Tensor, window: int, lr: float) -> None:
         if not torch.isfinite(parts[0]):
