@@ -1,10 +1,16 @@
-"""Byte-level UTF-8 tokenizer: one token per byte, vocabulary of 256.
+"""Tokenizers: bytes (one token per UTF-8 byte, vocabulary 256) and byte-level BPE.
 
-Any text round-trips losslessly (accents, em dashes, emoji are several bytes each).
-A model can emit byte sequences that are not valid UTF-8 (a multi-byte character cut
-in half); decoding replaces those with U+FFFD instead of raising, and
-:meth:`ByteTokenizer.stream_decoder` holds back an incomplete character until its
-last byte arrives, so streamed text never shows half a character.
+Both are lossless on any text: every token stands for a fixed string of bytes (its
+*piece*), and a text's tokens' pieces joined are its UTF-8 bytes. A model can emit byte
+sequences that are not valid UTF-8 (a multi-byte character cut in half); decoding
+replaces those with U+FFFD instead of raising, and ``stream_decoder()`` holds back an
+incomplete character until its last byte arrives, so streamed text never shows half a
+character, whether a token holds part of a character or several.
+
+:class:`BPETokenizer` is trained with Hugging Face ``tokenizers`` (byte-level BPE over
+GPT-4's split pattern, :data:`SPLIT_PATTERN`: words, numbers of up to 3 digits,
+punctuation runs and whitespace are pre-tokenized apart and never merged across). Its
+first 256 tokens are the 256 bytes, so any byte sequence has an encoding.
 """
 
 from __future__ import annotations
@@ -15,8 +21,18 @@ from collections.abc import Iterable
 import torch
 
 
+TOKENIZERS = ("bytes", "bpe")
+MIN_BPE_VOCAB = 257  # the 256 bytes and at least one merge
+# GPT-4's (cl100k) split pattern in the form the tokenizers library's regex engine takes (as Llama 3's tokenizer.json)
+SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
 class ByteTokenizer:
+    name = "bytes"
     vocab_size = 256
+    pieces = [bytes([i]) for i in range(256)]  # the bytes each token stands for
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
@@ -47,15 +63,95 @@ class ByteTokenizer:
 
 
 class StreamDecoder:
-    """Incremental UTF-8 decoding for streamed generation."""
+    """Incremental UTF-8 decoding for streamed generation; ``to_bytes`` turns token ids into their bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, to_bytes=None) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._to_bytes = to_bytes or ByteTokenizer._to_bytes
 
     def feed(self, ids: Iterable[int] | torch.Tensor | bytes) -> str:
-        """Text completed by these bytes (an unfinished character is held back)."""
-        return self._decoder.decode(ByteTokenizer._to_bytes(ids))
+        """Text completed by these tokens (an unfinished character is held back)."""
+        return self._decoder.decode(self._to_bytes(ids))
 
     def flush(self) -> str:
         """Whatever is held back, with an unfinished character shown as U+FFFD."""
         return self._decoder.decode(b"", final=True)
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-to-character table, the one byte-level BPE writes its tokens in.
+
+    Printable bytes map to themselves; the others (controls, space, some Latin-1) to
+    characters from U+0100 upwards, in byte order.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+class BPETokenizer:
+    """Byte-level BPE (Hugging Face ``tokenizers``): ``train(texts, vocab_size)``, ``save`` / ``load``.
+
+    ``vocab_size`` counts the 256 byte tokens and the merges; it has no special tokens.
+    """
+
+    name = "bpe"
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size()
+        to_byte = {c: b for b, c in byte_level_alphabet().items()}
+        self.pieces = [bytes(to_byte[c] for c in tokenizer.id_to_token(i)) for i in range(self.vocab_size)]
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_BPE_VOCAB:
+            raise ValueError(
+                f"vocab_size: a BPE vocabulary holds the 256 bytes and at least one merge, so it must be an integer "
+                f">= {MIN_BPE_VOCAB}, got {vocab_size!r} (for bytes alone use tokenizer='bytes')"
+            )
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])  # fmt: skip
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet = list(byte_level_alphabet().values())  # every byte gets a token, merged or not
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False)
+        tokenizer.train_from_iterator(texts, trainer)
+        return cls(tokenizer)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BPETokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(text))
+
+    def to_json(self) -> str:
+        return self.tokenizer.to_str()
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}; decode bytes first")
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        return self.to_bytes(ids).decode("utf-8", errors="replace")
+
+    def to_bytes(self, ids: Iterable[int] | torch.Tensor) -> bytes:
+        values = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        bad = [v for v in values if not 0 <= int(v) < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}, got {bad[:5]}")
+        return b"".join(self.pieces[int(v)] for v in values)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self.to_bytes)
