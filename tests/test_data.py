@@ -376,3 +376,51 @@ def test_the_data_package_re_exports_its_modules_public_names():
                 continue  # private, or imported from elsewhere
             if callable(value) or name.isupper():
                 assert getattr(moelab.data, name) is value and name in moelab.data.__all__, name
+
+
+# ---------------------------------------------------------------------------- tokenizers
+
+
+def _toy_corpus(tmp_path):
+    corpus = {f"{c}/w{i}.txt": f"{c} obra {i} — ação, coração\n\n" + PROSE * (i + 1)
+              for c in ("romance", "conto", "poesia") for i in range(4)}  # fmt: skip
+    return write_tree(tmp_path / "corpus", corpus)
+
+
+def test_bpe_dataset_holds_the_same_text_as_the_bytes_dataset(tmp_path):
+    from moelab.tokenizer import BPETokenizer
+
+    source, root = _toy_corpus(tmp_path), tmp_path / "data"
+    settings = dict(data_root=root, val_fraction=0.1, test_fraction=0.1, progress=False)
+    as_bytes = prepare_dataset(source, "toy-bytes", **settings)
+    bpe = prepare_dataset(source, "toy-bpe", tokenizer="bpe", vocab_size=300, **settings)
+    assert (bpe.meta["tokenizer"], bpe.meta["vocab_size"], bpe.meta["dtype"]) == ("bpe", 300, "uint16")
+    assert bpe.catalog["split"].equals(as_bytes.catalog["split"])  # the same works in each split
+    assert bpe.cleaned_texts().equals(as_bytes.cleaned_texts())  # every work decodes back to its cleaned text
+    for split in ("train", "val", "test"):
+        ids = load_split("toy-bpe", split, data_root=root)
+        info = bpe.meta["splits"][split]
+        assert ids.dtype == np.uint16 and len(ids) == info["tokens"] and info["bytes"] == 2 * info["tokens"]
+        text = bytes(load_split("toy-bytes", split, data_root=root))
+        assert bpe.tokenizer.to_bytes(ids.tolist()) == text  # the split file is the bytes dataset's text
+        assert info["text_bytes"] == len(text) == as_bytes.meta["splits"][split]["text_bytes"]
+        assert info["tokens"] < 0.8 * len(text)
+    # the BPE was trained on the training split's works alone
+    train_works = [t for (c, w), t in as_bytes.cleaned_texts().items()
+                   if as_bytes.catalog.set_index(["category", "work"]).loc[(c, w), "split"] == "train"]  # fmt: skip
+    order = as_bytes.catalog.index[as_bytes.catalog["split"] == "train"]
+    train_texts = [as_bytes.cleaned_texts()[(as_bytes.catalog.loc[i, "category"], as_bytes.catalog.loc[i, "work"])] for i in order]
+    assert sorted(train_texts) == sorted(train_works)
+    assert BPETokenizer.train(train_texts, 300).to_json() == (bpe.path / "tokenizer.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "tokenizer, vocab_size, message",
+    [("wordpiece", None, "tokenizer must be one of bytes, bpe"), ("bpe", 256, ">= 257"), ("bpe", None, ">= 257"),
+     ("bpe", 70000, "at most 65536"), ("bytes", 512, "use tokenizer='bpe'")],
+)  # fmt: skip
+def test_bad_tokenizer_choices_are_refused_before_anything_is_read(tmp_path, tokenizer, vocab_size, message):
+    with pytest.raises(ValueError, match=message):
+        prepare_dataset(tmp_path / "no-such-corpus", "x", data_root=tmp_path / "data", tokenizer=tokenizer,
+                        vocab_size=vocab_size, progress=False)  # fmt: skip
+    assert not (tmp_path / "data").exists()

@@ -359,3 +359,65 @@ def test_window_helpers_gather_the_same_bytes():
     xb, yb = sampler.batch(4, 8)
     starts = torch.randint(0, 200 - 8 - 1, (4,), generator=generator)
     assert torch.equal(xb[:, 0], starts) and torch.equal(yb[:, -1], starts + 8)
+
+
+# ---------------------------------------------------------------------------- BPE datasets
+
+
+@pytest.fixture(scope="module")
+def bpe_dataset(tmp_path_factory):
+    """The toy corpus of conftest as a BPE dataset of 300 tokens ("toy-bpe"), and its source folder."""
+    import random
+
+    from moelab.data import prepare_dataset
+    from tests.conftest import SENTENCES
+
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("bpe-corpus")
+    for category in ("romance", "conto", "teatro"):
+        (folder / category).mkdir()
+        for i in range(4):
+            text = "\n".join(" ".join(rng.choice(SENTENCES) for _ in range(5)) for _ in range(60))
+            (folder / category / f"obra{i}.txt").write_text(text, encoding="utf-8")
+    prepare_dataset(folder, "toy-bpe", tokenizer="bpe", vocab_size=300, val_fraction=0.1, test_fraction=0.1, progress=False)
+    return folder
+
+
+def test_a_model_whose_vocabulary_is_not_the_datasets_is_refused(bpe_dataset):
+    model, train = tiny(max_steps=2)
+    with pytest.raises(ValueError, match=r"built with the bpe tokenizer \(300 tokens\).*vocab_size=300"):
+        Trainer(model, train, "bpe-wrong-vocab", dataset="toy-bpe", progress=False).fit()
+
+
+def test_bpe_run_reports_bits_per_byte_of_the_validation_text(bpe_dataset):
+    """val_bpb = the validation windows' total nats / ln 2 / the UTF-8 bytes their targets stand for."""
+    from moelab.data import load_dataset
+
+    model, train = tiny(max_steps=6, eval_every=6)
+    result = Trainer(model.replace(vocab_size=300), train, "bpe-bpb", dataset="toy-bpe", progress=False).fit(overwrite=True)
+    trainer_model = load_model(result.checkpoint)
+    trainer = Trainer(model.replace(vocab_size=300), train, "bpe-bpb-probe", dataset="toy-bpe", progress=False)
+    trainer._build()  # the same fixed validation windows
+    tokenizer = load_dataset("toy-bpe").tokenizer
+    with torch.no_grad():
+        logits = trainer_model(trainer.val_x).logits
+        nats = torch.nn.functional.cross_entropy(logits.reshape(-1, 300).double(), trainer.val_y.reshape(-1), reduction="sum")
+    n_bytes = sum(len(tokenizer.to_bytes(row.tolist())) for row in trainer.val_y)
+    assert n_bytes > 1.3 * trainer.val_y.numel()  # BPE tokens hold several bytes
+    assert result.val_bpb == pytest.approx(nats.item() / math.log(2) / n_bytes, rel=1e-4)
+    assert result.metrics["val_bpb"].dropna().iloc[-1] == pytest.approx(result.val_bpb, rel=1e-9)
+
+
+def test_resuming_with_a_dataset_rebuilt_with_another_tokenizer_is_refused(bpe_dataset):
+    from moelab.checkpoint import CheckpointError
+    from moelab.data import prepare_dataset
+
+    settings = dict(tokenizer="bpe", vocab_size=300, val_fraction=0.1, test_fraction=0.1, progress=False)
+    prepare_dataset(bpe_dataset, "toy-bpe-again", **settings)
+    model, train = tiny(max_steps=4, checkpoint_every=2)
+    Trainer(model.replace(vocab_size=300), train, "bpe-resume", dataset="toy-bpe-again", progress=False).fit(
+        overwrite=True, stop_after_steps=2
+    )
+    prepare_dataset(bpe_dataset, "toy-bpe-again", split_seed=7, **settings)  # other training works: other merges
+    with pytest.raises(CheckpointError, match="another tokenizer"):
+        Trainer(model.replace(vocab_size=300), train, "bpe-resume", dataset="toy-bpe-again", progress=False).fit(resume=True)

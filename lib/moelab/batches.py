@@ -11,13 +11,17 @@ import numpy as np
 import torch
 
 
-def as_byte_tensor(data: np.ndarray | bytes | torch.Tensor) -> torch.Tensor:
-    """A uint8 tensor of the bytes (a copy, so the caller's array may change afterwards)."""
-    if isinstance(data, torch.Tensor):
-        return data.to(torch.uint8)
+def as_token_tensor(data: np.ndarray | bytes | torch.Tensor) -> torch.Tensor:
+    """A tensor of the token ids (a copy, so the caller's array may change afterwards).
+
+    Bytes stay uint8; wider ids (uint16 BPE ids) become int32, which torch indexes everywhere.
+    """
     if isinstance(data, (bytes, bytearray)):
         data = np.frombuffer(data, dtype=np.uint8)
-    return torch.from_numpy(np.array(data, dtype=np.uint8))
+    if isinstance(data, torch.Tensor):
+        return data.clone() if data.dtype in (torch.uint8, torch.int32, torch.int64) else data.to(torch.int32)
+    data = np.asarray(data)
+    return torch.from_numpy(np.array(data, dtype=np.uint8 if data.dtype == np.uint8 else np.int32))
 
 
 def gather_windows(data: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
@@ -37,8 +41,8 @@ def evenly_spaced_starts(n_bytes: int, length: int, count: int) -> torch.Tensor:
 
 
 def evenly_spaced_windows(data: np.ndarray, length: int, count: int) -> np.ndarray:
-    """``count`` windows of ``length`` bytes spread evenly over data, as an (n, length) uint8 array."""
-    tensor = as_byte_tensor(data)
+    """``count`` windows of ``length`` tokens spread evenly over data, as an (n, length) array of ids."""
+    tensor = as_token_tensor(data)
     return gather_windows(tensor, evenly_spaced_starts(len(tensor), length, count), length).numpy()
 
 
@@ -76,7 +80,7 @@ class WindowSampler:
     """
 
     def __init__(self, data: np.ndarray, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.data = as_byte_tensor(data)
+        self.data = as_token_tensor(data)
         self.generator = torch.Generator().manual_seed(seed * 1009)
         self.rank, self.world_size = rank, world_size
 

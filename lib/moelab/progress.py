@@ -16,7 +16,6 @@ from typing import TextIO
 
 from tqdm.auto import tqdm
 
-from .scoring import LN2
 
 
 def format_duration(seconds: float) -> str:
@@ -42,11 +41,11 @@ class ProgressBar:
             bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
         )
 
-    def show_row(self, row: dict, val_loss: float) -> None:
+    def show_row(self, row: dict, val_bpb: float) -> None:
         self.bar.set_postfix(
             step=row["step"],
             loss=f"{row['loss']:.3f}",
-            bpb=f"{val_loss / LN2:.3f}" if not math.isnan(val_loss) else "-",
+            bpb=f"{val_bpb:.3f}" if not math.isnan(val_bpb) else "-",
             window=row["window"],
             tok_s=f"{row['tokens_per_s']:.0f}",
             refresh=False,
@@ -71,10 +70,10 @@ class ProgressLog:
         self.last_tokens, self.last_elapsed = None, None
         self.first_tokens, self.first_elapsed = None, None
 
-    def show_row(self, row: dict, val_loss: float) -> None:
+    def show_row(self, row: dict, val_bpb: float) -> None:
         self.loss = row["loss"]
-        if not math.isnan(val_loss):
-            self.val_bpb = val_loss / LN2
+        if not math.isnan(val_bpb):
+            self.val_bpb = val_bpb
 
     def update(self, progress: float, step: int, tokens: int, elapsed: float) -> None:
         if self.first_tokens is None:  # the state training starts (or resumes) from

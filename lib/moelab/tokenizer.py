@@ -95,6 +95,16 @@ def byte_level_alphabet() -> dict[int, str]:
     return table
 
 
+def check_bpe_vocab(vocab_size) -> None:
+    """A BPE vocabulary: the 256 bytes and at least one merge, ids that fit in uint16."""
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or not MIN_BPE_VOCAB <= vocab_size <= 65536:
+        raise ValueError(
+            f"vocab_size: a BPE vocabulary holds the 256 bytes and at least one merge, so it must be an integer "
+            f">= {MIN_BPE_VOCAB} (and at most 65536: ids are stored as uint16), got {vocab_size!r} "
+            "(for bytes alone use tokenizer='bytes')"
+        )
+
+
 class BPETokenizer:
     """Byte-level BPE (Hugging Face ``tokenizers``): ``train(texts, vocab_size)``, ``save`` / ``load``.
 
@@ -113,11 +123,7 @@ class BPETokenizer:
     def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_BPE_VOCAB:
-            raise ValueError(
-                f"vocab_size: a BPE vocabulary holds the 256 bytes and at least one merge, so it must be an integer "
-                f">= {MIN_BPE_VOCAB}, got {vocab_size!r} (for bytes alone use tokenizer='bytes')"
-            )
+        check_bpe_vocab(vocab_size)
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
@@ -155,3 +161,20 @@ class BPETokenizer:
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self.to_bytes)
+
+
+def piece_lengths(tokenizer) -> torch.Tensor:
+    """Bytes each token stands for, (vocab_size,) int64: the denominator of bits per byte."""
+    return torch.tensor([len(piece) for piece in tokenizer.pieces])
+
+
+def tokenizer_record(tokenizer) -> dict:
+    """What a checkpoint keeps of its tokenizer, enough to rebuild it: the name, and BPE's JSON."""
+    return {"name": tokenizer.name, "json": tokenizer.to_json() if tokenizer.name == "bpe" else None}
+
+
+def tokenizer_from_record(record: dict | None):
+    """The tokenizer of a :func:`tokenizer_record` (None, a checkpoint from before there was a choice: bytes)."""
+    if record is None or record["name"] == "bytes":
+        return ByteTokenizer()
+    return BPETokenizer.from_json(record["json"])

@@ -35,7 +35,7 @@ from .batches import WindowSampler, fixed_windows, to_device
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, config_diff
 from .cuda_graph import CaptureError, GraphedStep, graph_blocker
-from .data import load_split
+from .data import bytes_per_token, check_dataset_vocab, load_dataset, load_split
 from .model import Transformer, eval_mode
 from .optim import load_optimizer_state, make_optimizer
 from .paths import check_run_name
@@ -57,6 +57,7 @@ from .runs import (
 )
 from .schedule import Budget, LRSchedule, WindowSchedule
 from .scoring import LN2, mean_loss
+from .tokenizer import piece_lengths, tokenizer_from_record, tokenizer_record
 
 
 class TrainingDiverged(RuntimeError):
@@ -288,7 +289,7 @@ class Trainer:
             "ce_loss": parts[1].item(),
             "aux_loss": parts[2].item(),
             "z_loss": parts[3].item(),
-            "train_bpb": parts[1].item() / LN2,
+            "train_bpb": parts[1].item() / LN2 / self.train_bytes_per_token,  # (the split's mean bytes per token)
             "grad_norm": outcome.grad_norm,
             "tokens_per_s": (self.tokens - self.last_log_tokens) / max(self.elapsed - self.last_log_time, 1e-9),
             "val_loss": math.nan,
@@ -303,7 +304,7 @@ class Trainer:
         """Validation loss into the row, and a routing snapshot; its time is not training time."""
         eval_start = time.perf_counter()
         self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
-        row["val_loss"], row["val_bpb"] = self.val_loss, self.val_loss / LN2
+        row["val_loss"], row["val_bpb"] = self.val_loss, self.val_loss / LN2 / self.val_bytes_per_token
         if self.dist.is_main:
             self._routing_snapshot()
         self.clock_start += time.perf_counter() - eval_start
@@ -312,7 +313,7 @@ class Trainer:
         self.rows.append(row)
         for callback in [*self.callbacks, self.tensorboard] if self.dist.is_main else ():
             callback(row)
-        self.display.show_row(row, self.val_loss)
+        self.display.show_row(row, self.val_loss / LN2 / self.val_bytes_per_token)
 
     def _bf16_speedup(self) -> float:
         """fp32 / bf16 step time of this model, the mean over ranks (so every rank picks the same precision)."""
@@ -333,10 +334,14 @@ class Trainer:
             done = self.budget.done(self.step, self.elapsed, self.tokens)
             set_status(self.reports, "finished" if done else "interrupted", ended=now(), **summary(metrics))
         size = (self.step, self.tokens, self.elapsed)
-        return TrainResult(self.run_name, *size, val_loss, val_loss / LN2, self.last_checkpoint, metrics)
+        bpb = val_loss / LN2 / self.val_bytes_per_token
+        return TrainResult(self.run_name, *size, val_loss, bpb, self.last_checkpoint, metrics)
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
+        prepared = load_dataset(self.dataset)
+        check_dataset_vocab(prepared, self.model_config.vocab_size)
+        self.tokenizer = prepared.tokenizer
         torch.manual_seed(self.train_config.seed)  # the same initial weights on every rank
         self.model = Transformer(self.model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, self.train_config, self.device)
@@ -348,6 +353,9 @@ class Trainer:
         self.val_x, self.val_y = fixed_windows(
             load_split(self.dataset, "val"), self.model_config.context_window, self.train_config.eval_windows
         )
+        # bits per byte = nats / ln 2 / UTF-8 bytes, whatever a token holds (1 byte for the bytes tokenizer)
+        self.val_bytes_per_token = piece_lengths(self.tokenizer)[self.val_y].double().mean().item()
+        self.train_bytes_per_token = bytes_per_token(prepared.meta, "train")
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
         self.rows: list[dict] = []
         self.routing_rows: list[dict] = []
@@ -384,6 +392,11 @@ class Trainer:
             diff = config_diff(ModelConfig.from_dict(payload["model_config"]), self.model_config)
             if diff:
                 raise CheckpointError(f"cannot resume {self.run_name}: the model config differs in {', '.join(diff)}")
+            if tokenizer_record(tokenizer_from_record(payload["extra"].get("tokenizer"))) != tokenizer_record(self.tokenizer):
+                raise CheckpointError(
+                    f"cannot resume {self.run_name}: its checkpoint was trained with another tokenizer than the dataset "
+                    f"{self.dataset!r} now has (was it prepared again with another tokenizer or vocab_size?)"
+                )
             self.model.load_state_dict(payload["model"])
             load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
             state = payload["extra"]
@@ -438,6 +451,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "run_name": self.run_name,
             "dataset": self.dataset,
+            "tokenizer": tokenizer_record(self.tokenizer),
         }
         try:
             self._save_files(path, extra)

@@ -30,8 +30,12 @@ from .dataset import (
     PreparedDataset,
     assign_splits,
     build_catalog,
+    bytes_per_token,
+    check_dataset_vocab,
+    check_tokenizer_choice,
     load_dataset,
     load_split,
+    tokenizer_name,
     prepare_dataset,
 )
 from .sources import (
@@ -78,6 +82,10 @@ __all__ = [
     "join_wrapped_lines",
     "load_dataset",
     "load_split",
+    "bytes_per_token",
+    "check_dataset_vocab",
+    "check_tokenizer_choice",
+    "tokenizer_name",
     "load_works",
     "machado_manifest",
     "manifest_sha256",

@@ -1,14 +1,18 @@
-"""The prepared dataset: catalog, splits by work, encoding to byte arrays, loading.
+"""The prepared dataset: catalog, splits by work, encoding to token arrays, loading.
 
 Data flow::
 
     source ──► data/raw/<dataset>/         (sources.py: Machado fetched verified, or a folder / table)
-           ──► data/processed/<dataset>/   train.bin val.bin test.bin (uint8), catalog.parquet, meta.json
+           ──► data/processed/<dataset>/   train.bin val.bin test.bin, catalog.parquet, meta.json
+                                           (+ tokenizer.json for BPE)
 
-Each split file holds whole works, cleaned (cleaning.py), UTF-8 encoded and joined by
-``SEPARATOR``; the catalog gives each work's ``split`` and byte ``offset`` in its file.
-``meta.json`` is written last and carries a fingerprint of the inputs and settings, so
-re-preparing unchanged inputs rewrites nothing.
+Each split file holds whole works, cleaned (cleaning.py), encoded by the dataset's
+tokenizer (:mod:`moelab.tokenizer`: ``bytes``, one uint8 per UTF-8 byte, or ``bpe``, a
+byte-level BPE trained on the training split alone, uint16 ids) and joined by
+``SEPARATOR``; the catalog gives each work's ``split``, ``offset`` and ``tokens`` in its
+file. ``meta.json`` says which tokenizer, vocabulary and dtype, and each split's tokens
+and UTF-8 bytes (bits per byte divide by those). It is written last and carries a
+fingerprint of the inputs and settings, so re-preparing unchanged inputs rewrites nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..paths import atomic_write, data_dir
+from ..tokenizer import BPETokenizer, ByteTokenizer, check_bpe_vocab
 from .cleaning import CLEANING_VERSION, clean_text_with_report
 from .sources import CorpusError, load_works
 
@@ -165,16 +170,24 @@ class PreparedDataset:
     meta: dict
     rewritten: bool = field(default=True)
 
+    @property
+    def tokenizer(self) -> ByteTokenizer | BPETokenizer:
+        """The tokenizer the split files were encoded with."""
+        if tokenizer_name(self.meta) == "bytes":
+            return ByteTokenizer()
+        return BPETokenizer.from_json((self.path / "tokenizer.json").read_text(encoding="utf-8"))
+
     def cleaned_texts(self) -> pd.Series:
         """Each work's cleaned text, read back from the split files, indexed by (category, work)."""
-        texts = {}
+        texts, tokenizer = {}, self.tokenizer
         for split in SPLITS:
             members = self.catalog[self.catalog["split"] == split]
             if members.empty:
                 continue
-            blob = (self.path / f"{split}.bin").read_bytes()
+            ids = np.fromfile(self.path / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]))
             for row in members.itertuples():
-                texts[(row.category, row.work)] = blob[row.offset : row.offset + row.cleaned_bytes].decode("utf-8")
+                n = getattr(row, "tokens", row.cleaned_bytes)  # (datasets from before tokenizers: bytes)
+                texts[(row.category, row.work)] = tokenizer.decode(ids[row.offset : row.offset + n].tolist())
         return pd.Series(texts, name="text").rename_axis(["category", "work"])
 
     def split_sizes(self) -> pd.DataFrame:
@@ -196,13 +209,18 @@ def prepare_dataset(
     max_works_per_category: int | None = None,
     text_column: str = "text",
     decode_errors: str = "replace",
+    tokenizer: str = "bytes",
+    vocab_size: int | None = None,
     progress: bool = True,
 ) -> PreparedDataset:
     """Fetch/read, clean, catalog, split and encode a corpus into ``data/processed/<dataset>/``.
 
     ``max_works_per_category`` keeps only the smallest works of each category (quick
-    runs). Re-running with the same inputs and settings rewrites nothing.
+    runs). ``tokenizer``: ``"bytes"`` (default) or ``"bpe"`` with ``vocab_size`` tokens
+    (at least 257), trained on the training split only. Re-running with the same inputs
+    and settings rewrites nothing.
     """
+    check_tokenizer_choice(tokenizer, vocab_size)
     root = Path(data_root) if data_root is not None else data_dir()
     dataset = _dataset_name(source, dataset)
     raw_dir = root / "raw" / "machado" if str(source) == "machado" else None
@@ -221,6 +239,8 @@ def prepare_dataset(
         "cleaning_version": CLEANING_VERSION,
         "separator": SEPARATOR,
     }
+    if tokenizer != "bytes":  # (bytes datasets keep the fingerprint they had before there was a choice)
+        settings.update(tokenizer=tokenizer, vocab_size=vocab_size)
     fingerprint = _fingerprint(works, settings)
     out = root / "processed" / dataset
     existing = _load_if_current(out, fingerprint)
@@ -230,10 +250,48 @@ def prepare_dataset(
     catalog, cleaned = build_catalog(works, progress=progress)
     catalog["split"] = assign_splits(catalog, val_fraction, test_fraction, split_seed)
     _check_no_split_empty(catalog, source)  # before anything is written: an earlier prepared dataset stays as it was
-    encoded = _encode_splits(catalog, cleaned)
-    meta = {"dataset": dataset, **_meta(catalog, encoded), "source": info, **settings, "fingerprint": fingerprint}
-    _write_dataset(out, catalog, encoded, meta)
+    if tokenizer == "bpe":  # trained on the training split's works only
+        coder = BPETokenizer.train((cleaned[i] for i in catalog.index[catalog["split"] == "train"]), vocab_size)
+    else:
+        coder = ByteTokenizer()
+    encoded = _encode_splits(catalog, cleaned, coder)
+    meta = {"dataset": dataset, **_meta(catalog, encoded, coder), "source": info, **settings, "fingerprint": fingerprint}
+    _write_dataset(out, catalog, encoded, meta, coder)
     return PreparedDataset(out, catalog, meta, rewritten=True)
+
+
+def check_tokenizer_choice(tokenizer: str, vocab_size: int | None) -> None:
+    """A clear error for a tokenizer name or vocabulary size that cannot be built."""
+    names = (ByteTokenizer.name, BPETokenizer.name)
+    if tokenizer not in names:
+        raise ValueError(f"tokenizer must be one of {', '.join(names)}, got {tokenizer!r}")
+    if tokenizer == "bytes" and vocab_size not in (None, 256):
+        raise ValueError(f"vocab_size: the bytes tokenizer has 256 tokens; got {vocab_size!r} (for more, use tokenizer='bpe')")
+    if tokenizer == "bpe":
+        check_bpe_vocab(vocab_size)
+
+
+def check_dataset_vocab(prepared: "PreparedDataset", vocab_size: int) -> None:
+    """A clear error when a model's vocabulary is not the dataset's (another tokenizer, or another BPE size)."""
+    want = prepared.meta.get("vocab_size", 256)
+    if vocab_size != want:
+        name = prepared.path.name
+        raise ValueError(
+            f"the dataset {name!r} was built with the {tokenizer_name(prepared.meta)} tokenizer ({want} tokens), but "
+            f"the model's vocab_size is {vocab_size}: train with vocab_size={want} (--set vocab_size={want}), or "
+            "prepare a dataset with the tokenizer this run expects"
+        )
+
+
+def bytes_per_token(meta: dict, split: str) -> float:
+    """UTF-8 bytes of a split's text per token of its file (1 for bytes): bits per byte = bits per token / this."""
+    info = meta["splits"][split]
+    return info.get("text_bytes", info["bytes"]) / info.get("tokens", info["bytes"])
+
+
+def tokenizer_name(meta: dict) -> str:
+    """"bytes" or "bpe" from a meta.json (datasets from before the choice say "bytes (UTF-8)")."""
+    return str(meta.get("tokenizer", "bytes")).split()[0]
 
 
 def _dataset_name(source: str | os.PathLike, dataset: str | None) -> str:
@@ -274,38 +332,56 @@ def _check_no_split_empty(catalog: pd.DataFrame, source: str | os.PathLike) -> N
         )
 
 
-def _encode_splits(catalog: pd.DataFrame, cleaned: list[str]) -> dict[str, bytes]:
-    """Each split's works, UTF-8 encoded and joined by SEPARATOR; sets each work's ``offset`` in the catalog."""
-    separator = SEPARATOR.encode()
-    catalog["offset"] = 0
+def _encode_splits(catalog: pd.DataFrame, cleaned: list[str], tokenizer) -> dict[str, np.ndarray]:
+    """Each split's works, encoded and joined by SEPARATOR's tokens, as an array of the dataset's dtype.
+
+    Sets each work's ``offset`` and ``tokens`` (its length in tokens) in the catalog.
+    """
+    dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
+
+    def ids(text: str) -> np.ndarray:  # bytes straight from UTF-8 (a list of ints per byte would be slow)
+        if tokenizer.name == "bytes":
+            return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        return np.asarray(tokenizer.encode(text), dtype=dtype)
+
+    separator = ids(SEPARATOR)
+    catalog["offset"], catalog["tokens"] = 0, 0
     encoded = {}
     for split in SPLITS:
         members = catalog.index[catalog["split"] == split]
-        blobs = [cleaned[i].encode("utf-8") for i in members]
-        offsets = np.cumsum([0] + [len(b) + len(separator) for b in blobs[:-1]]).tolist() if blobs else []
+        works = [ids(cleaned[i]) for i in members]
+        catalog.loc[members, "tokens"] = [len(w) for w in works]
+        offsets = np.cumsum([0] + [len(w) + len(separator) for w in works[:-1]]).tolist() if works else []
         catalog.loc[members, "offset"] = offsets
-        encoded[split] = separator.join(blobs)
+        parts = [part for i, w in enumerate(works) for part in ((separator, w) if i else (w,))]
+        encoded[split] = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
     return encoded
 
 
-def _meta(catalog: pd.DataFrame, encoded: dict[str, bytes]) -> dict:
-    """meta.json's description of the encoding and of each split file."""
+def _meta(catalog: pd.DataFrame, encoded: dict[str, np.ndarray], tokenizer) -> dict:
+    """meta.json's description of the encoding and of each split file ("bytes": the file's size)."""
+    separator_bytes = len(SEPARATOR.encode())
+    splits = {}
+    for s in SPLITS:
+        members = catalog[catalog["split"] == s]
+        text_bytes = int(members["cleaned_bytes"].sum()) + separator_bytes * max(len(members) - 1, 0)
+        splits[s] = {"bytes": encoded[s].nbytes, "tokens": len(encoded[s]), "text_bytes": text_bytes,
+                     "works": len(members), "sha256": hashlib.sha256(encoded[s].tobytes()).hexdigest()}  # fmt: skip
     return {
-        "tokenizer": "bytes (UTF-8)",
-        "vocab_size": 256,
-        "dtype": "uint8",
+        "tokenizer": "bytes (UTF-8)" if tokenizer.name == "bytes" else "bpe",
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": encoded["train"].dtype.name,
         "separator": SEPARATOR,
-        "splits": {
-            s: {"bytes": len(encoded[s]), "works": int((catalog["split"] == s).sum()), "sha256": hashlib.sha256(encoded[s]).hexdigest()}
-            for s in SPLITS
-        },
+        "splits": splits,
     }
 
 
-def _write_dataset(out: Path, catalog: pd.DataFrame, encoded: dict[str, bytes], meta: dict) -> None:
+def _write_dataset(out: Path, catalog: pd.DataFrame, encoded: dict[str, np.ndarray], meta: dict, tokenizer) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        atomic_write(out / f"{split}.bin", lambda f, blob=encoded[split]: f.write(blob))
+        atomic_write(out / f"{split}.bin", lambda f, ids=encoded[split]: f.write(ids.tobytes()))
+    if tokenizer.name == "bpe":
+        atomic_write(out / "tokenizer.json", lambda f: f.write(tokenizer.to_json().encode("utf-8")))
     atomic_write(out / "catalog.parquet", lambda f: catalog.to_parquet(f, index=False))
     meta_json = json.dumps(meta, indent=2, ensure_ascii=False).encode()
     atomic_write(out / "meta.json", lambda f: f.write(meta_json))  # last: marks completion
@@ -334,12 +410,12 @@ def load_dataset(dataset: str = "machado", data_root: str | os.PathLike | None =
 
 
 def load_split(dataset: str, split: str, data_root: str | os.PathLike | None = None) -> np.memmap:
-    """A split's bytes as a read-only uint8 memory map."""
+    """A split's token ids as a read-only memory map (uint8 bytes, or uint16 BPE ids: meta.json's dtype)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     prepared = load_dataset(dataset, data_root)
     path = prepared.path / f"{split}.bin"
     if path.stat().st_size == 0:
         raise CorpusError(f"{path} is empty: the {split} split has no works; use a larger corpus or other fractions")
-    return np.memmap(path, dtype=np.uint8, mode="r")
+    return np.memmap(path, dtype=np.dtype(prepared.meta.get("dtype", "uint8")), mode="r")
 
