@@ -61,7 +61,7 @@ def test_command_line(tmp_path, capsys):
     b.write_text("Capitu!\n")
     assert main(["--checkpoint", str(checkpoint), str(a), str(b), "--clean", "--save-cleaned", str(tmp_path / "scored")]) == 0
     out = capsys.readouterr().out
-    assert "stride 4" in out and "every byte scored once" in out and "overall:" in out
+    assert "stride 4" in out and "every token scored once" in out and "overall:" in out
     scored = (tmp_path / "scored" / "a.txt").read_bytes()
     assert scored == clean_text(a.read_text()).encode()
     expected = (score_bytes(model, scored).nats + score_bytes(model, b"Capitu!").nats) / math.log(2) / (len(scored) + 7)
@@ -90,3 +90,56 @@ def test_score_text_reads_a_checkpoint(tmp_path):
     model = small_model().float()
     checkpoint = save_checkpoint(tmp_path / "m.pt", model)
     assert score_text(checkpoint, "Capitu").nats == pytest.approx(score_text(model, b"Capitu").nats)
+
+
+# ---------------------------------------------------------------------------- BPE models
+
+
+def bpe_tokenizer():
+    from moelab.tokenizer import BPETokenizer
+
+    text = "Capitu tinha olhos de ressaca. A vida é uma ópera e uma grande ópera. Ao vencedor, as batatas! "
+    return BPETokenizer.train([text * 30], 280)
+
+
+def reference_token_nats(model: Transformer, ids: list[int], start: list[int], stride: int) -> float:
+    """Token by token, as reference_nats: token t is predicted in the first window that reaches it."""
+    window = model.config.context_window
+    sequence = torch.tensor(start[-1:] + ids)
+    total = 0.0
+    for t in range(len(ids)):
+        k = 0
+        while min(k * stride + window, len(ids)) <= t:
+            k += 1
+        logits = model(sequence[k * stride : t + 1].unsqueeze(0)).logits[0, -1]
+        total += F.cross_entropy(logits.unsqueeze(0), sequence[t + 1].unsqueeze(0)).item()
+    return total
+
+
+@pytest.mark.parametrize("stride", [3, 8])
+def test_bpe_model_is_scored_per_token_and_divided_by_the_texts_bytes(stride):
+    tokenizer = bpe_tokenizer()
+    model = small_model()
+    torch.manual_seed(1)
+    bpe_model = Transformer(model.config.replace(vocab_size=tokenizer.vocab_size)).double().eval()
+    text = "Capitu — olhos de ressaca; a vida é uma ópera, ao vencedor as batatas 🎭."
+    as_bpe = score_text(bpe_model, text, stride=stride, tokenizer=tokenizer)
+    as_bytes = score_text(model, text, stride=stride)
+    assert as_bpe.bytes == as_bytes.bytes == len(text.encode("utf-8"))  # the same bytes for both
+    assert as_bpe.tokens == len(tokenizer.encode(text)) < as_bytes.tokens == as_bytes.bytes
+    want = reference_token_nats(bpe_model, tokenizer.encode(text), tokenizer.encode("\n"), stride)
+    assert as_bpe.nats == pytest.approx(want, rel=1e-9)
+    assert as_bpe.bits_per_byte == pytest.approx(want / math.log(2) / len(text.encode("utf-8")))
+
+
+def test_scoring_with_the_wrong_tokenizer_or_without_one_is_refused(tmp_path):
+    from moelab.checkpoint import CheckpointError, load_tokenizer
+
+    tokenizer = bpe_tokenizer()
+    bpe_model = Transformer(small_model().config.replace(vocab_size=tokenizer.vocab_size))
+    with pytest.raises(ValueError, match="vocabulary of 280 tokens, the tokenizer 256"):
+        score_text(bpe_model, "olá")
+    save_checkpoint(tmp_path / "no-tokenizer.pt", bpe_model)  # saved without the Trainer: no tokenizer
+    with pytest.raises(CheckpointError, match="vocabulary of 280 tokens but the checkpoint holds no tokenizer"):
+        load_tokenizer(tmp_path / "no-tokenizer.pt")
+    assert main(["--checkpoint", str(tmp_path / "no-tokenizer.pt"), str(tmp_path / "no-tokenizer.pt")]) == 2

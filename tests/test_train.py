@@ -406,6 +406,13 @@ def test_bpe_run_reports_bits_per_byte_of_the_validation_text(bpe_dataset):
     assert n_bytes > 1.3 * trainer.val_y.numel()  # BPE tokens hold several bytes
     assert result.val_bpb == pytest.approx(nats.item() / math.log(2) / n_bytes, rel=1e-4)
     assert result.metrics["val_bpb"].dropna().iloc[-1] == pytest.approx(result.val_bpb, rel=1e-9)
+    # the checkpoint carries its tokenizer: scoring it from the file alone uses the dataset's BPE
+    from moelab.scoring import score_bytes, score_text
+
+    text = "Capitu tinha olhos de ressaca. Ao vencedor, as batatas!"
+    from_file = score_text(result.checkpoint, text, device="cpu")
+    assert from_file.tokens == len(tokenizer.encode(text)) and from_file.bytes == len(text.encode())
+    assert from_file.nats == pytest.approx(score_bytes(trainer_model, text.encode(), tokenizer=tokenizer).nats)
 
 
 def test_resuming_with_a_dataset_rebuilt_with_another_tokenizer_is_refused(bpe_dataset):

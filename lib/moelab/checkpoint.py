@@ -18,6 +18,7 @@ import torch
 
 from .config import ModelConfig, TrainConfig, config_diff
 from .model import Transformer
+from .tokenizer import tokenizer_from_record
 from .paths import atomic_write
 from .precision import resolve_device
 
@@ -118,3 +119,22 @@ def load_model(
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not match its own config ({err})") from err
     return model.to(map_location).eval()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer a checkpoint's model was trained with (bytes for checkpoints from before there was a choice).
+
+    A checkpoint whose model's vocabulary is not its tokenizer's (a BPE model saved without
+    its tokenizer) is an error: its tokens cannot be turned into text.
+    """
+    payload = load_checkpoint(path)
+    record = (payload.get("extra") or {}).get("tokenizer")
+    tokenizer = tokenizer_from_record(record)
+    vocab = payload["model_config"].get("vocab_size", 256)
+    if tokenizer.vocab_size != vocab:
+        held = "no tokenizer" if record is None else f"a {tokenizer.name} tokenizer of {tokenizer.vocab_size} tokens"
+        raise CheckpointError(
+            f"{path}: its model has a vocabulary of {vocab} tokens but the checkpoint holds {held}; "
+            "it was not saved by moelab's Trainer with its dataset's tokenizer, so its tokens cannot be read as text"
+        )
+    return tokenizer

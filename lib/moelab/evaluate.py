@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, load_tokenizer
 from .data import clean_text
 from .scoring import LN2, score_bytes
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--save-cleaned needs --clean")
     try:
         model = load_model(args.checkpoint, map_location=args.device)
+        tokenizer = load_tokenizer(args.checkpoint)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -48,15 +49,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.save_cleaned:
                 args.save_cleaned.mkdir(parents=True, exist_ok=True)
                 (args.save_cleaned / path.name).write_bytes(data)
-        result = score_bytes(model, data, args.stride)
-        rows.append({"file": str(path), "bytes": result.bytes, "nats": result.nats, "bits_per_byte": result.bits_per_byte})
+        result = score_bytes(model, data, args.stride, tokenizer=tokenizer)
+        rows.append({"file": str(path), "bytes": result.bytes, "tokens": result.tokens, "nats": result.nats,
+                     "bits_per_byte": result.bits_per_byte})  # fmt: skip
     table = pd.DataFrame(rows)
     total_bytes = table["bytes"].sum()
     overall = table["nats"].sum() / LN2 / total_bytes if total_bytes else math.nan
     window, stride = result.context_window, result.stride  # the stride score_bytes used (its default: window / 2)
     print(
-        f"checkpoint {args.checkpoint} on {next(model.parameters()).device} · context {window} bytes, stride {stride}: every byte scored once, "
-        f"the first after a newline{' · cleaned as the training data' if args.clean else ''}"
+        f"checkpoint {args.checkpoint} on {next(model.parameters()).device} · {tokenizer.name} tokenizer · context {window} "
+        f"tokens, stride {stride}: every token scored once, the first after a newline"
+        f"{' · cleaned as the training data' if args.clean else ''}"
     )
     print(table[["file", "bytes", "bits_per_byte"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"overall: {overall:.4f} bits per byte over {total_bytes:,} bytes")

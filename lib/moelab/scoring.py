@@ -1,13 +1,15 @@
 """Scoring text under a model: bits per byte of any text, and the validation loss.
 
 :func:`score_text` (a checkpoint or model, and text) and :func:`score_bytes` (a model
-and bytes) score every byte exactly once: windows of the model's context length slide by
+and bytes) score every token exactly once: windows of the model's context length slide by
 ``stride`` (default: half the window); the first window scores all its positions,
-each later one only the bytes the previous windows did not reach, so every byte
-after the first window is predicted from at least ``context - stride`` bytes of
-context. The first byte is predicted after a newline (the start of a paragraph).
-This is the number to compare with compressors and n-gram models on the same bytes
-(``python -m moelab.evaluate`` prints it for files).
+each later one only the tokens the previous windows did not reach, so every token
+after the first window is predicted from at least ``context - stride`` tokens of
+context. The first token is predicted after a newline (the start of a paragraph).
+Bits per byte are the total nats / ln 2 / the UTF-8 bytes of the text, whatever the
+model's tokenizer (bytes or BPE, :mod:`moelab.tokenizer`), so models with different
+tokenizers are compared on the same bytes. This is the number to compare with
+compressors and n-gram models (``python -m moelab.evaluate`` prints it for files).
 
 :func:`mean_loss` is the Trainer's validation loss: mean cross-entropy over fixed windows.
 """
@@ -22,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .checkpoint import load_model
+from .checkpoint import load_model, load_tokenizer
 from .data import clean_text
 from .model import Transformer, eval_mode
+from .tokenizer import ByteTokenizer
 
 LN2 = math.log(2.0)
 START = b"\n"  # the context of the first byte
@@ -32,10 +35,11 @@ START = b"\n"  # the context of the first byte
 
 @dataclass
 class EvalResult:
-    bytes: int
-    nats: float  # total over all bytes
-    stride: int
-    context_window: int
+    bytes: int  # UTF-8 bytes of the text scored
+    nats: float  # total over all tokens
+    stride: int  # in tokens
+    context_window: int  # in tokens
+    tokens: int | None = None  # tokens scored (= bytes for the bytes tokenizer)
 
     @property
     def bits_per_byte(self) -> float:
@@ -43,17 +47,35 @@ class EvalResult:
 
 
 @torch.no_grad()
-def score_bytes(model: Transformer, data: bytes, stride: int | None = None, batch_size: int = 16) -> EvalResult:
-    """Total negative log-likelihood (nats) of data, every byte scored once (see module docs)."""
+def score_bytes(
+    model: Transformer, data: bytes, stride: int | None = None, batch_size: int = 16, tokenizer=None
+) -> EvalResult:
+    """Total negative log-likelihood (nats) of data, every token scored once (see module docs).
+
+    ``tokenizer``: the model's (default: bytes). With BPE, data is read as UTF-8 (bytes that
+    are not become U+FFFD, as the corpus's default decoding does) and the bytes counted are
+    those of the text scored.
+    """
+    tokenizer = tokenizer or ByteTokenizer()
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"the model has a vocabulary of {model.config.vocab_size} tokens, the tokenizer {tokenizer.vocab_size}: "
+            "score with the tokenizer the model was trained with (moelab.checkpoint.load_tokenizer)"
+        )
     window = model.config.context_window
     stride = stride or max(1, window // 2)
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be in 1..context_window={window}, got {stride}")
+    if tokenizer.name == "bytes":
+        sequence = torch.frombuffer(bytearray(START + data), dtype=torch.uint8).long()
+    else:
+        text = data.decode("utf-8", errors="replace")
+        data = text.encode("utf-8")
+        sequence = torch.tensor(tokenizer.encode(START.decode()) + tokenizer.encode(text), dtype=torch.long)
     if not data:
-        return EvalResult(0, 0.0, stride, window)
+        return EvalResult(0, 0.0, stride, window, 0)
     device = next(model.parameters()).device
-    sequence = torch.frombuffer(bytearray(START + data), dtype=torch.uint8).long()
-    n_targets = len(data)
+    n_targets = len(sequence) - 1
 
     # (begin, end, first scored target) per window; target t is sequence[t + 1]
     spans, begin, scored_until = [], 0, 0
@@ -78,7 +100,7 @@ def score_bytes(model: Transformer, data: bytes, stride: int | None = None, batc
             positions = torch.arange(x.shape[1], device=device)
             for row, (b, _, first) in enumerate(group):
                 total += nll[row, positions + b >= first].sum().item()
-    return EvalResult(n_targets, total, stride, window)
+    return EvalResult(len(data), total, stride, window, n_targets)
 
 
 def score_text(
@@ -88,18 +110,23 @@ def score_text(
     stride: int | None = None,
     clean: bool = False,
     device: str | torch.device | None = "auto",
+    tokenizer=None,
 ) -> EvalResult:
     """Bits per byte of ``text`` (str is encoded as UTF-8) under a checkpoint or model.
 
     ``clean=True`` applies :func:`moelab.data.clean_text` first, as for the training data.
     A checkpoint is loaded on ``device`` (``"auto"``: CUDA when present, else the CPU;
-    see :func:`moelab.precision.resolve_device`); a model is scored where it is.
+    see :func:`moelab.precision.resolve_device`) with its own tokenizer; a model is scored
+    where it is, with ``tokenizer`` (default: bytes).
     """
-    model = checkpoint if isinstance(checkpoint, Transformer) else load_model(checkpoint, map_location=device)
+    if isinstance(checkpoint, Transformer):
+        model, tokenizer = checkpoint, tokenizer or ByteTokenizer()
+    else:
+        model, tokenizer = load_model(checkpoint, map_location=device), load_tokenizer(checkpoint)
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     if clean:
         data = clean_text(data.decode("utf-8", errors="replace")).encode("utf-8")
-    return score_bytes(model, data, stride)
+    return score_bytes(model, data, stride, tokenizer=tokenizer)
 
 
 @torch.no_grad()
