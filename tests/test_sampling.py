@@ -1,3 +1,6 @@
+import html
+import re
+
 import pytest
 import torch
 
@@ -147,3 +150,50 @@ def test_threaded_generation_and_stop(runs):
     ui._thread.join(timeout=30)
     assert not ui._thread.is_alive()
     assert "stopped" in ui.status.value
+
+
+# ---------------------------------------------------------------------------- BPE models
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from moelab.tokenizer import BPETokenizer
+
+    text = "Capitu tinha olhos de ressaca. A vida é uma ópera, ação e coração. Ao vencedor, as batatas! "
+    return BPETokenizer.train([text * 30], 290)
+
+
+def test_bpe_prompt_is_the_tokenizers_ids_cropped_in_tokens(bpe):
+    text = "Capitu tinha olhos de ressaca; a vida é uma ópera, ao vencedor as batatas."
+    ids = bpe.encode(text)
+    assert len(text.encode()) > 16 < len(ids)
+    prompt = prepare_prompt(text, 16, bpe)
+    assert prompt.ids[0].tolist() == ids[-16:] and f"prompt of {len(ids)} tokens cropped to its last 16" in prompt.notes[0]
+    assert prompt.text == bpe.decode(ids[-16:])
+    assert prepare_prompt("ação", 16, bpe).ids[0].tolist() == bpe.encode("ação")
+
+
+def test_bpe_streamed_text_equals_decoding_the_generated_tokens(bpe):
+    model = small_model(vocab_size=290)
+    settings = SampleSettings(max_new_tokens=30, temperature=1.0, top_p=None, seed=5, num_samples=2)
+    texts, prompt = generate_texts(model, "Capitu", settings, bpe)
+    reference = model.generate(prompt.ids.repeat(2, 1), 30, temperature=1.0, seed=5)
+    assert texts == [bpe.decode(row[len(prompt.ids[0]):].tolist()) for row in reference]
+    with pytest.raises(ValueError, match="vocabulary of 290 tokens, the tokenizer 256"):
+        generate_texts(model, "Capitu", settings)  # the default tokenizer is bytes
+
+
+def test_widget_samples_a_bpe_checkpoint_with_its_own_tokenizer(bpe, tmp_path, monkeypatch):
+    from moelab.tokenizer import tokenizer_record
+
+    monkeypatch.setenv("MOELAB_DATA_DIR", str(tmp_path))
+    model = small_model(vocab_size=290)
+    save_checkpoint(tmp_path / "checkpoints" / "bpe" / "ckpt_0000010.pt", model, extra={"tokenizer": tokenizer_record(bpe)})
+    ui = SamplerUI(default_run="bpe", threaded=False)
+    assert "context 16 tokens" in ui.status.value
+    ui.prompt.value, ui.max_new_tokens.value, ui.seed.value = "Capitu", 12, 3
+    ui.generate_button.click()
+    assert "done: 12 tokens at" in ui.status.value
+    want = generate_texts(model, "Capitu", ui.settings(), bpe)[0][0]
+    shown = html.unescape(re.sub(r"<[^>]+>", "", ui.output.value))  # the text without its markup
+    assert len(want) >= 12 and shown == "Sample 1Capitu" + want

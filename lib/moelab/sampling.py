@@ -3,13 +3,15 @@
 Used by notebook 04 (the widget UI and its headless mode) and by tests. Policies,
 stated once here:
 
+- Tokens are the model's tokenizer's (``tokenizer=``, default bytes; a checkpoint's own
+  comes from :func:`moelab.checkpoint.load_tokenizer`).
 - An empty prompt starts from a newline (the start of a paragraph).
-- temperature 0 is greedy decoding (the most likely byte every time); a negative
+- temperature 0 is greedy decoding (the most likely token every time); a negative
   temperature is an error.
 - A prompt longer than the context window is cropped to its last
-  ``context_window`` bytes, and the caller is told.
-- Streamed text never shows half a multi-byte character: each piece is colored by
-  the routing of the byte that completed it.
+  ``context_window`` tokens, and the caller is told.
+- Streamed text never shows half a multi-byte character, whether a token holds part of
+  one or several: each piece is colored by the routing of the token that completed it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,11 @@ import torch
 from .generation import check_sampling_args
 from .model import Transformer
 from .paths import data_dir
-from .tokenizer import ByteTokenizer
 from .runs import list_checkpoints
+from .tokenizer import ByteTokenizer
 
 EMPTY_PROMPT = "\n"
 MAX_NEW_TOKENS = 4000  # a bound on one request, so an interactive UI never hangs for long
-
-TOKENIZER = ByteTokenizer()
 
 
 @dataclass
@@ -61,13 +61,15 @@ class Prompt:
     notes: list[str] = field(default_factory=list)
 
 
-def prepare_prompt(text: str | bytes, context_window: int) -> Prompt:
-    """The prompt as the model's bytes, with notes on anything changed or odd.
+def prepare_prompt(text: str | bytes, context_window: int, tokenizer=None) -> Prompt:
+    """The prompt as the model's tokens, with notes on anything changed or odd.
 
     ``bytes`` are taken as they are (a byte-level model can continue any bytes); text
     that carries undecodable bytes as surrogate escapes (``errors="surrogateescape"``)
-    gets those bytes back. Invalid UTF-8 is noted, and shown as U+FFFD.
+    gets those bytes back. Invalid UTF-8 is noted, and shown as U+FFFD (a BPE model
+    sees the U+FFFD: its tokens are made from text).
     """
+    tokenizer = tokenizer or ByteTokenizer()
     notes = []
     if isinstance(text, (bytes, bytearray)):
         data = bytes(text)
@@ -91,21 +93,23 @@ def prepare_prompt(text: str | bytes, context_window: int) -> Prompt:
             f"prompt is not valid UTF-8 (byte {err.start}: {data[err.start]:02x}); the model sees the bytes as given, "
             "shown here as U+FFFD"
         )
-    if len(data) > context_window:
-        notes.append(f"prompt of {len(data)} bytes cropped to its last {context_window} (the context window)")
-        data = data[-context_window:]
-    return Prompt(data.decode("utf-8", errors="replace"), torch.tensor([list(data)], dtype=torch.long), notes)
+    ids = list(data) if tokenizer.name == "bytes" else tokenizer.encode(data.decode("utf-8", errors="replace"))
+    if len(ids) > context_window:
+        unit = "bytes" if tokenizer.name == "bytes" else "tokens"
+        notes.append(f"prompt of {len(ids)} {unit} cropped to its last {context_window} (the context window)")
+        ids = ids[-context_window:]
+    return Prompt(tokenizer.decode(ids), torch.tensor([ids], dtype=torch.long), notes)
 
 
 @dataclass
 class Piece:
-    """Newly decoded text of one sample, and the top-1 expert of the byte that completed it."""
+    """Newly decoded text of one sample, and the top-1 expert of the token that completed it."""
 
     sample: int
     text: str
     expert: int | None
     tokens_per_s: float
-    generated: int  # bytes generated per sample so far
+    generated: int  # tokens generated per sample so far
 
 
 def stream(
@@ -114,19 +118,27 @@ def stream(
     settings: SampleSettings,
     expert_layer: int | None = None,
     should_stop=lambda: False,
+    tokenizer=None,
 ) -> Iterator[Piece]:
     """Generate ``settings.num_samples`` continuations at once, yielding text as it completes.
 
-    ``expert_layer`` asks for the top-1 expert of each byte in that layer (MoE models);
-    ``should_stop`` is checked between bytes (a Stop button).
+    ``expert_layer`` asks for the top-1 expert of each token in that layer (MoE models);
+    ``should_stop`` is checked between tokens (a Stop button); ``tokenizer``: the model's
+    (default bytes).
     """
+    tokenizer = tokenizer or ByteTokenizer()
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"the model has a vocabulary of {model.config.vocab_size} tokens, the tokenizer {tokenizer.vocab_size}: "
+            "sample with the tokenizer the model was trained with (moelab.checkpoint.load_tokenizer)"
+        )
     settings.check(model.config.vocab_size)
     record = expert_layer is not None and model.config.is_moe
     if record and not 0 <= expert_layer < model.config.n_layers:
         raise ValueError(f"layer must be in 0..{model.config.n_layers - 1}, got {expert_layer}")
     device = next(model.parameters()).device
     ids = prompt.ids.to(device).repeat(settings.num_samples, 1)
-    decoders = [TOKENIZER.stream_decoder() for _ in range(settings.num_samples)]
+    decoders = [tokenizer.stream_decoder() for _ in range(settings.num_samples)]
     start, produced = time.perf_counter(), 0
     steps = model.iter_generate(
         ids,
@@ -153,11 +165,13 @@ def stream(
             yield Piece(sample, rest, None, 0.0, produced)
 
 
-def generate_texts(model: Transformer, prompt_text: str, settings: SampleSettings) -> tuple[list[str], Prompt]:
+def generate_texts(
+    model: Transformer, prompt_text: str, settings: SampleSettings, tokenizer=None
+) -> tuple[list[str], Prompt]:
     """The complete continuations (new text only) of a prompt, and the prompt as used."""
-    prompt = prepare_prompt(prompt_text, model.config.context_window)
+    prompt = prepare_prompt(prompt_text, model.config.context_window, tokenizer)
     texts = [""] * settings.num_samples
-    for piece in stream(model, prompt, settings):
+    for piece in stream(model, prompt, settings, tokenizer=tokenizer):
         texts[piece.sample] += piece.text
     return texts, prompt
 

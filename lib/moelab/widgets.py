@@ -14,7 +14,7 @@ import time
 
 import ipywidgets as w
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, load_tokenizer
 from .model import Transformer
 from .sampling import Piece, SampleSettings, list_runs, prepare_prompt, stream
 from .runs import latest_checkpoint
@@ -96,13 +96,22 @@ class SamplerUI:
         )
 
     def model(self) -> Transformer:
-        """The selected run's latest checkpoint (loaded once)."""
+        """The selected run's latest checkpoint (loaded once, with its tokenizer: :meth:`tokenizer`)."""
         name = self.run.value
         if name == NO_RUNS:
             raise CheckpointError("no trained runs under data/checkpoints/: train one with notebook 02 first")
         if name not in self._models:
-            self._models[name] = load_model(latest_checkpoint(name))
-        return self._models[name]
+            path = latest_checkpoint(name)
+            self._models[name] = (load_model(path), load_tokenizer(path))
+        return self._models[name][0]
+
+    def tokenizer(self):
+        """The selected run's tokenizer (from its checkpoint)."""
+        self.model()
+        return self._models[self.run.value][1]
+
+    def _unit(self) -> str:
+        return "bytes" if self.tokenizer().name == "bytes" else "tokens"
 
     def _say(self, message: str, kind: str = "info") -> None:
         color = {"info": "#555", "error": "#b00020", "note": "#8a6d00"}[kind]
@@ -120,7 +129,7 @@ class SamplerUI:
         counts = config.param_counts()
         self._say(
             f"{html.escape(self.run.value)}: {config.n_layers} layers × {config.n_embd}, "
-            f"{config.n_experts} experts top-{config.top_k}, context {config.context_window} bytes, "
+            f"{config.n_experts} experts top-{config.top_k}, context {config.context_window} {self._unit()}, "
             f"{counts['active'] / 1e6:.2f} M active / {counts['total'] / 1e6:.2f} M parameters"
         )
 
@@ -147,7 +156,8 @@ class SamplerUI:
         except (ValueError, CheckpointError, OSError) as err:
             self._say(html.escape(str(err)), "error")
             return
-        prompt = prepare_prompt(self.prompt.value, model.config.context_window)
+        tokenizer = self.tokenizer()
+        prompt = prepare_prompt(self.prompt.value, model.config.context_window, tokenizer)
         notes = "; ".join(prompt.notes)
         layer = self.layer.value if self.color.value and model.config.is_moe else None
         samples: list[list[Piece]] = [[] for _ in range(settings.num_samples)]
@@ -159,12 +169,13 @@ class SamplerUI:
             return self._stop or time.monotonic() - started > self.time_limit_s
 
         try:
-            for piece in stream(model, prompt, settings, expert_layer=layer, should_stop=should_stop):
+            for piece in stream(model, prompt, settings, expert_layer=layer, should_stop=should_stop, tokenizer=tokenizer):
                 samples[piece.sample].append(piece)
                 rate, generated = piece.tokens_per_s or rate, piece.generated
                 if time.monotonic() - last_draw > 0.1:
                     self.output.value = self._render(prompt.text, samples, model.config.routed_experts)
-                    self._say(f"generating… {rate:,.0f} bytes/s" + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
+                    self._say(f"generating… {rate:,.0f} {self._unit()}/s" + (f" · {html.escape(notes)}" if notes else ""),
+                              "note" if notes else "info")  # fmt: skip
                     last_draw = time.monotonic()
             stopped = should_stop()
         except Exception as err:  # shown in the UI, never a traceback in the output area
@@ -173,7 +184,8 @@ class SamplerUI:
         finally:
             self.generate_button.disabled, self.stop_button.disabled = False, True
         self.output.value = self._render(prompt.text, samples, model.config.routed_experts)
-        summary = f"{'stopped' if stopped else 'done'}: {generated * settings.num_samples:,} bytes at {rate:,.0f} bytes/s"
+        unit = self._unit()
+        summary = f"{'stopped' if stopped else 'done'}: {generated * settings.num_samples:,} {unit} at {rate:,.0f} {unit}/s"
         self._say(summary + (f" · {html.escape(notes)}" if notes else ""), "note" if notes else "info")
 
     def _render(self, prompt_text: str, samples: list[list[Piece]], n_experts: int) -> str:
