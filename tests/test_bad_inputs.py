@@ -75,9 +75,9 @@ def test_empty_corpus_files(tmp_path):
 
 
 def test_corpus_smaller_than_one_window():
-    with pytest.raises(ValueError, match="training split has 10 bytes, fewer than a window of 16"):
+    with pytest.raises(ValueError, match="training split has 10 tokens, fewer than a window of 16"):
         WindowSampler(np.zeros(10, dtype=np.uint8), seed=0).batch(2, 16)
-    with pytest.raises(ValueError, match="validation split has 5 bytes, fewer than one window of 16.*larger"):
+    with pytest.raises(ValueError, match="validation split has 5 tokens, fewer than one window of 16.*larger"):
         fixed_windows(np.zeros(5, dtype=np.uint8), 16, 8)
 
 

@@ -405,13 +405,19 @@ def test_bpe_dataset_holds_the_same_text_as_the_bytes_dataset(tmp_path):
         assert bpe.tokenizer.to_bytes(ids.tolist()) == text  # the split file is the bytes dataset's text
         assert info["text_bytes"] == len(text) == as_bytes.meta["splits"][split]["text_bytes"]
         assert info["tokens"] < 0.8 * len(text)
-    # the BPE was trained on the training split's works alone
-    train_works = [t for (c, w), t in as_bytes.cleaned_texts().items()
-                   if as_bytes.catalog.set_index(["category", "work"]).loc[(c, w), "split"] == "train"]  # fmt: skip
-    order = as_bytes.catalog.index[as_bytes.catalog["split"] == "train"]
-    train_texts = [as_bytes.cleaned_texts()[(as_bytes.catalog.loc[i, "category"], as_bytes.catalog.loc[i, "work"])] for i in order]
-    assert sorted(train_texts) == sorted(train_works)
+    # the BPE was trained on the training split's works alone, in catalog order
+    texts = as_bytes.cleaned_texts()
+    train_texts = [texts[(row.category, row.work)] for row in as_bytes.catalog.itertuples() if row.split == "train"]
     assert BPETokenizer.train(train_texts, 300).to_json() == (bpe.path / "tokenizer.json").read_text(encoding="utf-8")
+    assert prepare_dataset(source, tokenizer="bpe", vocab_size=300, **settings).path.name == "corpus-bpe300"
+
+
+def test_a_bpe_vocabulary_larger_than_the_corpus_allows_is_refused(tmp_path):
+    source = write_tree(tmp_path / "corpus", {f"c{i % 3}/w{i}.txt": f"abc {i}" for i in range(6)})
+    with pytest.raises(CorpusError, match=r"only enough repeated pairs for a BPE vocabulary of \d+ tokens, not 5000"):
+        prepare_dataset(source, "tiny-bpe", data_root=tmp_path / "data", tokenizer="bpe", vocab_size=5000,
+                        val_fraction=0.2, test_fraction=0.2, progress=False)  # fmt: skip
+    assert not (tmp_path / "data" / "processed" / "tiny-bpe").exists()
 
 
 @pytest.mark.parametrize(

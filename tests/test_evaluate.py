@@ -127,7 +127,7 @@ def test_bpe_model_is_scored_per_token_and_divided_by_the_texts_bytes(stride):
     as_bytes = score_text(model, text, stride=stride)
     assert as_bpe.bytes == as_bytes.bytes == len(text.encode("utf-8"))  # the same bytes for both
     assert as_bpe.tokens == len(tokenizer.encode(text)) < as_bytes.tokens == as_bytes.bytes
-    want = reference_token_nats(bpe_model, tokenizer.encode(text), tokenizer.encode("\n"), stride)
+    want = reference_token_nats(bpe_model, tokenizer.encode(text), tokenizer.encode("\n\n"), stride)  # after the separator
     assert as_bpe.nats == pytest.approx(want, rel=1e-9)
     assert as_bpe.bits_per_byte == pytest.approx(want / math.log(2) / len(text.encode("utf-8")))
 

@@ -406,6 +406,9 @@ def test_bpe_run_reports_bits_per_byte_of_the_validation_text(bpe_dataset):
     assert n_bytes > 1.3 * trainer.val_y.numel()  # BPE tokens hold several bytes
     assert result.val_bpb == pytest.approx(nats.item() / math.log(2) / n_bytes, rel=1e-4)
     assert result.metrics["val_bpb"].dropna().iloc[-1] == pytest.approx(result.val_bpb, rel=1e-9)
+    from moelab.runs import result_from_files  # (what a torchrun launch reads back)
+
+    assert result_from_files("bpe-bpb").val_bpb == pytest.approx(result.val_bpb, rel=1e-9)
     # the checkpoint carries its tokenizer: scoring it from the file alone uses the dataset's BPE
     from moelab.scoring import score_bytes, score_text
 

@@ -70,6 +70,11 @@ def collect_routing(
     """
     if not model.config.is_moe:
         raise ValueError("the model is dense (n_experts=0): there is no router to analyse")
+    if model.config.vocab_size != 256:
+        raise ValueError(
+            f"the routing views read windows of bytes; this model has a vocabulary of {model.config.vocab_size} "
+            "tokens (BPE), which they do not handle yet"
+        )
     windows = np.asarray(windows, dtype=np.uint8)
     if windows.ndim != 2 or windows.shape[1] > model.config.context_window:
         raise ValueError(f"windows must be (n, length <= {model.config.context_window}), got {windows.shape}")

@@ -53,7 +53,7 @@ def fixed_windows(data: np.ndarray, window: int, count: int) -> tuple[torch.Tens
     """
     if len(data) <= window + 1:
         raise ValueError(
-            f"the validation split has {len(data)} bytes, fewer than one window of {window} + 1; "
+            f"the validation split has {len(data)} tokens, fewer than one window of {window} + 1; "
             "use a larger corpus or a larger val_fraction"
         )
     count = min(count, len(data) - window - 1)
@@ -87,7 +87,7 @@ class WindowSampler:
     def batch(self, sequences: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of a global batch of ``sequences`` windows."""
         if len(self.data) <= window + 1:
-            raise ValueError(f"the training split has {len(self.data)} bytes, fewer than a window of {window} + 1")
+            raise ValueError(f"the training split has {len(self.data)} tokens, fewer than a window of {window} + 1")
         if sequences % self.world_size:
             raise ValueError(
                 f"a batch of {sequences} sequences cannot be split evenly over {self.world_size} processes"

@@ -70,13 +70,14 @@ def result_from_files(run_name: str) -> TrainResult:
     last = metrics.iloc[-1]
     evaluated = metrics.dropna(subset=["val_loss"])
     val_loss = float(evaluated["val_loss"].iloc[-1]) if len(evaluated) else math.nan
+    val_bpb = float(evaluated["val_bpb"].iloc[-1]) if len(evaluated) else math.nan  # per byte, whatever the tokenizer
     return TrainResult(
         run_name,
         int(last["step"]),
         int(last["tokens"]),
         float(last["elapsed_s"]),
         val_loss,
-        val_loss / LN2,
+        val_bpb,
         latest_checkpoint(run_name),
         metrics,
     )

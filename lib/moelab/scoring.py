@@ -5,7 +5,8 @@ and bytes) score every token exactly once: windows of the model's context length
 ``stride`` (default: half the window); the first window scores all its positions,
 each later one only the tokens the previous windows did not reach, so every token
 after the first window is predicted from at least ``context - stride`` tokens of
-context. The first token is predicted after a newline (the start of a paragraph).
+context. The first token is predicted after the last token of the separator that
+precedes every work in the training data (a newline for bytes).
 Bits per byte are the total nats / ln 2 / the UTF-8 bytes of the text, whatever the
 model's tokenizer (bytes or BPE, :mod:`moelab.tokenizer`), so models with different
 tokenizers are compared on the same bytes. This is the number to compare with
@@ -25,12 +26,11 @@ import torch.nn.functional as F
 
 from . import distributed
 from .checkpoint import load_model, load_tokenizer
-from .data import clean_text
+from .data import SEPARATOR, clean_text
 from .model import Transformer, eval_mode
 from .tokenizer import ByteTokenizer
 
 LN2 = math.log(2.0)
-START = b"\n"  # the context of the first byte
 
 
 @dataclass
@@ -66,12 +66,13 @@ def score_bytes(
     stride = stride or max(1, window // 2)
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be in 1..context_window={window}, got {stride}")
+    start = tokenizer.encode(SEPARATOR)[-1:]  # what precedes a work in training: the context of the first token
     if tokenizer.name == "bytes":
-        sequence = torch.frombuffer(bytearray(START + data), dtype=torch.uint8).long()
+        sequence = torch.frombuffer(bytearray(bytes(start) + data), dtype=torch.uint8).long()
     else:
         text = data.decode("utf-8", errors="replace")
         data = text.encode("utf-8")
-        sequence = torch.tensor(tokenizer.encode(START.decode()) + tokenizer.encode(text), dtype=torch.long)
+        sequence = torch.tensor(start + tokenizer.encode(text), dtype=torch.long)
     if not data:
         return EvalResult(0, 0.0, stride, window, 0)
     device = next(model.parameters()).device
@@ -121,6 +122,8 @@ def score_text(
     """
     if isinstance(checkpoint, Transformer):
         model, tokenizer = checkpoint, tokenizer or ByteTokenizer()
+    elif tokenizer is not None:
+        raise ValueError("a checkpoint is scored with its own tokenizer: pass tokenizer only with a model")
     else:
         model, tokenizer = load_model(checkpoint, map_location=device), load_tokenizer(checkpoint)
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)

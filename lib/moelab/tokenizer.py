@@ -9,8 +9,9 @@ character, whether a token holds part of a character or several.
 
 :class:`BPETokenizer` is trained with Hugging Face ``tokenizers`` (byte-level BPE over
 GPT-4's split pattern, :data:`SPLIT_PATTERN`: words, numbers of up to 3 digits,
-punctuation runs and whitespace are pre-tokenized apart and never merged across). Its
-first 256 tokens are the 256 bytes, so any byte sequence has an encoding.
+punctuation runs and whitespace are pre-tokenized apart and never merged across). Every
+single byte is one of its tokens (not at its own id: ids follow the library's order), so
+any byte sequence has an encoding.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class BPETokenizer:
     """
 
     name = "bpe"
+    split_pattern = SPLIT_PATTERN
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer

@@ -222,7 +222,7 @@ def prepare_dataset(
     """
     check_tokenizer_choice(tokenizer, vocab_size)
     root = Path(data_root) if data_root is not None else data_dir()
-    dataset = _dataset_name(source, dataset)
+    dataset = _dataset_name(source, dataset, tokenizer, vocab_size)
     raw_dir = root / "raw" / "machado" if str(source) == "machado" else None
     works, info = load_works(
         source, mirror=mirror, raw_dir=raw_dir, text_column=text_column, decode_errors=decode_errors, progress=progress
@@ -240,7 +240,7 @@ def prepare_dataset(
         "separator": SEPARATOR,
     }
     if tokenizer != "bytes":  # (bytes datasets keep the fingerprint they had before there was a choice)
-        settings.update(tokenizer=tokenizer, vocab_size=vocab_size)
+        settings.update(tokenizer=tokenizer, requested_vocab_size=vocab_size, split_pattern=BPETokenizer.split_pattern)
     fingerprint = _fingerprint(works, settings)
     out = root / "processed" / dataset
     existing = _load_if_current(out, fingerprint)
@@ -252,6 +252,11 @@ def prepare_dataset(
     _check_no_split_empty(catalog, source)  # before anything is written: an earlier prepared dataset stays as it was
     if tokenizer == "bpe":  # trained on the training split's works only
         coder = BPETokenizer.train((cleaned[i] for i in catalog.index[catalog["split"] == "train"]), vocab_size)
+        if coder.vocab_size != vocab_size:  # BPE stops when no pair occurs twice: never a silently smaller vocabulary
+            raise CorpusError(
+                f"the training split of {source!s} has only enough repeated pairs for a BPE vocabulary of "
+                f"{coder.vocab_size} tokens, not {vocab_size}: choose vocab_size <= {coder.vocab_size} or a larger corpus"
+            )
     else:
         coder = ByteTokenizer()
     encoded = _encode_splits(catalog, cleaned, coder)
@@ -294,9 +299,12 @@ def tokenizer_name(meta: dict) -> str:
     return str(meta.get("tokenizer", "bytes")).split()[0]
 
 
-def _dataset_name(source: str | os.PathLike, dataset: str | None) -> str:
-    """The dataset's folder name: as given, else "machado" or the source file's or folder's stem."""
-    dataset = dataset or (Path(str(source)).stem if str(source) != "machado" else "machado")
+def _dataset_name(source: str | os.PathLike, dataset: str | None, tokenizer: str = "bytes", vocab_size=None) -> str:
+    """The dataset's folder name: as given, else "machado" or the source file's or folder's stem,
+    with "-bpe<vocab_size>" for BPE (so it never replaces the bytes dataset of the same corpus)."""
+    if dataset is None:
+        dataset = Path(str(source)).stem if str(source) != "machado" else "machado"
+        dataset += f"-bpe{vocab_size}" if tokenizer == "bpe" else ""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", dataset):
         raise ValueError(f"dataset must be a simple folder name (letters, digits, . _ -), got {dataset!r}")
     return dataset
