@@ -28,7 +28,7 @@ from .generation import check_sampling_args
 from .model import Transformer
 from .paths import data_dir
 from .runs import list_checkpoints
-from .tokenizer import ByteTokenizer
+from .tokenizer import ByteTokenizer, model_tokenizer
 
 EMPTY_PROMPT = "\n"
 MAX_NEW_TOKENS = 4000  # a bound on one request, so an interactive UI never hangs for long
@@ -126,12 +126,7 @@ def stream(
     ``should_stop`` is checked between tokens (a Stop button); ``tokenizer``: the model's
     (default bytes).
     """
-    tokenizer = tokenizer or ByteTokenizer()
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise ValueError(
-            f"the model has a vocabulary of {model.config.vocab_size} tokens, the tokenizer {tokenizer.vocab_size}: "
-            "sample with the tokenizer the model was trained with (moelab.checkpoint.load_tokenizer)"
-        )
+    tokenizer = model_tokenizer(tokenizer, model.config.vocab_size, "sample")
     settings.check(model.config.vocab_size)
     record = expert_layer is not None and model.config.is_moe
     if record and not 0 <= expert_layer < model.config.n_layers:

@@ -28,7 +28,7 @@ from . import distributed
 from .checkpoint import load_model, load_tokenizer
 from .data import SEPARATOR, clean_text
 from .model import Transformer, eval_mode
-from .tokenizer import ByteTokenizer
+from .tokenizer import model_tokenizer
 
 LN2 = math.log(2.0)
 
@@ -56,12 +56,7 @@ def score_bytes(
     are not become U+FFFD, as the corpus's default decoding does) and the bytes counted are
     those of the text scored.
     """
-    tokenizer = tokenizer or ByteTokenizer()
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise ValueError(
-            f"the model has a vocabulary of {model.config.vocab_size} tokens, the tokenizer {tokenizer.vocab_size}: "
-            "score with the tokenizer the model was trained with (moelab.checkpoint.load_tokenizer)"
-        )
+    tokenizer = model_tokenizer(tokenizer, model.config.vocab_size, "score")
     window = model.config.context_window
     stride = stride or max(1, window // 2)
     if not 1 <= stride <= window:
@@ -121,7 +116,7 @@ def score_text(
     where it is, with ``tokenizer`` (default: bytes).
     """
     if isinstance(checkpoint, Transformer):
-        model, tokenizer = checkpoint, tokenizer or ByteTokenizer()
+        model = checkpoint
     elif tokenizer is not None:
         raise ValueError("a checkpoint is scored with its own tokenizer: pass tokenizer only with a model")
     else:

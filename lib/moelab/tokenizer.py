@@ -180,3 +180,14 @@ def tokenizer_from_record(record: dict | None):
     if record is None or record["name"] == "bytes":
         return ByteTokenizer()
     return BPETokenizer.from_json(record["json"])
+
+
+def model_tokenizer(tokenizer, vocab_size: int, use: str):
+    """``tokenizer`` (default bytes), checked against a model's ``vocab_size``; ``use`` says what for ("score")."""
+    tokenizer = tokenizer or ByteTokenizer()
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(
+            f"the model has a vocabulary of {vocab_size} tokens, the tokenizer {tokenizer.vocab_size}: "
+            f"{use} with the tokenizer the model was trained with (moelab.checkpoint.load_tokenizer)"
+        )
+    return tokenizer

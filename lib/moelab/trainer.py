@@ -242,6 +242,10 @@ class Trainer:
             self.graphed, self.graph_blocker = None, f"the capture failed: {err}"[:300]
             return None
 
+    def _val_bpb(self, nats_per_token: float) -> float:
+        """Validation bits per byte of the text (nats / ln 2 / the bytes the validation targets stand for)."""
+        return nats_per_token / LN2 / self.val_bytes_per_token
+
     def _check_finite(self, parts: torch.Tensor, window: int, lr: float) -> None:
         if not torch.isfinite(parts[0]):
             raise TrainingDiverged(
@@ -304,7 +308,7 @@ class Trainer:
         """Validation loss into the row, and a routing snapshot; its time is not training time."""
         eval_start = time.perf_counter()
         self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
-        row["val_loss"], row["val_bpb"] = self.val_loss, self.val_loss / LN2 / self.val_bytes_per_token
+        row["val_loss"], row["val_bpb"] = self.val_loss, self._val_bpb(self.val_loss)
         if self.dist.is_main:
             self._routing_snapshot()
         self.clock_start += time.perf_counter() - eval_start
@@ -313,7 +317,7 @@ class Trainer:
         self.rows.append(row)
         for callback in [*self.callbacks, self.tensorboard] if self.dist.is_main else ():
             callback(row)
-        self.display.show_row(row, self.val_loss / LN2 / self.val_bytes_per_token)
+        self.display.show_row(row, self._val_bpb(self.val_loss))
 
     def _bf16_speedup(self) -> float:
         """fp32 / bf16 step time of this model, the mean over ranks (so every rank picks the same precision)."""
@@ -334,8 +338,7 @@ class Trainer:
             done = self.budget.done(self.step, self.elapsed, self.tokens)
             set_status(self.reports, "finished" if done else "interrupted", ended=now(), **summary(metrics))
         size = (self.step, self.tokens, self.elapsed)
-        bpb = val_loss / LN2 / self.val_bytes_per_token
-        return TrainResult(self.run_name, *size, val_loss, bpb, self.last_checkpoint, metrics)
+        return TrainResult(self.run_name, *size, val_loss, self._val_bpb(val_loss), self.last_checkpoint, metrics)
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
