@@ -41,18 +41,32 @@ SENTENCES = [
 ]
 
 
+def write_toy_corpus(folder) -> None:
+    """Twelve works of random Portuguese sentences in three categories under ``folder``."""
+    rng = random.Random(0)
+    for category in ("romance", "conto", "teatro"):
+        (folder / category).mkdir()
+        for i in range(4):
+            text = "\n".join(" ".join(rng.choice(SENTENCES) for _ in range(5)) for _ in range(60))
+            (folder / category / f"obra{i}.txt").write_text(text, encoding="utf-8")
+
+
 @pytest.fixture(scope="session")
 def toy_dataset() -> str:
     """A small prepared dataset ("toy") of Portuguese sentences in the session's data folder."""
     from pathlib import Path
     import tempfile
 
-    rng = random.Random(0)
     folder = Path(tempfile.mkdtemp(prefix="moelab-toy-corpus-"))
-    for category in ("romance", "conto", "teatro"):
-        (folder / category).mkdir()
-        for i in range(4):
-            text = "\n".join(" ".join(rng.choice(SENTENCES) for _ in range(5)) for _ in range(60))
-            (folder / category / f"obra{i}.txt").write_text(text, encoding="utf-8")
+    write_toy_corpus(folder)
     prepare_dataset(folder, "toy", val_fraction=0.1, test_fraction=0.1, progress=False)
     return "toy"
+
+
+@pytest.fixture(scope="session")
+def bpe_dataset(tmp_path_factory):
+    """The toy corpus as a BPE dataset of 300 tokens ("toy-bpe"); returns the corpus's folder."""
+    folder = tmp_path_factory.mktemp("bpe-corpus")
+    write_toy_corpus(folder)
+    prepare_dataset(folder, "toy-bpe", tokenizer="bpe", vocab_size=300, val_fraction=0.1, test_fraction=0.1, progress=False)
+    return folder

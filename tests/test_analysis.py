@@ -11,7 +11,6 @@ from moelab.analysis import (
     Routing,
     balance_stats,
     byte_class,
-    byte_classes,
     category_windows,
     coactivation,
     collect_routing,
@@ -21,10 +20,14 @@ from moelab.analysis import (
     expert_palette,
     routing_html,
     specialization,
+    token_class,
+    token_classes,
 )
+from moelab.tokenizer import BPETokenizer
+from tests.conftest import SENTENCES
 
 
-def make_routing(experts, probs=None, n_experts=4, bytes_=None, weights=None):
+def make_routing(experts, probs=None, n_experts=4, tokens=None, weights=None):
     experts = np.asarray(experts)  # (L, T, k)
     L, T, k = experts.shape
     if probs is None:
@@ -32,7 +35,7 @@ def make_routing(experts, probs=None, n_experts=4, bytes_=None, weights=None):
     if weights is None:
         weights = np.full((L, T, k), 1.0 / k)
     return Routing(
-        bytes=np.asarray(bytes_ if bytes_ is not None else np.zeros(T), dtype=np.uint8),
+        tokens=np.asarray(tokens if tokens is not None else np.zeros(T), dtype=np.int64),
         experts=experts,
         weights=np.asarray(weights),
         probs=np.asarray(probs),
@@ -79,12 +82,22 @@ def test_coactivation_counts_pairs():
     assert matrix.loc[1, 1] == 0.75  # diagonal: share of tokens choosing expert 1
 
 
-def test_byte_classes():
+def test_byte_and_token_classes():
     assert [byte_class(b) for b in b"aZ9 \n,"] == ["lowercase", "uppercase", "digit", "space", "newline", "punctuation"]
     assert {byte_class(b) for b in "é—".encode()} == {"multi-byte (UTF-8)"}
     assert byte_class(0) == "other"
-    routing = make_routing(np.zeros((1, 3, 1), dtype=int), bytes_=list(b"aA."))
-    assert list(byte_classes(routing)) == ["lowercase", "uppercase", "punctuation"]
+    routing = make_routing(np.zeros((1, 3, 1), dtype=int), tokens=list(b"aA."))
+    assert list(token_classes(routing)) == ["lowercase", "uppercase", "punctuation"]
+    # a token of several bytes: its first character after a leading space
+    pieces = [" casa", "Capitu", " ção", "1899", "  ", "\n\n", "—,", " \n"]
+    assert [token_class(p.encode()) for p in pieces] == [
+        "lowercase", "uppercase", "multi-byte (UTF-8)", "digit", "space", "newline", "multi-byte (UTF-8)", "newline"]
+    bpe = BPETokenizer.train(SENTENCES * 20, 300)
+    ids = [bpe.pieces.index(piece) for piece in (b" olh", b"C", "ão".encode(), b" \xc3", b".")]  # merges of SENTENCES
+    routing = make_routing(np.zeros((1, len(ids), 1), dtype=int), tokens=ids)
+    assert list(token_classes(routing, bpe)) == ["lowercase", "uppercase", "multi-byte (UTF-8)", "multi-byte (UTF-8)", "punctuation"]
+    with pytest.raises(ValueError, match="past the tokenizer's 256.*own tokenizer"):
+        token_classes(routing)  # BPE ids read as bytes
 
 
 def test_specialization_is_flat_without_dependence_and_shows_a_preference():
@@ -116,9 +129,11 @@ def test_collect_routing_matches_the_model():
     direct = model(torch.from_numpy(windows).long(), record_routing=True).routing
     assert np.array_equal(routing.experts[1], direct[1].experts.reshape(60, 2).numpy())
     assert list(routing.labels[:13]) == ["a"] * 12 + ["b"]
-    assert np.array_equal(routing.bytes, windows.ravel())
+    assert np.array_equal(routing.tokens, windows.ravel())
     with pytest.raises(ValueError, match="dense"):
         collect_routing(Transformer(model.config.dense_equivalent()), windows)
+    with pytest.raises(ValueError, match="ids up to 299, but the model has 256 tokens.*own tokenizer"):
+        collect_routing(model, np.full((1, 4), 299))
 
 
 def test_windows_helpers():
@@ -143,3 +158,37 @@ def test_routing_html_colors_every_character_and_escapes():
     assert expert_legend(expert_palette(4), 4) in html_text  # the legend the sampler widget shows too
     fine = Transformer(small_moe().config.replace(expert_granularity=4))  # 16 routed experts
     assert expert_legend(expert_palette(16), 16) in routing_html("abc", fine, layer=0)
+
+
+def test_routing_views_of_a_bpe_model_color_whole_tokens_and_never_cut_a_character():
+    import html as html_lib
+    import re
+
+    bpe = BPETokenizer.train(SENTENCES * 20, 300)
+    torch.manual_seed(0)
+    model = Transformer(small_moe().config.replace(vocab_size=300)).eval()
+
+    def spans_of(view):
+        spans = re.findall(r'<span title="expert (\d+)"[^>]*>(.*?)</span>', view)
+        return [int(e) for e, _ in spans], [html_lib.unescape(body.replace("⏎<br>", "\n")) for _, body in spans]
+
+    accented = "Não é? — disse ela, ação e coração.\n" * 3
+    assert "".join(spans_of(routing_html(accented, model, layer=1, tokenizer=bpe))[1]) == accented  # no character cut
+    text = "Capitu tinha olhos de ressaca. Ao vencedor, as batatas!\n" * 2  # ASCII: every token whole characters
+    ids = bpe.encode(text)
+    view = routing_html(text, model, layer=1, tokenizer=bpe)
+    experts, shown = spans_of(view)
+    assert shown == [bpe.pieces[i].decode() for i in ids]  # one span per token
+    # each span's color is that token's top-1 expert, routed in chunks of the context window
+    window = model.config.context_window
+    expected = [int(e) for s in range(0, len(ids), window)
+                for e in collect_routing(model, np.array([ids[s : s + window]])).experts[1][:, 0]]
+    assert experts == expected
+    assert "each token in layer 1" in view
+    with pytest.raises(ValueError, match="300 tokens, the tokenizer 256"):
+        routing_html(text, model, layer=1)
+    # genre windows are windows of tokens
+    texts = pd.Series({("conto", "a"): text * 3, ("poesia", "b"): text * 3}, name="text").rename_axis(["category", "work"])
+    windows, labels = category_windows(texts, 8, 2, tokenizer=bpe)
+    assert windows.shape == (4, 8) and windows.max() >= 256
+    assert list(windows[0]) == bpe.encode(text * 3)[:8]

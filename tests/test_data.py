@@ -405,6 +405,18 @@ def test_bpe_dataset_holds_the_same_text_as_the_bytes_dataset(tmp_path):
         assert bpe.tokenizer.to_bytes(ids.tolist()) == text  # the split file is the bytes dataset's text
         assert info["text_bytes"] == len(text) == as_bytes.meta["splits"][split]["text_bytes"]
         assert info["tokens"] < 0.8 * len(text)
+        assert bpe.split_text(split) == as_bytes.split_text(split) == text.decode("utf-8")
+        counts = bpe.token_counts().loc[split]
+        assert counts["tokens"] == len(ids) and counts["bytes_per_token"] == pytest.approx(len(text) / len(ids))
+        assert as_bytes.token_counts().loc[split, "bytes_per_token"] == 1
+    # tokens by their length in bytes: the vocabulary and the training text they carry
+    from moelab.data import token_length_profile
+
+    train_ids = load_split("toy-bpe", "train", data_root=root)
+    profile = token_length_profile(train_ids, bpe.tokenizer)
+    assert profile["vocabulary"].sum() == 300 and profile.loc[1, "vocabulary"] == 256
+    assert profile["bytes"].sum() == bpe.meta["splits"]["train"]["text_bytes"] and profile["tokens"].sum() == len(train_ids)
+    assert profile["share_of_bytes"].sum() == pytest.approx(1.0)
     # the BPE was trained on the training split's works alone, in catalog order
     texts = as_bytes.cleaned_texts()
     train_texts = [texts[(row.category, row.work)] for row in as_bytes.catalog.itertuples() if row.split == "train"]

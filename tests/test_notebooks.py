@@ -104,6 +104,16 @@ def test_notebook_settings_fill_only_what_the_user_left_as_none(monkeypatch, tmp
     assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "run_name": "X"})["compare_run_name"] == "X-compare-fixed-s5"
     assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "compare_run_name": ""})["compare_run_name"] == ""
     assert notebook_settings("03_expert_utilization", "default", **nones03)["compare_run_name"] is None
+    # notebook 03's dataset is the run's own (a BPE run's BPE dataset); notebook 01 names a BPE dataset apart
+    (tmp_path / "B").mkdir()
+    (tmp_path / "B" / "config.json").write_text(json.dumps({"dataset": "machado-bpe512"}))
+    assert notebook_settings("03_expert_utilization", "default", **{**nones03, "run_name": "B"})["dataset"] == "machado-bpe512"
+    assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "run_name": "new"})["dataset"] == "machado-tiny"
+    nones01 = dict.fromkeys(PROFILE_SETTINGS["01_data_prep"]["tiny"])
+    bpe = {"tokenizer": "bpe", "vocab_size": 512}
+    assert notebook_settings("01_data_prep", "tiny", **nones01, context=bpe)["dataset"] == "machado-tiny-bpe512"
+    assert notebook_settings("01_data_prep", "default", **nones01)["dataset"] == "machado"
+    assert notebook_settings("01_data_prep", "tiny", **{**nones01, "dataset": "mine"}, context=bpe)["dataset"] == "mine"
 
 
 def test_notebook_settings_refuse_unknown_and_missing_names_and_profiles(monkeypatch):
@@ -145,20 +155,39 @@ def _needs_mirror():
         pytest.skip("needs MOELAB_CORPUS_MIRROR (the shared Machado mirror) to run offline")
 
 
-def test_a_run_name_given_with_the_tiny_profile_is_used_as_given(tmp_path, monkeypatch):
-    """`papermill 02_train.ipynb out.ipynb -p profile tiny -p run_name X` trains the run X (never X-tiny)."""
+def test_a_bpe_dataset_through_notebooks_01_to_03_with_a_run_name_used_as_given(tmp_path, monkeypatch):
+    """`papermill 01_data_prep.ipynb -p tokenizer bpe -p vocab_size 300`, then 02 on that dataset as the run X
+    (`-p profile tiny -p run_name X` trains X, never X-tiny), then 03 on X."""
     _needs_mirror()
     data, reports = tmp_path / "data", tmp_path / "reports"
     monkeypatch.setenv("MOELAB_DATA_DIR", str(data))
     monkeypatch.setenv("MOELAB_REPORTS_DIR", str(reports))
-    run_notebook("01_data_prep.ipynb", tmp_path / "out")
-    nb = run_notebook("02_train.ipynb", tmp_path / "out", run_name="X", compare=False)
+    with pytest.raises(papermill.PapermillExecutionError, match=r"vocab_size.*>= 257"):
+        run_notebook("01_data_prep.ipynb", tmp_path / "out", tokenizer="bpe", vocab_size=100)
+    nb01 = run_notebook("01_data_prep.ipynb", tmp_path / "out", tokenizer="bpe", vocab_size=300)
+    assert sorted(p.name for p in (data / "processed").iterdir()) == ["machado-tiny-bpe300"]  # its own name
+    meta = json.loads((data / "processed" / "machado-tiny-bpe300" / "meta.json").read_text())
+    assert meta["vocab_size"] == 300 and meta["dtype"] == "uint16"
+    assert "│" in _text(nb01)  # a sentence cut into its tokens
+    nb = run_notebook("02_train.ipynb", tmp_path / "out", run_name="X", dataset="machado-tiny-bpe300", compare=False)
     assert sorted(p.name for p in (data / "checkpoints").iterdir()) == ["X"]
     assert (data / "checkpoints" / "X" / "ckpt_0000030.pt").is_file()  # the tiny profile's 30 steps
     assert sorted(p.name for p in reports.iterdir()) == ["X"] and (reports / "X" / "metrics.parquet").is_file()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+    config = json.loads((reports / "X" / "config.json").read_text())
+    assert config["model"]["vocab_size"] == 300 and config["dataset"] == "machado-tiny-bpe300"  # from the dataset
+    text = _text(nb)
     assert "given: run_name='X'" in text and "preset='tiny'" in text and "comparison skipped" in text
+    assert "bpe tokenizer, 300 tokens" in text and "bits per byte" in text
+    nb03 = run_notebook("03_expert_utilization.ipynb", tmp_path / "out", run_name="X", compare_run_name="")
+    assert "machado-tiny-bpe300" in _text(nb03)  # the run's own dataset
+    assert pd.read_parquet(reports / "X" / "expert_load.parquet").shape == (2, 4)
+    assert len(pd.read_parquet(reports / "X" / "specialization_tokens.parquet")) >= 3
+    assert "each token in layer" in (reports / "X" / "routing_passage.html").read_text()
+
+
+def _text(nb: nbformat.NotebookNode) -> str:
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
 
 
 def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd):
@@ -211,7 +240,7 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     assert "expert 0" in (run / "routing_passage.html").read_text()
     assert {p.name for p in (run / "figures").iterdir()} == {
         "training_curves.png", "balance_training.png", "comparison.png", "expert_load.png", "load_over_time.png", "balance.png",
-        "coactivation.png", "specialization_bytes.png", "specialization_genre.png", "expert_load_compare.png",
+        "coactivation.png", "specialization_tokens.png", "specialization_genre.png", "expert_load_compare.png",
         "forecast.png",
     }
     forecast = pd.read_csv(run / "forecast.csv", index_col=[0, 1])  # notebook 06: every method on both series

@@ -121,7 +121,7 @@ def test_spec_files_yaml_errors_and_builtin_studies(toy_dataset, tmp_path):
         load_spec(binary)
     with pytest.raises(SweepSpecError, match="built-in studies: .*window-schedule"):
         load_spec("no-such-study")
-    with pytest.raises(Exception, match="no prepared dataset"):
+    with pytest.raises(SweepSpecError, match="no prepared dataset"):
         load_spec(spec_dict("never-prepared"))
     assert {"window-schedule", "moe-vs-dense", "tiny"} <= set(builtin_studies())
     for name in builtin_studies():  # every shipped study parses and builds its configs
@@ -207,6 +207,57 @@ def test_a_second_process_on_the_same_sweep_is_refused(toy_dataset):
     (folder / "lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))  # a dead process
     assert run_sweep(spec, progress=False, figures=False).trained == ["t-lock-a-s1"]
     assert not (folder / "lock").exists()
+
+
+def test_variants_on_other_tokenizers_train_on_their_datasets_and_are_scored_on_the_same_bytes(toy_dataset, bpe_dataset, tmp_path, capsys):
+    from moelab.checkpoint import load_model
+    from moelab.data import load_dataset
+    from moelab.runs import latest_checkpoint
+    from moelab.scoring import score_bytes
+    from moelab.sweep import score_runs
+
+    variants = {"bytes": {}, "bpe": {"dataset": "toy-bpe", "vocab_size": 300}}
+    with pytest.raises(SweepSpecError, match=r"variant 'bpe'.*bpe tokenizer \(300 tokens\).*vocab_size=300"):
+        load_spec(spec_dict(toy_dataset, name="t-tok", variants={"bytes": {}, "bpe": {"dataset": "toy-bpe"}}))
+    with pytest.raises(SweepSpecError, match=r"variant 'bpe'.*no prepared dataset.*"
+                       r'prepare_dataset\(<its source>, dataset="toy-bpe512", tokenizer="bpe", vocab_size=512\)'):
+        load_spec(spec_dict(toy_dataset, name="t-tok", variants={"bpe": {"dataset": "toy-bpe512", "vocab_size": 512}}))
+    from moelab.data import CorpusError, load_dataset
+
+    with pytest.raises(CorpusError, match=r'prepare_dataset\("machado", tokenizer="bpe", vocab_size=999\)'):
+        load_dataset("machado-bpe999")
+    spec = spec_dict(toy_dataset, name="t-tok", seeds=[1, 2], variants=variants)
+    run_sweep(spec, progress=False, figures=False)
+    assert json.loads((run_reports_dir("t-tok-bpe-s1") / "config.json").read_text())["dataset"] == "toy-bpe"
+    assert plan(load_spec(spec))["state"].tolist() == ["finished"] * 4
+    text = tmp_path / "text.txt"
+    text.write_text("Capitu tinha olhos de ressaca. Ao vencedor, as batatas! — Continue, disse eu.\n" * 4, encoding="utf-8")
+    table, summary = score_runs(spec, text, progress=False)
+    table = table.set_index("run")
+    assert (table["bytes"] == len(text.read_bytes())).all()  # every tokenizer, the same bytes
+    assert (table.loc[table["variant"] == "bpe", "tokens"] < 0.8 * len(text.read_bytes())).all()
+    for run, row in table.iterrows():  # reference: the model and its dataset's tokenizer, outside the sweep
+        dataset = variants[row["variant"]].get("dataset", toy_dataset)
+        model = load_model(latest_checkpoint(run))
+        expected = score_bytes(model, text.read_bytes(), tokenizer=load_dataset(dataset).tokenizer).bits_per_byte
+        assert row["bpb"] == pytest.approx(expected, rel=1e-6)
+    written = pd.read_csv(sweep_dir("t-tok") / f"score-{tmp_path.name}-text.txt-summary.csv").set_index("variant")
+    assert written["mean"].tolist() == pytest.approx(summary["mean"].tolist())
+    assert written.loc["bpe", "mean"] == pytest.approx(table.loc[table["variant"] == "bpe", "bpb"].mean())
+    assert written.loc["bpe", "n_paired"] == 2 and written.loc["bytes", "verdict"] == "reference"
+    assert f"## Scored on `{text}`" in (sweep_dir("t-tok") / "README.md").read_text()
+    from moelab.paths import data_dir
+
+    with pytest.raises(SweepError, match="token ids of another tokenizer, not text"):
+        score_runs(spec, data_dir() / "processed" / "toy-bpe" / "val.bin", progress=False)
+    assert main([str(_write(spec)), "--score", str(text), "--no-progress"]) == 0
+    assert "written:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main([str(_write(spec)), "--score", str(tmp_path / "missing.txt")])
+    assert stop.value.code == 2 and "not a file to score" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main([str(_write(spec)), "--stride", "4"])
+    assert stop.value.code == 2 and "--stride goes with --score" in capsys.readouterr().err
 
 
 def _write(spec: dict):

@@ -1,4 +1,5 @@
 import pytest
+import numpy as np
 import torch
 
 from moelab import ByteTokenizer
@@ -119,3 +120,16 @@ def test_bpe_vocabulary_under_257_or_not_an_integer_is_refused(vocab_size):
 def test_bpe_refuses_ids_outside_its_vocabulary(bpe):
     with pytest.raises(ValueError, match="0..299"):
         bpe.decode([5, 300])
+
+
+def test_tokens_shown_for_reading_and_as_arrays(bpe):
+    from moelab.tokenizer import show_tokens
+
+    assert show_tokens(ByteTokenizer(), "a é\n") == "a│␣│<c3>│<a9>│⏎"
+    text = CORPUS[0][:80]
+    ids = bpe.encode(text)
+    shown = show_tokens(bpe, text).split("│")
+    assert len(shown) == len(ids) and "".join(shown).replace("␣", " ").replace("⏎", "\n") == text
+    assert bpe.encode_array(text).tolist() == ids and bpe.encode_array(text).dtype == np.uint16
+    assert ByteTokenizer().encode_array("ação").tolist() == list("ação".encode())
+    assert bpe.to_bytes(np.array(ids, dtype=np.uint16)) == text.encode() == ByteTokenizer().to_bytes(np.frombuffer(text.encode(), np.uint8))

@@ -364,29 +364,19 @@ def test_window_helpers_gather_the_same_bytes():
 # ---------------------------------------------------------------------------- BPE datasets
 
 
-@pytest.fixture(scope="module")
-def bpe_dataset(tmp_path_factory):
-    """The toy corpus of conftest as a BPE dataset of 300 tokens ("toy-bpe"), and its source folder."""
-    import random
-
-    from moelab.data import prepare_dataset
-    from tests.conftest import SENTENCES
-
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("bpe-corpus")
-    for category in ("romance", "conto", "teatro"):
-        (folder / category).mkdir()
-        for i in range(4):
-            text = "\n".join(" ".join(rng.choice(SENTENCES) for _ in range(5)) for _ in range(60))
-            (folder / category / f"obra{i}.txt").write_text(text, encoding="utf-8")
-    prepare_dataset(folder, "toy-bpe", tokenizer="bpe", vocab_size=300, val_fraction=0.1, test_fraction=0.1, progress=False)
-    return folder
+# bpe_dataset: conftest.py
 
 
-def test_a_model_whose_vocabulary_is_not_the_datasets_is_refused(bpe_dataset):
+def test_a_model_whose_vocabulary_is_not_the_datasets_is_refused(bpe_dataset, capsys):
     model, train = tiny(max_steps=2)
     with pytest.raises(ValueError, match=r"built with the bpe tokenizer \(300 tokens\).*vocab_size=300"):
         Trainer(model, train, "bpe-wrong-vocab", dataset="toy-bpe", progress=False).fit()
+    # the command line takes the dataset's vocabulary unless told otherwise
+    common = ["--preset", "tiny", "--dataset", "toy-bpe", "--no-progress", "--set", "max_steps=2"]
+    assert main([*common, "--run-name", "bpe-cli"]) == 0
+    assert load_model(latest_checkpoint("bpe-cli")).config.vocab_size == 300
+    assert main([*common, "--run-name", "bpe-cli-256", "--set", "vocab_size=256"]) == 2
+    assert "vocab_size=300" in capsys.readouterr().err
 
 
 def test_bpe_run_reports_bits_per_byte_of_the_validation_text(bpe_dataset):

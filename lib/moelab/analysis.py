@@ -3,8 +3,10 @@
 Collect the routing of a trained model over fixed windows of text
 (:func:`collect_routing`), then ask: how is the load spread over experts
 (:func:`expert_load`, :func:`balance_stats`), which experts are chosen together
-(:func:`coactivation`), and do some experts take certain kinds of bytes or genres
-(:func:`specialization`, with :func:`byte_classes` or per-window labels)?
+(:func:`coactivation`), and do some experts take certain kinds of tokens or genres
+(:func:`specialization`, with :func:`token_classes` or per-window labels)? Tokens are
+bytes, or BPE tokens of several bytes: pass the model's tokenizer
+(:func:`moelab.checkpoint.load_tokenizer`) where a function takes one.
 """
 
 from __future__ import annotations
@@ -23,21 +25,22 @@ from . import moe
 from .batches import evenly_spaced_windows  # noqa: F401  (notebook 03 calls analysis.evenly_spaced_windows)
 from .data import SEPARATOR, char_class
 from .model import Transformer, eval_mode
+from .tokenizer import ByteTokenizer, model_tokenizer
 
 
-BYTE_CLASSES = ("lowercase", "uppercase", "multi-byte (UTF-8)", "digit", "space", "punctuation", "newline", "other")  # "other": controls, symbols
+TOKEN_CLASSES = ("lowercase", "uppercase", "multi-byte (UTF-8)", "digit", "space", "punctuation", "newline", "other")  # "other": controls, symbols
 
 
 @dataclass
 class Routing:
     """The routing of T tokens through L MoE layers with N experts, top-k each.
 
-    bytes: (T,) the routed input bytes; experts, weights, dropped: (L, T, k);
+    tokens: (T,) the routed input token ids (bytes for a byte-level model); experts, weights, dropped: (L, T, k);
     probs: (L, T, N) router probabilities; labels: optional (T,) label per token
     (e.g. the genre of the text it came from).
     """
 
-    bytes: np.ndarray
+    tokens: np.ndarray
     experts: np.ndarray
     weights: np.ndarray
     probs: np.ndarray
@@ -64,20 +67,20 @@ def collect_routing(
     labels: np.ndarray | None = None,
     batch_size: int = 32,
 ) -> Routing:
-    """Run the model (eval mode, no router noise) over byte windows (n, length) and keep its routing.
+    """Run the model (eval mode, no router noise) over windows of token ids (n, length) and keep its routing.
 
     labels: optional (n,) label per window, repeated for each of its tokens.
     """
     if not model.config.is_moe:
         raise ValueError("the model is dense (n_experts=0): there is no router to analyse")
-    if model.config.vocab_size != 256:
-        raise ValueError(
-            f"the routing views read windows of bytes; this model has a vocabulary of {model.config.vocab_size} "
-            "tokens (BPE), which they do not handle yet"
-        )
-    windows = np.asarray(windows, dtype=np.uint8)
+    windows = np.asarray(windows)
     if windows.ndim != 2 or windows.shape[1] > model.config.context_window:
         raise ValueError(f"windows must be (n, length <= {model.config.context_window}), got {windows.shape}")
+    if windows.size and not (0 <= windows.min() and windows.max() < model.config.vocab_size):
+        raise ValueError(
+            f"windows hold token ids up to {windows.max()}, but the model has {model.config.vocab_size} tokens: "
+            "route text encoded with the model's own tokenizer (moelab.checkpoint.load_tokenizer)"
+        )
     device = next(model.parameters()).device
     parts: dict[str, list[np.ndarray]] = {"experts": [], "weights": [], "probs": [], "dropped": []}
     with eval_mode(model):
@@ -89,7 +92,7 @@ def collect_routing(
                 parts[name].append((stacked.float() if stacked.is_floating_point() else stacked).cpu().numpy())
     token_labels = None if labels is None else np.repeat(np.asarray(labels), windows.shape[1])
     return Routing(
-        bytes=windows.reshape(-1),
+        tokens=windows.reshape(-1),
         experts=np.concatenate(parts["experts"], axis=1),
         weights=np.concatenate(parts["weights"], axis=1),
         probs=np.concatenate(parts["probs"], axis=1),
@@ -98,15 +101,17 @@ def collect_routing(
     )
 
 
-def category_windows(texts: pd.Series, length: int, per_category: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows spread evenly over each category's texts, and the category of each window.
+def category_windows(texts: pd.Series, length: int, per_category: int, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of ``length`` tokens spread evenly over each category's texts, and the category of each window.
 
     texts: cleaned texts indexed by (category, work), as ``PreparedDataset.cleaned_texts()`` gives;
-    a category's works are joined as in the split files (by ``moelab.data.SEPARATOR``).
+    a category's works are joined as in the split files (by ``moelab.data.SEPARATOR``) and
+    encoded with ``tokenizer`` (default: bytes).
     """
+    tokenizer = tokenizer or ByteTokenizer()
     windows, labels = [], []
     for category, group in texts.groupby(level="category"):
-        data = np.frombuffer(SEPARATOR.join(group).encode("utf-8"), dtype=np.uint8)
+        data = tokenizer.encode_array(SEPARATOR.join(group))
         if len(data) < length:
             continue
         chosen = evenly_spaced_windows(data, length, per_category)
@@ -176,11 +181,25 @@ def byte_class(value: int) -> str:
     return "multi-byte (UTF-8)" if value >= 0x80 else char_class(chr(value))
 
 
-BYTE_CLASS_OF = np.array([byte_class(b) for b in range(256)], dtype=object)
+def token_class(piece: bytes) -> str:
+    """The kind of token (one of TOKEN_CLASSES): a byte's :func:`byte_class`; for a BPE token of
+    several bytes, the class of its first character after a leading space (a word's start)."""
+    if len(piece) == 1:
+        return byte_class(piece[0])
+    text = piece.decode("utf-8", errors="replace")
+    core = text.lstrip(" ")
+    if not core or (core.isspace() and "\n" not in core):
+        return "space"
+    return "multi-byte (UTF-8)" if ord(core[0]) > 127 else byte_class(ord(core[0]))
 
 
-def byte_classes(routing: Routing) -> np.ndarray:
-    return BYTE_CLASS_OF[routing.bytes]
+def token_classes(routing: Routing, tokenizer=None) -> np.ndarray:
+    """The :func:`token_class` of each routed token, under the model's tokenizer (default: bytes)."""
+    tokenizer = tokenizer or ByteTokenizer()
+    if routing.tokens.size and routing.tokens.max() >= tokenizer.vocab_size:
+        raise ValueError(f"the routed tokens go up to {routing.tokens.max()}, past the tokenizer's {tokenizer.vocab_size}: "
+                         "pass the model's own tokenizer (moelab.checkpoint.load_tokenizer)")  # fmt: skip
+    return np.array([token_class(piece) for piece in tokenizer.pieces], dtype=object)[routing.tokens]
 
 
 def specialization(routing: Routing, labels: np.ndarray, layer: int) -> pd.DataFrame:
@@ -261,29 +280,35 @@ def expert_legend(palette: list[str], n_experts: int) -> str:
     )
 
 
-def routing_html(text: str, model: Transformer, layer: int, title: str = "") -> str:
-    """The text with each character colored by the top-1 expert of its (first) byte in ``layer``, with a legend."""
-    data = text.encode("utf-8")[: model.config.context_window * 64]
+def routing_html(text: str, model: Transformer, layer: int, title: str = "", tokenizer=None) -> str:
+    """The text with each token colored by its top-1 expert in ``layer``, with a legend.
+
+    ``tokenizer``: the model's (default: bytes). The text is routed in consecutive chunks of
+    the context window (each token sees the tokens before it in its chunk), up to 64 windows.
+    A character split over several tokens (an accent, for bytes) takes the color of the
+    token holding its first byte, so no character is ever cut.
+    """
+    tokenizer = model_tokenizer(tokenizer, model.config.vocab_size, "route")
     window = model.config.context_window
-    # route in consecutive chunks of the context window, each token seeing the bytes before it in its chunk
-    chunks = [data[i : i + window] for i in range(0, len(data), window)]
+    ids = tokenizer.encode_array(text)[: window * 64]
     experts: list[int] = []
-    for chunk in chunks:
-        routing = collect_routing(model, np.frombuffer(chunk, dtype=np.uint8)[None, :])
-        experts.extend(routing.experts[layer][:, 0].tolist())
+    for start in range(0, len(ids), window):
+        experts.extend(collect_routing(model, ids[None, start : start + window]).experts[layer][:, 0].tolist())
+    starts = np.cumsum([0] + [len(tokenizer.pieces[t]) for t in ids])[:-1]  # each token's first byte
+    shown_by_token: dict[int, list[str]] = {}
+    position = 0
+    for ch in b"".join(tokenizer.pieces[t] for t in ids).decode("utf-8", errors="replace"):
+        token = int(np.searchsorted(starts, position, side="right")) - 1
+        shown_by_token.setdefault(token, []).append("⏎<br>" if ch == "\n" else html.escape(ch))
+        position += len(ch.encode("utf-8"))
     palette = expert_palette(model.config.routed_experts)
-    spans, position = [], 0
-    for ch in data.decode("utf-8", errors="replace"):
-        expert = experts[position] if position < len(experts) else 0
-        width = len(ch.encode("utf-8"))
-        position += width
-        shown = "⏎<br>" if ch == "\n" else html.escape(ch)
-        spans.append(expert_span(shown, expert, palette))
+    spans = [expert_span("".join(shown), experts[token], palette) for token, shown in shown_by_token.items()]
     legend = expert_legend(palette, model.config.routed_experts)
     heading = f"<h4>{html.escape(title)}</h4>" if title else ""
+    unit = tokenizer.unit
     return (
-        f'<div class="moelab-routing">{heading}<p style="font-size:90%">Top-1 expert of each byte in layer {layer} '
-        f"(hover a character for its expert): {legend}</p>"
+        f'<div class="moelab-routing">{heading}<p style="font-size:90%">Top-1 expert of each {unit} in layer {layer} '
+        f"(hover a {unit} for its expert): {legend}</p>"
         f'<div style="font-family:monospace;line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div></div>'
     )
 

@@ -1,6 +1,6 @@
-"""Byte windows for training and evaluation.
+"""Windows of token ids (bytes, or BPE ids) for training and evaluation.
 
-One helper gathers windows of bytes from their start offsets (:func:`gather_windows`);
+One helper gathers windows of tokens from their start offsets (:func:`gather_windows`);
 the random training batches (:class:`WindowSampler`) and the fixed, evenly spaced
 validation windows (:func:`evenly_spaced_windows`, :func:`fixed_windows`) both use it.
 """
@@ -29,14 +29,14 @@ def gather_windows(data: torch.Tensor, starts: torch.Tensor, length: int) -> tor
     return data[starts.unsqueeze(1) + torch.arange(length)]
 
 
-def evenly_spaced_starts(n_bytes: int, length: int, count: int) -> torch.Tensor:
-    """``count`` start offsets (at most one per possible window) spread evenly from 0 to ``n_bytes - length``.
+def evenly_spaced_starts(n_tokens: int, length: int, count: int) -> torch.Tensor:
+    """``count`` start offsets (at most one per possible window) spread evenly from 0 to ``n_tokens - length``.
 
-    The first window begins at the first byte and the last one ends at the last byte.
+    The first window begins at the first token and the last one ends at the last token.
     """
-    last = n_bytes - length
+    last = n_tokens - length
     if last < 0:
-        raise ValueError(f"need at least {length} bytes, got {n_bytes}")
+        raise ValueError(f"need at least {length} tokens, got {n_tokens}")
     return torch.linspace(0, last, min(count, last + 1)).long()
 
 
@@ -49,7 +49,7 @@ def evenly_spaced_windows(data: np.ndarray, length: int, count: int) -> np.ndarr
 def fixed_windows(data: np.ndarray, window: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` evenly spaced windows over data (the same every evaluation), as (x, y).
 
-    Each row is ``window + 1`` bytes: x its first ``window``, y the same shifted by one.
+    Each row is ``window + 1`` tokens: x its first ``window``, y the same shifted by one.
     """
     if len(data) <= window + 1:
         raise ValueError(
@@ -71,7 +71,7 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class WindowSampler:
-    """Random training windows from a byte array, with resumable state.
+    """Random training windows from an array of token ids, with resumable state.
 
     Every rank draws the same global batch from one seeded stream and keeps its own
     contiguous share of the rows (rank r of W: rows r·n/W … (r+1)·n/W), so the data

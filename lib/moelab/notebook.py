@@ -33,13 +33,40 @@ def _compare_run_of(settings: dict[str, Any]) -> str | None:
         return None
 
 
+def _named_for_tokenizer(name: str):
+    """Notebook 01's dataset: ``name``, or ``<name>-bpe<vocab_size>`` for BPE (so it never replaces the bytes one)."""
+
+    def resolve(settings: dict[str, Any]) -> str:
+        from .data import tokenized_name
+
+        return tokenized_name(name, settings.get("tokenizer", "bytes"), settings.get("vocab_size"))
+
+    return resolve
+
+
+def _dataset_of_run(fallback: str):
+    """The dataset the chosen run was trained on (its config.json), else ``fallback``: a BPE run gets its BPE dataset."""
+
+    def resolve(settings: dict[str, Any]) -> str:
+        import json
+
+        from .runs import run_reports_dir
+
+        path = run_reports_dir(settings["run_name"]) / "config.json"
+        if not path.is_file():
+            return fallback
+        return json.loads(path.read_text()).get("dataset") or fallback
+
+    return resolve
+
+
 # The values each profile gives the parameters a notebook leaves as None. A None here
 # keeps its meaning in the notebook ("the preset's value", "none"); a callable is
 # computed from the other settings (so it follows a run name the user passed).
 PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "01_data_prep": {
-        "default": {"dataset": "machado", "max_works_per_category": None},
-        "tiny": {"dataset": "machado-tiny", "max_works_per_category": 2},
+        "default": {"dataset": _named_for_tokenizer("machado"), "max_works_per_category": None},
+        "tiny": {"dataset": _named_for_tokenizer("machado-tiny"), "max_works_per_category": 2},
     },
     "02_train": {
         "default": {
@@ -67,14 +94,14 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "default": {
             "run_name": "default",
             "compare_run_name": None,
-            "dataset": "machado",
+            "dataset": _dataset_of_run("machado"),
             "n_windows": 256,
             "per_category": 64,
         },
         "tiny": {  # the fixed-window comparison run of notebook 02 stands in as the second run
             "run_name": "tiny",
             "compare_run_name": _compare_run_of,
-            "dataset": "machado-tiny",
+            "dataset": _dataset_of_run("machado-tiny"),
             "n_windows": 32,
             "per_category": 8,
         },
@@ -122,12 +149,14 @@ def resolve_profile(profile: str | None = None) -> str:
     return profile
 
 
-def notebook_settings(notebook: str, profile: str | None, **passed: Any) -> Settings:
+def notebook_settings(notebook: str, profile: str | None, *, context: dict[str, Any] | None = None, **passed: Any) -> Settings:
     """The profile-dependent parameters of ``notebook`` with every ``None`` replaced by the profile's value.
 
     Pass each of the notebook's profile-dependent parameters by name (the table
     ``PROFILE_SETTINGS`` lists them); values that are not ``None`` come back unchanged.
     The result is ordered as passed, so ``a, b = notebook_settings(nb, p, a=a, b=b).values()``.
+    ``context``: other parameters a profile's value is computed from (e.g. notebook 01's
+    ``tokenizer``, which names a BPE dataset), never changed and not returned.
     """
     if notebook not in PROFILE_SETTINGS:
         raise ValueError(f"notebook_settings: unknown notebook {notebook!r}; known: {', '.join(PROFILE_SETTINGS)}")
@@ -147,7 +176,7 @@ def notebook_settings(notebook: str, profile: str | None, **passed: Any) -> Sett
     resolved = {name: table[name] if name in from_profile else value for name, value in passed.items()}
     for name in from_profile:
         if callable(resolved[name]):
-            resolved[name] = resolved[name](resolved)
+            resolved[name] = resolved[name]({**(context or {}), **resolved})
     return Settings(resolved, chosen, from_profile)
 
 

@@ -24,7 +24,7 @@ FIGURES = [
     ("expert_load.png", "Expert load per layer"),
     ("load_over_time.png", "Expert load during training"),
     ("balance.png", "Router balance per layer"),
-    ("specialization_bytes.png", "Experts by kind of byte"),
+    ("specialization_tokens.png", "Experts by kind of token (of byte, for a byte-level model)"),
     ("specialization_genre.png", "Experts by genre"),
     ("coactivation.png", "Experts chosen together"),
     ("forecast.png", "Time-series forecasts against the actuals (notebook 06)"),

@@ -95,8 +95,7 @@ def prepare_prompt(text: str | bytes, context_window: int, tokenizer=None) -> Pr
         )
     ids = list(data) if tokenizer.name == "bytes" else tokenizer.encode(data.decode("utf-8", errors="replace"))
     if len(ids) > context_window:
-        unit = "bytes" if tokenizer.name == "bytes" else "tokens"
-        notes.append(f"prompt of {len(ids)} {unit} cropped to its last {context_window} (the context window)")
+        notes.append(f"prompt of {len(ids)} {tokenizer.unit}s cropped to its last {context_window} (the context window)")
         ids = ids[-context_window:]
     return Prompt(tokenizer.decode(ids), torch.tensor([ids], dtype=torch.long), notes)
 

@@ -15,6 +15,11 @@ the sweep's own outputs go to ``reports/sweeps/<name>/``:
   difference from the first variant paired by seed, with a verdict (:mod:`moelab.stats`);
 * ``curves.csv`` and ``figures/``: validation curves and the summary as figures;
 * ``README.md``: the summary, per-seed values and conclusions, where and how long it ran.
+
+``--score FILE`` (:func:`score_runs`) scores every finished run's last checkpoint on one
+text file, each with its own tokenizer, so every variant is measured on the same bytes
+(the validation split in full, say, rather than the Trainer's fixed windows):
+``score-<folder>-<file>.csv`` per run and ``…-summary.csv`` with intervals, also in the README.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .checkpoint import CheckpointError
 from .config import ModelConfig, TrainConfig, config_diff
 from .data import CorpusError
 from .paths import atomic_write, reports_dir
 from .registry import process_alive, read_status
-from .runs import checkpoint_dir, list_checkpoints, run_reports_dir
+from .runs import checkpoint_dir, latest_checkpoint, list_checkpoints, run_reports_dir
 from .stats import conclusions, summarize
 from .sweep_spec import SweepSpec, SweepSpecError, builtin_studies, load_spec
 
@@ -86,8 +92,8 @@ def _state(spec: SweepSpec, variant: str, seed: int) -> str:
                 **config_diff(TrainConfig.from_dict(recorded["train"]), train)}  # fmt: skip
     except (KeyError, ValueError):
         diff = {"config": ("unreadable", "")}
-    if recorded.get("dataset") != spec.dataset:
-        diff["dataset"] = (recorded.get("dataset"), spec.dataset)
+    if recorded.get("dataset") != spec.dataset_of(variant):
+        diff["dataset"] = (recorded.get("dataset"), spec.dataset_of(variant))
     if diff:
         return "conflict: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items())
     status = read_status(folder)["status"]
@@ -135,7 +141,7 @@ def run_sweep(
                 how = "overwrite" if overwrite else row.state
                 print(f"[{i}/{len(todo)}] {row.run}: training ({'resumes from its checkpoint' if how == 'resume' else 'new'})")
                 model, train = spec.configs(row.variant, row.seed)
-                trainer = Trainer(model, train, row.run, dataset=spec.dataset, device=device, progress=progress)
+                trainer = Trainer(model, train, row.run, dataset=spec.dataset_of(row.variant), device=device, progress=progress)
                 done = trainer.fit(resume=how == "resume", overwrite=how != "resume")
                 trained.append(row.run)
                 print(f"[{i}/{len(todo)}] {row.run}: {done.val_bpb:.4f} bits per byte, {done.elapsed_s / 60:.1f} min")
@@ -217,6 +223,54 @@ def final_maxvio(metrics: pd.DataFrame, last: int = 10) -> float:
     return float(metrics[columns].dropna(how="all").tail(last).mean(axis=1).mean())
 
 
+def score_runs(spec: SweepSpec | dict | str | Path, path: str | Path, *, stride: int | None = None,
+               device: str = "auto", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Bits per byte of the text file ``path`` under each finished run's last checkpoint, with its own tokenizer.
+
+    Returns one row per run and the summary per variant (95% intervals, paired by seed);
+    both go to ``reports/sweeps/<name>/score-<folder>-<file>[-summary].csv`` and the sweep's
+    README. Runs not finished are left out and named; the reference variant needs one.
+    """
+    from tqdm.auto import tqdm
+
+    from .scoring import score_text
+
+    spec, path = load_spec(spec), Path(path)
+    _check_text_file(path)
+    data, todo = path.read_bytes(), plan(spec)
+    done = todo[todo["state"] == "finished"]
+    reference = next(iter(spec.variants))
+    if reference not in set(done["variant"]):
+        raise SweepError(f"sweep {spec.name!r} has no finished run of its reference variant {reference!r}; train it first")
+    if len(done) < len(todo):
+        print(f"not finished, not scored: {', '.join(todo.loc[todo['state'] != 'finished', 'run'])}")
+    rows = []
+    for row in tqdm(list(done.itertuples()), desc=f"score {path.name}", unit="run", disable=not progress):
+        checkpoint = latest_checkpoint(row.run)
+        scored = score_text(checkpoint, data, stride=stride, device=device)
+        rows.append({"variant": row.variant, "seed": row.seed, "run": row.run, "checkpoint": checkpoint.name, "file": str(path),
+                     "bpb": scored.bits_per_byte, "bytes": scored.bytes, "tokens": scored.tokens})  # fmt: skip
+    table = pd.DataFrame(rows)
+    summary = summarize(table, metric="bpb", variants=[v for v in spec.variants if v in set(table["variant"])])
+    folder = sweep_dir(spec.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"score-{path.resolve().parent.name}-{path.name}"
+    for suffix, frame in (("", table), ("-summary", summary)):
+        atomic_write(folder / f"{name}{suffix}.csv", lambda f, t=frame: f.write(t.to_csv(index=False).encode()))
+    write_readme(collect(spec))
+    return table, summary
+
+
+def _check_text_file(path: Path) -> None:
+    """A clear error for a path that is not a text file (a BPE dataset's split file holds token ids)."""
+    if not path.is_file():
+        raise SweepError(f"{path} is not a file to score; give a text file, e.g. data/processed/machado/val.bin")
+    meta = path.parent / "meta.json"
+    if path.suffix == ".bin" and meta.is_file() and json.loads(meta.read_text()).get("dtype", "uint8") != "uint8":
+        raise SweepError(f"{path} holds token ids of another tokenizer, not text; score a bytes dataset's split "
+                         "file (e.g. data/processed/machado/val.bin) or any UTF-8 text file")  # fmt: skip
+
+
 def write_tables(spec: SweepSpec, folder: Path, result: SweepResult | None = None) -> None:
     """results.csv, summary.csv and curves.csv of the runs finished so far."""
     result = result or collect(spec)
@@ -258,10 +312,28 @@ def write_readme(result: SweepResult) -> Path:
             lines += ["MaxVio at the end (mean over layers; 0 = every expert equally loaded), compared the same way:", "",
                       imbalance.to_markdown(index=False, floatfmt=".4f"), ""]  # fmt: skip
         lines += ["## What the numbers say", "", *(f"- {line}" for line in result.conclusions()), ""]
+        lines += _score_sections(result.folder, list(spec.variants))
         lines += [f"![{name}](figures/{name}.png)" for name in ("summary", "curves") if (result.folder / "figures" / f"{name}.png").is_file()]
     path = result.folder / "README.md"
     atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
     return path
+
+
+def _score_sections(folder: Path, variants: list[str]) -> list[str]:
+    """README sections of the sweep's ``score-*.csv`` tables (:func:`score_runs`)."""
+    lines = []
+    for summary_path in sorted(folder.glob("score-*-summary.csv")):
+        table = pd.read_csv(summary_path.with_name(summary_path.name.replace("-summary.csv", ".csv")))
+        summary = pd.read_csv(summary_path)
+        per_seed = table.pivot(index="seed", columns="variant", values="bpb")
+        scored = table["file"].iloc[0]
+        lines += [f"## Scored on `{scored}`", "",
+                  f"Every run's last checkpoint scored on the same {table['bytes'].iloc[0]:,} bytes of `{scored}`, "
+                  "each with its own tokenizer, every token once (`--score`). Bits per byte:", "",
+                  summary.to_markdown(index=False, floatfmt=".4f"), "", "Per seed:", "",
+                  per_seed[[v for v in variants if v in per_seed]].to_markdown(floatfmt=".4f"), "",
+                  *(f"- {line}" for line in conclusions(summary)), ""]  # fmt: skip
+    return lines
 
 
 def _where_and_how_long(result: SweepResult) -> str:
@@ -287,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help=f"a spec file (.yaml) or a built-in study: {', '.join(builtin_studies())}")
     parser.add_argument("--overwrite", action="store_true", help="retrain every run of the sweep from scratch")
     parser.add_argument("--plan", action="store_true", help="print the runs and their state, train nothing")
+    parser.add_argument("--score", metavar="FILE", help="train nothing: score every finished run's last checkpoint "
+                        "on FILE (the same bytes for every tokenizer), e.g. data/processed/machado/val.bin")  # fmt: skip
+    parser.add_argument("--stride", type=int, help="with --score: window stride in tokens (default: half the window)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -295,8 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             print(plan(spec).to_string(index=False))
             return 0
+        if args.stride is not None and not args.score:
+            parser.error("--stride goes with --score")
+        if args.score:
+            _, summary = score_runs(spec, args.score, stride=args.stride, device=args.device, progress=not args.no_progress)
+            print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print("\n".join(conclusions(summary)))
+            print(f"written: {sweep_dir(spec.name)}")
+            return 0
         result = run_sweep(spec, overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
-    except (SweepSpecError, SweepError, ValueError, CorpusError) as err:
+    except (SweepSpecError, SweepError, ValueError, CorpusError, CheckpointError) as err:
         parser.exit(2, f"error: {err}\n")
     pd.set_option("display.width", 160)
     print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

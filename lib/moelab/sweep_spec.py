@@ -16,7 +16,9 @@ ModelConfig / TrainConfig field. The budget is ``max_steps``, ``max_tokens`` and
 ``minutes``): it replaces the preset's budget entirely. Steps and tokens do not depend on
 the machine's load; minutes do. Each variant is a dict of overrides on the base (a
 variant may change the budget, e.g. for an equal-wall-time comparison); the first
-variant is the reference the others are compared with. Seeds come from ``seeds``: the
+variant is the reference the others are compared with. A variant may also set
+``dataset`` (and the ``vocab_size`` its tokenizer has), e.g. to compare tokenizers:
+``bpe-512: {dataset: machado-bpe512, vocab_size: 512}``. Seeds come from ``seeds``: the
 base and the variants may not set ``seed``.
 
 Built-in studies live in ``moelab/studies/<name>.yaml``; :func:`load_spec` accepts their
@@ -58,7 +60,12 @@ class SweepSpec:
 
     def configs(self, variant: str, seed: int) -> tuple[ModelConfig, TrainConfig]:
         """The model and training configs of one run."""
-        return build_configs(self.preset, {**self.base, **self.variants[variant], "seed": seed})
+        overrides = {k: v for k, v in self.variants[variant].items() if k != "dataset"}
+        return build_configs(self.preset, {**self.base, **overrides, "seed": seed})
+
+    def dataset_of(self, variant: str) -> str:
+        """The prepared dataset a variant trains on: its own ``dataset`` or the base's."""
+        return str(self.variants[variant].get("dataset", self.dataset))
 
     def run_name(self, variant: str, seed: int) -> str:
         """``<sweep>-<variant>-s<seed>``: the run's folders under reports/ and data/checkpoints/."""
@@ -97,9 +104,13 @@ def load_spec(source: SweepSpec | dict | str | Path, check_dataset: bool = True)
         except ValueError as err:
             raise SweepSpecError(f"sweep {spec.name!r}, variant {variant!r}: {err}") from None
     if check_dataset:
-        from .data import load_dataset
+        from .data import CorpusError, check_dataset_vocab, load_dataset
 
-        load_dataset(spec.dataset)  # a clear error naming the dataset when it is not prepared
+        for variant in spec.variants:  # a clear error naming the dataset when it is not prepared
+            try:
+                check_dataset_vocab(load_dataset(spec.dataset_of(variant)), spec.configs(variant, spec.seeds[0])[0].vocab_size)
+            except (ValueError, CorpusError) as err:
+                raise SweepSpecError(f"sweep {spec.name!r}, variant {variant!r}: {err}") from None
     return spec
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 
@@ -30,8 +31,26 @@ SPLIT_PATTERN = (
 )
 
 
-class ByteTokenizer:
+class Tokenizer:
+    """What every tokenizer has: ``name``, ``vocab_size``, ``pieces`` (the bytes each token
+    stands for), ``unit`` (what messages call a token), ``encode`` and ``to_bytes``."""
+
+    name: str
+    vocab_size: int
+    pieces: list[bytes]
+    unit = "token"
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_tensor(self, text: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """The text as a (1, n_tokens) long tensor, ready for ``Transformer.generate``."""
+        return torch.tensor([self.encode(text)], dtype=torch.long, device=device)
+
+
+class ByteTokenizer(Tokenizer):
     name = "bytes"
+    unit = "byte"
     vocab_size = 256
     pieces = [bytes([i]) for i in range(256)]  # the bytes each token stands for
 
@@ -40,20 +59,23 @@ class ByteTokenizer:
             raise TypeError(f"encode expects str, got {type(text).__name__}; decode bytes first")
         return list(text.encode("utf-8"))
 
-    def encode_tensor(self, text: str, device: torch.device | str | None = None) -> torch.Tensor:
-        """The text as a (1, n_bytes) long tensor, ready for ``Transformer.generate``."""
-        return torch.tensor([self.encode(text)], dtype=torch.long, device=device)
+    def encode_array(self, text: str) -> np.ndarray:
+        """The text's ids as a read-only uint8 array, straight from UTF-8 (no list of ints per byte)."""
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     def decode(self, ids: Iterable[int] | torch.Tensor | bytes) -> str:
-        return self._to_bytes(ids).decode("utf-8", errors="replace")
+        return self.to_bytes(ids).decode("utf-8", errors="replace")
 
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder()
 
     @staticmethod
-    def _to_bytes(ids: Iterable[int] | torch.Tensor | bytes) -> bytes:
+    def to_bytes(ids: Iterable[int] | torch.Tensor | np.ndarray | bytes) -> bytes:
+        """The bytes the ids stand for (a split file's uint8 array converts without a copy per byte)."""
         if isinstance(ids, (bytes, bytearray)):
             return bytes(ids)
+        if isinstance(ids, np.ndarray) and ids.dtype == np.uint8:
+            return ids.tobytes()
         if isinstance(ids, torch.Tensor):
             ids = ids.flatten().tolist()
         values = list(ids)
@@ -68,7 +90,7 @@ class StreamDecoder:
 
     def __init__(self, to_bytes=None) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._to_bytes = to_bytes or ByteTokenizer._to_bytes
+        self._to_bytes = to_bytes or ByteTokenizer.to_bytes
 
     def feed(self, ids: Iterable[int] | torch.Tensor | bytes) -> str:
         """Text completed by these tokens (an unfinished character is held back)."""
@@ -106,8 +128,8 @@ def check_bpe_vocab(vocab_size) -> None:
         )
 
 
-class BPETokenizer:
-    """Byte-level BPE (Hugging Face ``tokenizers``): ``train(texts, vocab_size)``, ``save`` / ``load``.
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE (Hugging Face ``tokenizers``): ``train(texts, vocab_size)``, ``to_json`` / ``from_json``.
 
     ``vocab_size`` counts the 256 byte tokens and the merges; it has no special tokens.
     """
@@ -151,15 +173,20 @@ class BPETokenizer:
             raise TypeError(f"encode expects str, got {type(text).__name__}; decode bytes first")
         return self.tokenizer.encode(text).ids
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """The text's ids as a uint16 array (a vocabulary holds at most 65536 tokens)."""
+        return np.asarray(self.encode(text), dtype=np.uint16)
+
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         return self.to_bytes(ids).decode("utf-8", errors="replace")
 
-    def to_bytes(self, ids: Iterable[int] | torch.Tensor) -> bytes:
-        values = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        bad = [v for v in values if not 0 <= int(v) < self.vocab_size]
+    def to_bytes(self, ids: Iterable[int] | torch.Tensor | np.ndarray) -> bytes:
+        """The bytes the ids stand for, their pieces joined."""
+        values = ids.flatten().tolist() if isinstance(ids, (torch.Tensor, np.ndarray)) else [int(v) for v in ids]
+        bad = [v for v in values if not 0 <= v < self.vocab_size]
         if bad:
             raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}, got {bad[:5]}")
-        return b"".join(self.pieces[int(v)] for v in values)
+        return b"".join(map(self.pieces.__getitem__, values))
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self.to_bytes)
@@ -191,3 +218,17 @@ def model_tokenizer(tokenizer, vocab_size: int, use: str):
             f"{use} with the tokenizer the model was trained with (moelab.checkpoint.load_tokenizer)"
         )
     return tokenizer
+
+
+def show_tokens(tokenizer, text: str, separator: str = "│") -> str:
+    """The text cut into its tokens, for reading: ``␣`` a space, ``⏎`` a newline, and a piece that is
+    not whole UTF-8 characters (a byte of an accented letter) as its bytes in hex, e.g. ``<c3>``."""
+
+    def shown(piece: bytes) -> str:
+        try:
+            text = piece.decode("utf-8")
+        except UnicodeDecodeError:
+            return "".join(f"<{b:02x}>" for b in piece)
+        return text.replace(" ", "␣").replace("\n", "⏎")
+
+    return separator.join(shown(tokenizer.pieces[i]) for i in tokenizer.encode(text))

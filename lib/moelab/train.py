@@ -2,7 +2,8 @@
 
 ``python -m moelab.train --preset cpu --run-name NAME [--resume] [--config FILE.yaml] [--set field=value ...]``
 
-Builds the configs from a preset and overrides (:func:`moelab.presets.build_configs`) and
+Builds the configs from a preset and overrides (:func:`moelab.presets.build_configs`; the
+model takes the dataset's vocabulary unless ``--set vocab_size=`` says otherwise) and
 runs :class:`moelab.trainer.Trainer`; under ``torchrun`` every process runs this.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from . import distributed
 from .checkpoint import CheckpointError
-from .data import CorpusError
+from .data import CorpusError, with_dataset_vocab
 from .presets import build_configs
 from .trainer import Trainer, TrainingDiverged
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set expects FIELD=VALUE, got {item!r}")
         overrides[field.strip()] = parse_value(value.strip())
     try:
-        model_config, train_config = build_configs(args.preset, overrides)
+        model_config, train_config = build_configs(args.preset, with_dataset_vocab(overrides, args.dataset))
         trainer = Trainer(
             model_config,
             train_config,

@@ -111,7 +111,7 @@ class SamplerUI:
         return self._models[self.run.value][1]
 
     def _unit(self) -> str:
-        return "bytes" if self.tokenizer().name == "bytes" else "tokens"
+        return f"{self.tokenizer().unit}s"
 
     def _say(self, message: str, kind: str = "info") -> None:
         color = {"info": "#555", "error": "#b00020", "note": "#8a6d00"}[kind]

@@ -1,4 +1,4 @@
-"""Corpora: fetch, read, clean, catalog, split by work, and encode to byte arrays.
+"""Corpora: fetch, read, clean, catalog, split by work, and encode to arrays of tokens (bytes or BPE).
 
 One job per module; every public name is re-exported here, so ``from moelab.data
 import prepare_dataset`` and ``from moelab import data; data.prepare_dataset(...)`` work.
@@ -9,7 +9,7 @@ import prepare_dataset`` and ``from moelab import data; data.prepare_dataset(...
 - ``cleaning``: ``clean_text`` and its rules, in order.
 - ``dataset``: the catalog, splits by work, ``prepare_dataset`` writing
   ``data/processed/<dataset>/`` and ``load_dataset`` / ``load_split`` reading it.
-- ``stats``: text statistics for a byte-level model (UTF-8 profile, character classes).
+- ``stats``: text statistics (UTF-8 profile, character classes, tokens by length in bytes).
 """
 
 from .cleaning import (
@@ -35,8 +35,10 @@ from .dataset import (
     check_tokenizer_choice,
     load_dataset,
     load_split,
+    tokenized_name,
     tokenizer_name,
     prepare_dataset,
+    with_dataset_vocab,
 )
 from .sources import (
     DECODE_POLICIES,
@@ -53,7 +55,7 @@ from .sources import (
     machado_manifest,
     manifest_sha256,
 )
-from .stats import char_class, character_frequencies, utf8_profile
+from .stats import char_class, character_frequencies, token_length_profile, utf8_profile
 
 __all__ = [
     "CLEANING_RULES",
@@ -85,6 +87,7 @@ __all__ = [
     "bytes_per_token",
     "check_dataset_vocab",
     "check_tokenizer_choice",
+    "tokenized_name",
     "tokenizer_name",
     "load_works",
     "machado_manifest",
@@ -93,5 +96,7 @@ __all__ = [
     "normalize_whitespace",
     "prepare_dataset",
     "rejoin_hyphenated_words",
+    "token_length_profile",
     "utf8_profile",
+    "with_dataset_vocab",
 ]

@@ -190,6 +190,19 @@ class PreparedDataset:
                 texts[(row.category, row.work)] = tokenizer.decode(ids[row.offset : row.offset + n].tolist())
         return pd.Series(texts, name="text").rename_axis(["category", "work"])
 
+    def split_text(self, split: str) -> str:
+        """A split's whole text (its works joined by SEPARATOR), decoded from its file."""
+        ids = np.fromfile(self.path / f"{split}.bin", dtype=np.dtype(self.meta.get("dtype", "uint8")))
+        return self.tokenizer.to_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_counts(self) -> pd.DataFrame:
+        """Per split: its tokens, the UTF-8 bytes of its text, and bytes per token (1 for bytes)."""
+        rows = {split: {"tokens": info.get("tokens", info["bytes"]), "text_bytes": info.get("text_bytes", info["bytes"])}
+                for split, info in self.meta["splits"].items()}  # fmt: skip
+        table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
+        table["bytes_per_token"] = table["text_bytes"] / table["tokens"].where(table["tokens"] > 0)
+        return table
+
     def split_sizes(self) -> pd.DataFrame:
         """Bytes and works per split, as a DataFrame."""
         table = self.catalog.groupby("split").agg(works=("work", "size"), bytes=("cleaned_bytes", "sum"))
@@ -288,6 +301,13 @@ def check_dataset_vocab(prepared: "PreparedDataset", vocab_size: int) -> None:
         )
 
 
+def with_dataset_vocab(overrides: dict, dataset: str) -> dict:
+    """``overrides`` with the dataset's ``vocab_size`` (bytes: 256) added when they set none."""
+    if "vocab_size" in overrides:
+        return overrides
+    return {**overrides, "vocab_size": load_dataset(dataset).meta.get("vocab_size", 256)}
+
+
 def bytes_per_token(meta: dict, split: str) -> float:
     """UTF-8 bytes of a split's text per token of its file (1 for bytes): bits per byte = bits per token / this."""
     info = meta["splits"][split]
@@ -299,12 +319,16 @@ def tokenizer_name(meta: dict) -> str:
     return str(meta.get("tokenizer", "bytes")).split()[0]
 
 
+def tokenized_name(name: str, tokenizer: str, vocab_size: int | None) -> str:
+    """A dataset's default folder name: ``name`` for bytes, ``<name>-bpe<vocab_size>`` for BPE."""
+    return f"{name}-bpe{vocab_size}" if tokenizer == "bpe" else name
+
+
 def _dataset_name(source: str | os.PathLike, dataset: str | None, tokenizer: str = "bytes", vocab_size=None) -> str:
     """The dataset's folder name: as given, else "machado" or the source file's or folder's stem,
     with "-bpe<vocab_size>" for BPE (so it never replaces the bytes dataset of the same corpus)."""
     if dataset is None:
-        dataset = Path(str(source)).stem if str(source) != "machado" else "machado"
-        dataset += f"-bpe{vocab_size}" if tokenizer == "bpe" else ""
+        dataset = tokenized_name(Path(str(source)).stem if str(source) != "machado" else "machado", tokenizer, vocab_size)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", dataset):
         raise ValueError(f"dataset must be a simple folder name (letters, digits, . _ -), got {dataset!r}")
     return dataset
@@ -345,13 +369,7 @@ def _encode_splits(catalog: pd.DataFrame, cleaned: list[str], tokenizer) -> dict
 
     Sets each work's ``offset`` and ``tokens`` (its length in tokens) in the catalog.
     """
-    dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
-
-    def ids(text: str) -> np.ndarray:  # bytes straight from UTF-8 (a list of ints per byte would be slow)
-        if tokenizer.name == "bytes":
-            return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-        return np.asarray(tokenizer.encode(text), dtype=dtype)
-
+    dtype, ids = (np.uint8 if tokenizer.vocab_size <= 256 else np.uint16), tokenizer.encode_array
     separator = ids(SEPARATOR)
     catalog["offset"], catalog["tokens"] = 0, 0
     encoded = {}
@@ -412,7 +430,13 @@ def load_dataset(dataset: str = "machado", data_root: str | os.PathLike | None =
     """Open a prepared dataset (run notebook 01 or prepare_dataset first)."""
     folder = (Path(data_root) if data_root is not None else data_dir()) / "processed" / dataset
     if not (folder / "meta.json").is_file():
-        raise CorpusError(f"no prepared dataset at {folder}; run notebooks/01_data_prep.ipynb or moelab.data.prepare_dataset()")
+        bpe = re.fullmatch(r"(.+)-bpe(\d+)", dataset)
+        if dataset == "machado" or (bpe and bpe[1] == "machado"):
+            call = f'prepare_dataset("machado", tokenizer="bpe", vocab_size={bpe[2]})' if bpe else "prepare_dataset()"
+        else:
+            tokenizer = f', tokenizer="bpe", vocab_size={bpe[2]}' if bpe else ""
+            call = f'prepare_dataset(<its source>, dataset="{dataset}"{tokenizer})'
+        raise CorpusError(f"no prepared dataset at {folder}; run notebooks/01_data_prep.ipynb or moelab.data.{call}")
     meta = json.loads((folder / "meta.json").read_text())
     return PreparedDataset(folder, pd.read_parquet(folder / "catalog.parquet"), meta, rewritten=False)
 

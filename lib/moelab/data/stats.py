@@ -1,4 +1,4 @@
-"""Text statistics for looking at a corpus through a byte-level model's eyes."""
+"""Text statistics for looking at a corpus through a model's eyes: its bytes, characters and tokens."""
 
 from __future__ import annotations
 
@@ -51,3 +51,17 @@ def character_frequencies(text: str) -> pd.DataFrame:
     frame["class"] = [char_class(c) for c in frame["char"]]
     frame["shown"] = frame["char"].map(lambda c: {"\n": "⏎", " ": "␣"}.get(c, c))
     return frame
+
+
+def token_length_profile(ids, tokenizer) -> pd.DataFrame:
+    """By token length in bytes: how many tokens of the vocabulary have it, and what share of the
+    text's tokens and bytes (``ids``: a split's token ids) tokens of that length carry."""
+    import numpy as np
+
+    lengths = np.array([len(piece) for piece in tokenizer.pieces])
+    counts = np.bincount(np.asarray(ids, dtype=np.int64), minlength=len(lengths))
+    table = pd.DataFrame({"length": lengths, "tokens": counts, "bytes": counts * lengths})
+    table = table.groupby("length").agg(vocabulary=("length", "size"), tokens=("tokens", "sum"), bytes=("bytes", "sum"))
+    table["share_of_tokens"] = table["tokens"] / table["tokens"].sum()
+    table["share_of_bytes"] = table["bytes"] / table["bytes"].sum()
+    return table.rename_axis("bytes per token")
