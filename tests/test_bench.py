@@ -27,6 +27,25 @@ def test_flop_count_uses_the_matmul_weights_a_token_passes_through(name):
     assert train_flops_per_token(config, window) == 6 * counted + 12 * config.n_layers * config.n_embd * window
 
 
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_decode_reads_each_active_weight_once(tie_weights):
+    """By hand from the config: what one token's forward touches at batch 1, in fp32 bytes."""
+    from moelab.bench import decode_bytes_per_token
+    from moelab.config import ModelConfig
+
+    c = ModelConfig(n_layers=2, n_heads=2, n_embd=32, context_window=16, n_experts=4, top_k=2, n_common_experts=1,
+                    expert_hidden=64, pos_encoding="learned", tie_weights=tie_weights)  # fmt: skip
+    d, h = c.n_embd, c.expert_hidden
+    attention = (3 * d * d + 3 * d) + (d * d + d)
+    norms = 2 * (2 * d)
+    router = c.n_experts * d  # (the noise weights are for training only)
+    expert = d * h + h + h * d + d
+    per_layer = attention + norms + router + c.top_k * expert + c.n_common_experts * expert
+    head = c.vocab_size * (d + 1) + (0 if tie_weights else d)  # the table and its bias (+ one embedding row if untied)
+    expected = c.n_layers * per_layer + 2 * d + head + d  # final norm, one position row
+    assert decode_bytes_per_token(Transformer(c)) == 4 * expected
+
+
 def test_paired_ratio_is_the_median_of_per_round_ratios():
     assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
 

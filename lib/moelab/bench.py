@@ -245,12 +245,20 @@ def bench_generation(
     """Greedy generation from a 16-byte prompt up to the window, with and without the KV cache.
 
     Full recomputation is quadratic in the window (minutes at window 256, batch 8), so
-    these rounds are few; both variants still alternate.
+    these rounds are few; both variants still alternate. On a CPU, batch-1 decoding is set
+    against its memory-bandwidth bound: the weight bytes a token reads
+    (:func:`decode_bytes_per_token`) at the bandwidth of single-row products (:func:`gemv_bandwidth`).
     """
-    rows = []
+    rows, bandwidth = [], None
+    if device.type == "cpu":
+        gemv = gemv_bandwidth()
+        bandwidth = gemv["bytes_per_s"]
+        rows.append(_row(bench, "GEMV weight bandwidth GB/s (x·W, 64 MiB fp32)", bandwidth / 1e9, "GB/s"))
+        rows.append(_row(bench, "GEMV time, nn.Linear layout (x·Wᵀ) / x·W", gemv["linear_over_xw"], "×"))
     for window in windows:
         torch.manual_seed(0)
         model = Transformer(bench.model_config(context_window=window)).to(device).eval()
+        rows.append(_row(bench, f"decode weight MB per token window {window}", decode_bytes_per_token(model) / 1e6, "MB"))
         count = new_tokens or window - 16
         for batch in batches:
             prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(2)).to(device)
@@ -265,6 +273,10 @@ def bench_generation(
             label = f"window {window} batch {batch}"
             cache_s, full_s = statistics.median(times["cache"]), statistics.median(times["recompute"])
             rows.append(_row(bench, f"generation tok/s (KV cache) {label}", batch * count / cache_s, "tok/s"))
+            if batch == 1 and bandwidth:  # the memory-bandwidth bound of batch-1 decoding
+                bound = bandwidth / decode_bytes_per_token(model)
+                rows.append(_row(bench, f"decode bandwidth bound tok/s {label}", bound, "tok/s"))
+                rows.append(_row(bench, f"decode share of bandwidth bound {label}", count / cache_s / bound, "fraction"))
             rows.append(_row(bench, f"generation tok/s (recompute) {label}", batch * count / full_s, "tok/s"))
             rows.append(
                 _row(bench, f"generation cache speedup {label}", paired_ratio(times["recompute"], times["cache"]), "×")
@@ -273,6 +285,39 @@ def bench_generation(
                 _row(bench, f"generation exact {label}", float(torch.equal(outputs[True], outputs[False])), "bool")
             )
     return rows
+
+
+def decode_bytes_per_token(model: Transformer) -> int:
+    """Bytes of weights one decoded token reads at batch 1: each parameter it uses once (attention,
+    norms, the router, the top-k of the routed experts, common experts, the output head), of the
+    token and position embeddings only the row it looks up (a tied head reads the whole table
+    anyway), and not the router-noise weights (training only)."""
+    config = model.config
+    share = config.routed_top_k / config.routed_experts if config.is_moe else 1.0
+    read = 0.0
+    for name, p in model.named_parameters():  # a tied head is listed once, as tok_emb
+        if name.startswith("pos_emb") or (name.startswith("tok_emb") and not config.tie_weights):
+            read += config.n_embd
+        elif ".noise." not in name:
+            read += p.numel() * (share if ".experts." in name else 1.0)
+    return round(read) * model.tok_emb.weight.element_size()
+
+
+def gemv_bandwidth(total_mib: int = 64, rows: int = 256, cols: int = 1024) -> dict[str, float]:
+    """Single-row products x·W over ``total_mib`` of distinct fp32 matrices (more than the caches
+    hold, as decoding reads its weights): bytes of weights per second in the x·W layout, and the
+    time of the same products in nn.Linear's layout (x·Wᵀ, W stored (out, in)) over it."""
+    matrices = [torch.randn(rows, cols) for _ in range(total_mib * 2**20 // (rows * cols * 4))]
+    stored_as_linear = [w.T.contiguous() for w in matrices]
+    x = torch.randn(1, rows)
+
+    def sweep(use_linear: bool) -> None:
+        for w in stored_as_linear if use_linear else matrices:
+            torch.nn.functional.linear(x, w) if use_linear else x @ w
+
+    times = interleaved({"xw": lambda: sweep(False), "linear": lambda: sweep(True)}, 5, 1, torch.device("cpu"), warmup=1)
+    seconds = statistics.median(times["xw"])
+    return {"bytes_per_s": len(matrices) * rows * cols * 4 / seconds, "linear_over_xw": paired_ratio(times["linear"], times["xw"])}
 
 
 def bench_sampling(device: torch.device, repeats: int, new_bytes: int = 300) -> list[dict]:
@@ -390,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"precisions: {', '.join(precisions)}; {args.repeats} interleaved rounds × {args.steps} steps\n", flush=True)
 
     rows: list[dict] = []
+    generation_rows: list[dict] = []  # measured on --generation-threads
     peaks = {}
     if "peak" not in args.skip:
         for p in precisions:
@@ -414,17 +460,15 @@ def main(argv: list[str] | None = None) -> int:
     if "generation" not in args.skip:
         print(f"generation (config {args.generation_config}, {args.generation_threads} thread(s)) …", flush=True)
         with _threads(args.generation_threads):
-            rows += bench_generation(
+            generation_rows += bench_generation(
                 CONFIGS[args.generation_config], device, [128, 256], [1, 8], args.generation_repeats, args.new_tokens
             )
-            rows += bench_sampling(device, args.generation_repeats, args.sampling_bytes)
+            generation_rows += bench_sampling(device, args.generation_repeats, args.sampling_bytes)
 
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows + generation_rows)
     if device.type == "cuda":
         table = apply_targets(table, GPU_TARGETS)
-    table.insert(
-        1, "threads", [args.generation_threads if m.startswith("generation") else threads for m in table["measure"]]
-    )
+    table.insert(1, "threads", [threads] * len(rows) + [args.generation_threads] * len(generation_rows))
     out = reports_dir() / "benchmarks" if args.out is None else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "bench.csv", index=False)
