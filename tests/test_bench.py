@@ -46,6 +46,22 @@ def test_decode_reads_each_active_weight_once(tie_weights):
     assert decode_bytes_per_token(Transformer(c)) == 4 * expected
 
 
+def test_gemv_bandwidth_is_bytes_over_time_and_layouts_compare_as_time_over_time(monkeypatch):
+    import moelab.bench as bench
+
+    seen = {}
+
+    def fake_interleaved(variants, repeats, steps, device, warmup):
+        seen.update(variants)
+        return {"xw": [0.5, 0.5, 0.5], "linear": [1.0, 0.75, 0.6]}
+
+    monkeypatch.setattr(bench, "interleaved", fake_interleaved)
+    result = bench.gemv_bandwidth(total_mib=2, rows=256, cols=1024)  # two 1 MiB matrices
+    assert set(seen) == {"xw", "linear"}
+    assert result["bytes_per_s"] == 2 * 2**20 / 0.5
+    assert result["linear_over_xw"] == 1.5  # the median of 2.0, 1.5, 1.2
+
+
 def test_paired_ratio_is_the_median_of_per_round_ratios():
     assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
 
@@ -89,8 +105,14 @@ def test_short_benchmark_run_writes_its_table(tmp_path, capsys):
         "generation exact window 128 batch 8",
         "sampling B/s past the window (slide) cpu model, 100 bytes",
         "sampling slide speedup over crop cpu model, 100 bytes",
+        "GEMV weight bandwidth GB/s (x·W, 64 MiB fp32)",
+        "decode bandwidth bound tok/s window 256 batch 1",
+        "decode share of bandwidth bound window 128 batch 1",
     ):
         assert expected in measures
+    measured_on = table.set_index("measure")["threads"]  # generation and sampling: --generation-threads (1)
+    assert measured_on["sampling B/s past the window (slide) cpu model, 100 bytes"] == 1
+    assert measured_on["decode bandwidth bound tok/s window 256 batch 1"] == 1
     assert (table.loc[table["measure"].str.startswith("generation exact"), "value"] == 1.0).all()
     assert (table["value"] > 0).all()
     assert (tmp_path / "bench.png").stat().st_size > 0 and "MoE overhead" in (tmp_path / "bench.md").read_text()

@@ -246,7 +246,7 @@ def bench_generation(
 
     Full recomputation is quadratic in the window (minutes at window 256, batch 8), so
     these rounds are few; both variants still alternate. On a CPU, batch-1 decoding is set
-    against its memory-bandwidth bound: the weight bytes a token reads
+    against its weight-read bound: the weight bytes a token reads
     (:func:`decode_bytes_per_token`) at the bandwidth of single-row products (:func:`gemv_bandwidth`).
     """
     rows, bandwidth = [], None
@@ -273,7 +273,7 @@ def bench_generation(
             label = f"window {window} batch {batch}"
             cache_s, full_s = statistics.median(times["cache"]), statistics.median(times["recompute"])
             rows.append(_row(bench, f"generation tok/s (KV cache) {label}", batch * count / cache_s, "tok/s"))
-            if batch == 1 and bandwidth:  # the memory-bandwidth bound of batch-1 decoding
+            if batch == 1 and bandwidth:  # the weight-read bound of batch-1 decoding
                 bound = bandwidth / decode_bytes_per_token(model)
                 rows.append(_row(bench, f"decode bandwidth bound tok/s {label}", bound, "tok/s"))
                 rows.append(_row(bench, f"decode share of bandwidth bound {label}", count / cache_s / bound, "fraction"))
@@ -304,9 +304,10 @@ def decode_bytes_per_token(model: Transformer) -> int:
 
 
 def gemv_bandwidth(total_mib: int = 64, rows: int = 256, cols: int = 1024) -> dict[str, float]:
-    """Single-row products x·W over ``total_mib`` of distinct fp32 matrices (more than the caches
-    hold, as decoding reads its weights): bytes of weights per second in the x·W layout, and the
-    time of the same products in nn.Linear's layout (x·Wᵀ, W stored (out, in)) over it."""
+    """Single-row products x·W over ``total_mib`` of distinct fp32 matrices, each read once per
+    sweep as decoding reads its weights (64 MiB: twice config B's weights per token, so from the
+    same level of caches or memory on most CPUs): weight bytes per second in the x·W layout, and
+    the time of the same products in nn.Linear's layout (x·Wᵀ, W stored (out, in)) over it."""
     matrices = [torch.randn(rows, cols) for _ in range(total_mib * 2**20 // (rows * cols * 4))]
     stored_as_linear = [w.T.contiguous() for w in matrices]
     x = torch.randn(1, rows)
