@@ -184,7 +184,7 @@ class PreparedDataset:
             members = self.catalog[self.catalog["split"] == split]
             if members.empty:
                 continue
-            ids = np.fromfile(self.path / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]))
+            ids = self._split_ids(split)
             for row in members.itertuples():
                 n = getattr(row, "tokens", row.cleaned_bytes)  # (datasets from before tokenizers: bytes)
                 texts[(row.category, row.work)] = tokenizer.decode(ids[row.offset : row.offset + n].tolist())
@@ -192,8 +192,11 @@ class PreparedDataset:
 
     def split_text(self, split: str) -> str:
         """A split's whole text (its works joined by SEPARATOR), decoded from its file."""
-        ids = np.fromfile(self.path / f"{split}.bin", dtype=np.dtype(self.meta.get("dtype", "uint8")))
-        return self.tokenizer.to_bytes(ids).decode("utf-8", errors="replace")
+        return self.tokenizer.to_bytes(self._split_ids(split)).decode("utf-8", errors="replace")
+
+    def _split_ids(self, split: str) -> np.ndarray:
+        """A split file's token ids, in the dtype meta.json names (uint8 before tokenizers existed)."""
+        return np.fromfile(self.path / f"{split}.bin", dtype=np.dtype(self.meta.get("dtype", "uint8")))
 
     def token_counts(self) -> pd.DataFrame:
         """Per split: its tokens, the UTF-8 bytes of its text, and bytes per token (1 for bytes)."""
