@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from moelab import Transformer
-from moelab.bench import CONFIGS, DEFAULT_CONFIGS, _step_memory, main
+from moelab.bench import CONFIGS, DEFAULT_CONFIGS, TARGETS, _step_memory, apply_targets, main
 from moelab.flops import matmul_params_per_token, train_flops_per_token
 from moelab.timing import paired_ratio
 
@@ -60,6 +60,26 @@ def test_gemv_bandwidth_is_bytes_over_time_and_layouts_compare_as_time_over_time
     assert set(seen) == {"xw", "linear"}
     assert result["bytes_per_s"] == 2 * 2**20 / 0.5
     assert result["linear_over_xw"] == 1.5  # the median of 2.0, 1.5, 1.2
+
+
+def test_cpu_targets_apply_per_config_and_bf16_only_with_amx():
+    rows = [  # (config, measure, value)
+        ("A", "MFU fp32", 0.62),
+        ("B", "MFU fp32", 0.62),  # B's goal is 0.75
+        ("C", "MFU fp32", 0.10),  # no goal for C
+        ("C", "MoE overhead fp32", 1.5),
+        ("B", "MoE overhead fp32", 1.05),
+        ("B", "generation tok/s (KV cache) window 256 batch 1", 410.0),
+        ("B", "generation tok/s (KV cache) window 256 batch 8", 10.0),  # the goal is batch 1's
+        ("-", "sampling B/s past the window (slide) cpu model, 300 bytes", 900.0),
+        ("B", "train speedup bf16 vs fp32", 2.6),
+    ]
+    table = pd.DataFrame([{"config": c, "measure": m, "value": v, "target": "", "meets": ""} for c, m, v in rows])
+    with_amx = apply_targets(table, TARGETS, amx=True)
+    assert list(with_amx["meets"]) == ["yes", "no", "", "", "yes", "yes", "", "no", "yes"]
+    assert list(with_amx["target"])[:2] == [">= 0.6", ">= 0.75"]
+    without_amx = apply_targets(table, TARGETS, amx=False)
+    assert without_amx["meets"].iloc[-1] == "" and list(without_amx["meets"])[:-1] == list(with_amx["meets"])[:-1]
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():

@@ -127,9 +127,9 @@ def test_gpu_targets_fill_the_table():
 
     table = pd.DataFrame(
         [
-            {"measure": "MoE overhead bf16", "value": 1.2, "target": "", "meets": ""},
-            {"measure": "MFU bf16 vs rated peak (H100 SXM)", "value": 0.41, "target": "", "meets": ""},
-            {"measure": "train tok/s moelab bf16", "value": 5.0, "target": "", "meets": ""},
+            {"config": "B", "measure": "MoE overhead bf16", "value": 1.2, "target": "", "meets": ""},
+            {"config": "B", "measure": "MFU bf16 vs rated peak (H100 SXM)", "value": 0.41, "target": "", "meets": ""},
+            {"config": "B", "measure": "train tok/s moelab bf16", "value": 5.0, "target": "", "meets": ""},
         ]
     )
     out = apply_targets(table, GPU_TARGETS)
