@@ -27,10 +27,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, align: int | N
     ``align``: pad the widths to multiples of this many values (default: 16 bytes of the
     compute dtype on CUDA, no padding on the CPU).
     """
+    if align is None and not (x.is_cuda and PAD_ON_CUDA):  # nothing to pad: the plain call (decoding makes many)
+        return F.linear(x, weight, bias)
     autocast = torch.is_autocast_enabled(x.device.type)
     dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
     if align is None:
-        align = ALIGN_BYTES // dtype.itemsize if x.is_cuda and PAD_ON_CUDA else 1
+        align = ALIGN_BYTES // dtype.itemsize
     pad_out, pad_in = -weight.shape[0] % align, -weight.shape[1] % align
     if not (pad_out or pad_in):
         return F.linear(x, weight, bias)

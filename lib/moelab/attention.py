@@ -38,7 +38,7 @@ def rope_tables(length: int, head_dim: int, base: float) -> tuple[Tensor, Tensor
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (i, i + d/2) of x (B, H, T, d) by the angles of their positions."""
+    """Rotate pairs (i, i + d/2) of x (..., T, d) by the angles of their positions (cos, sin: (T, d))."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
@@ -59,6 +59,7 @@ class KVCache:
         shape = (config.n_layers, batch_size, config.n_heads, config.context_window, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.layers = [(self.keys[i], self.values[i]) for i in range(config.n_layers)]  # each (B, H, W, head size)
         self.length = 0  # positions filled (same for every layer once a forward pass ends)
         self.expert_counts = None
         if config.is_moe and config.capacity_factor is not None:
@@ -67,10 +68,12 @@ class KVCache:
             )
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        start, end = self.length, self.length + k.shape[2]
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        """Write k, v (B, H, T, hd) after the cached positions; return all of the layer's (B, H, length + T, hd)."""
+        start, new = self.length, k.shape[2]
+        keys, values = self.layers[layer]  # narrow and copy_: the fewest operations a token
+        keys.narrow(2, start, new).copy_(k)
+        values.narrow(2, start, new).copy_(v)
+        return keys.narrow(2, 0, start + new), values.narrow(2, 0, start + new)
 
 
 def rms_norm(x: Tensor, norm: nn.RMSNorm) -> Tensor:
@@ -151,11 +154,13 @@ class CausalSelfAttention(nn.Module):
         layer: int,
     ) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+        qk, v = qkv[:2], qkv[2]
         if self.q_norm is not None:  # QK-norm over each head's size, before the positions are rotated in
-            q, k = rms_norm(q, self.q_norm), rms_norm(k, self.k_norm)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = torch.stack([rms_norm(qk[0], self.q_norm), rms_norm(qk[1], self.k_norm)])
+        if rope is not None:  # q and k in one call: decoding a token is many small operations, so fewer is faster
+            qk = apply_rope(qk, *rope)
+        q, k = qk.unbind(0)
         past = 0
         if cache is not None:
             past = cache.length
