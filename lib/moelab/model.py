@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .aligned import Linear
 from .attention import CausalSelfAttention, KVCache, rope_tables, sinusoidal_table
 from .config import ModelConfig
+from .decode import TokenDecoder
 from .generation import WINDOW_MODES, GenerationStep, check_sampling_args, last_position, sample_next_token
 from .moe import MoE, RouterOutput, RoutingRecord, moe_losses
 
@@ -310,6 +311,7 @@ class Transformer(nn.Module):
         W = self.config.context_window
         keep = max(1, W // 2)  # what "slide" keeps of a full window
         with eval_mode(self):
+            decoder = TokenDecoder(self) if use_cache and TokenDecoder.applies(self, idx) else None
             seq = idx
             start = max(0, seq.shape[1] - W)  # the context of the next prediction is seq[:, start:]
             cache: KVCache | None = None
@@ -319,15 +321,18 @@ class Transformer(nn.Module):
                     start, cache = n - keep, None  # drop the oldest half, refill from the rest
                 elif window == "crop" and n > W:
                     start, cache = n - W, None  # positions shift every step: recompute exactly
-                if cache is not None and cache.length == n - 1 - start:
-                    out = self(seq[:, -1:], kv_cache=cache, record_routing=record_routing)
+                cached = cache is not None and cache.length == n - 1 - start  # holds all but the last token
+                if cached and decoder is not None:
+                    logits, routing = decoder(int(seq[0, -1]), cache, record_routing)
                 else:
-                    fits = use_cache and (window == "slide" or n < W)
-                    cache = KVCache(self.config, seq.shape[0], seq.device, self.tok_emb.weight.dtype) if fits else None
-                    out = self(seq[:, start:], kv_cache=cache, record_routing=record_routing)
-                next_tokens = sample_next_token(out.logits[:, -1, :], temperature, top_k, top_p, generator)
+                    if not cached:  # fill a fresh cache from the context (or recompute it without one)
+                        fits = use_cache and (window == "slide" or n < W)
+                        cache = KVCache(self.config, seq.shape[0], seq.device, self.tok_emb.weight.dtype) if fits else None
+                    out = self(seq[:, -1:] if cached else seq[:, start:], kv_cache=cache, record_routing=record_routing)
+                    logits = out.logits[:, -1, :]
+                    routing = [None if r is None else last_position(r) for r in out.routing] if record_routing else None
+                next_tokens = sample_next_token(logits, temperature, top_k, top_p, generator)
                 seq = torch.cat([seq, next_tokens.unsqueeze(1)], dim=1)
-                routing = [last_position(r) for r in out.routing] if record_routing else None
                 yield GenerationStep(next_tokens, routing)
 
     def generate(
