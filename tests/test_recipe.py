@@ -72,10 +72,10 @@ def test_bad_optimizer_names_the_field_the_value_and_the_choices():
 
 
 def test_every_option_goes_through_build_configs():
-    model, train = build_configs("long", RECIPE)  # long still trains with AdamW (cpu adopted Muon)
+    model, train = build_configs("seed", RECIPE)  # seed trains with AdamW (cpu and long adopted Muon)
     assert (model.activation, model.qk_norm, model.logit_softcap, model.tie_weights) == ("relu2", True, 30.0, False)
     assert train.optimizer == "muon"
-    default_model, default_train = build_configs("long", {})
+    default_model, default_train = build_configs("seed", {})
     assert (default_model.activation, default_model.qk_norm, default_model.logit_softcap) == ("gelu", False, None)
     assert default_model.tie_weights and default_train.optimizer == "adamw"
     assert ModelConfig.from_dict(model.to_dict()) == model and TrainConfig.from_dict(train.to_dict()) == train

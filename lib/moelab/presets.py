@@ -30,10 +30,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "long": {
         "description": "An hour on a 2-core CPU: a wider model for a longer budget.",
         "model": {"n_heads": 6, "n_embd": 192, "n_common_experts": 1, "expert_hidden": 384, "pos_encoding": "rope"},
+        # Muon at 8e-3, as cpu: the 60-minute run on one machine, 1.834 against AdamW's 1.876 bits per byte
+        # on the whole validation split (README, "MoE design choices")
         "train": {
             "max_steps": None,
             "max_minutes": 60.0,
-            "lr": 2e-3,
+            "optimizer": "muon",
+            "lr": 8e-3,
             "batch_keep": "tokens",
             "eval_every": 250,
             "checkpoint_every": 500,
