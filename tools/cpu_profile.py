@@ -41,7 +41,7 @@ from moelab.timing import matmul_peak
 
 KINDS = {  # the kind of each operation, by name; everything else is "other"
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv"),
-    "attention": ("scaled_dot_product", "flash_attention"),
+    "attention": ("aten::scaled_dot_product", "aten::_scaled_dot_product", "aten::_flash_attention"),
     "routing and dispatch": ("aten::topk", "aten::argsort", "aten::sort", "aten::index_select", "aten::index_add_",
                              "aten::gather", "aten::scatter", "aten::index", "aten::cumsum", "aten::one_hot"),
     "copies and dtype conversions": ("aten::_to_copy", "aten::copy_"),
