@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +36,7 @@ from moelab.decode import TokenDecoder
 from moelab.flops import train_flops_per_token
 from moelab.model import Transformer
 from moelab.presets import preset
-from moelab.timing import matmul_peak
+from moelab.timing import interleaved, matmul_peak
 
 KINDS = {  # the kind of each operation, by name; everything else is "other"
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv"),
@@ -55,14 +54,8 @@ def kind_of(name: str) -> str:
 
 
 def _ms(fn, repeats: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    """Median ms per call of ``fn`` over ``repeats`` calls, after two warm-up calls."""
+    return statistics.median(interleaved({"fn": fn}, repeats, 1, torch.device("cpu"))["fn"]) * 1e3
 
 
 def by_kind(fn, calls: int) -> tuple[pd.DataFrame, float]:
