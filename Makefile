@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml Makefile
 # then the run's report (lib/moelab/pipeline.py). Stages whose inputs are unchanged are skipped; an
 # interrupted training resumes from its last checkpoint; FORCE=1 re-runs everything from scratch.
 run: setup
-	$(BIN)/python -m moelab.pipeline $(RUN) $(if $(PROFILE),--profile $(PROFILE)) $(if $(PARAMS),-f $(PARAMS)) $(if $(FORCE),--force)
+	$(BIN)/python -m moelab.views.pipeline $(RUN) $(if $(PROFILE),--profile $(PROFILE)) $(if $(PARAMS),-f $(PARAMS)) $(if $(FORCE),--force)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -20,7 +20,7 @@ def pytest_configure(config):
 @pytest.fixture
 def device() -> torch.device:
     """The device the ``on_device`` tests run on ($MOELAB_TEST_DEVICE, default cpu)."""
-    from moelab.precision import resolve_device
+    from moelab.device import resolve_device
 
     return resolve_device(TEST_DEVICE)
 

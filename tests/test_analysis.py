@@ -7,7 +7,7 @@ import torch
 
 from moelab import ModelConfig, Transformer
 from moelab.data import SEPARATOR
-from moelab.analysis import (
+from moelab.views.analysis import (
     Routing,
     balance_stats,
     byte_class,
@@ -23,7 +23,7 @@ from moelab.analysis import (
     token_class,
     token_classes,
 )
-from moelab.tokenizer import BPETokenizer
+from moelab.data.tokenizer import BPETokenizer
 from tests.conftest import SENTENCES
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from moelab import CheckpointError, ModelConfig, TrainConfig, latest_checkpoint, load_model, preset
 from moelab.data import CorpusError, load_works, prepare_dataset
-from moelab.sampling import prepare_prompt
-from moelab.batches import WindowSampler, fixed_windows
-from moelab.trainer import Trainer
+from moelab.generate.sampling import prepare_prompt
+from moelab.data.batches import WindowSampler, fixed_windows
+from moelab.train.trainer import Trainer
 
 from .test_notebooks import run_notebook
 

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from moelab import Transformer
-from moelab.bench import CONFIGS, DEFAULT_CONFIGS, TARGETS, _step_memory, apply_targets, main
-from moelab.flops import matmul_params_per_token, train_flops_per_token
+from moelab.bench.benchmark import CONFIGS, DEFAULT_CONFIGS, TARGETS, _step_memory, apply_targets, main
+from moelab.bench.flops import matmul_params_per_token, train_flops_per_token
 from moelab.timing import paired_ratio
 
 
@@ -30,8 +30,8 @@ def test_flop_count_uses_the_matmul_weights_a_token_passes_through(name):
 @pytest.mark.parametrize("tie_weights", [True, False])
 def test_decode_reads_each_active_weight_once(tie_weights):
     """By hand from the config: what one token's forward touches at batch 1, in fp32 bytes."""
-    from moelab.bench import decode_bytes_per_token
-    from moelab.config import ModelConfig
+    from moelab.bench.benchmark import decode_bytes_per_token
+    from moelab.config.configs import ModelConfig
 
     c = ModelConfig(n_layers=2, n_heads=2, n_embd=32, context_window=16, n_experts=4, top_k=2, n_common_experts=1,
                     expert_hidden=64, pos_encoding="learned", tie_weights=tie_weights)  # fmt: skip
@@ -47,7 +47,7 @@ def test_decode_reads_each_active_weight_once(tie_weights):
 
 
 def test_gemv_bandwidth_is_bytes_over_time_and_layouts_compare_as_time_over_time(monkeypatch):
-    import moelab.bench as bench
+    import moelab.bench.benchmark as bench
 
     seen = {}
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from moelab import CheckpointError, ModelConfig, Transformer, load_checkpoint, load_model, save_checkpoint
-from moelab.checkpoint import FORMAT_VERSION
+from moelab.runs.checkpoint import FORMAT_VERSION
 
 
 def small_model(**changes) -> Transformer:

@@ -1,8 +1,8 @@
 import pytest
 
 from moelab import ModelConfig, TrainConfig, preset
-from moelab.config import config_diff
-from moelab.presets import PRESETS, presets_table
+from moelab.config.configs import config_diff
+from moelab.config.presets import PRESETS, presets_table
 
 
 @pytest.mark.parametrize(

@@ -388,7 +388,7 @@ def _toy_corpus(tmp_path):
 
 
 def test_bpe_dataset_holds_the_same_text_as_the_bytes_dataset(tmp_path):
-    from moelab.tokenizer import BPETokenizer
+    from moelab.data.tokenizer import BPETokenizer
 
     source, root = _toy_corpus(tmp_path), tmp_path / "data"
     settings = dict(data_root=root, val_fraction=0.1, test_fraction=0.1, progress=False)

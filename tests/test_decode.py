@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from moelab import KVCache, Transformer
-from moelab.decode import TokenDecoder
-from moelab.precision import autocast
+from moelab.generate.decoder import TokenDecoder
+from moelab.train.precision import autocast
+from moelab.generate.loop import generate, iter_generate
 from tests.test_model import reference_generation, small_config
 
 OPTIONS = {
@@ -70,18 +71,18 @@ def test_batch_one_generation_runs_the_decoder_and_equals_recomputation(window, 
     step = TokenDecoder.__call__
     monkeypatch.setattr(TokenDecoder, "__call__", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
     prompt = torch.randint(0, 256, (1, 3))
-    cached = model.generate(prompt, 30, seed=7, window=window, **sampling)  # 30 past a window of 12
+    cached = generate(model, prompt, 30, seed=7, window=window, **sampling)  # 30 past a window of 12
     # the decoder writes every token the cache serves: 26 with slide (four fills of the cache are the
     # model's forward), 9 with crop (until the window is full; then crop recomputes the window)
     assert len(calls) == (26 if window == "slide" else 9)
-    assert torch.equal(cached, model.generate(prompt, 30, seed=7, window=window, use_cache=False, **sampling))
+    assert torch.equal(cached, generate(model, prompt, 30, seed=7, window=window, use_cache=False, **sampling))
     assert torch.equal(cached, reference_generation(model, prompt, 30, window, seed=7, **sampling))
 
 
 def test_streamed_routing_is_the_models_routing_of_each_token():
     model = model_with(OPTIONS["sigmoid gate, bias balancing"])
     prompt = torch.randint(0, 256, (1, 4))
-    steps = list(model.iter_generate(prompt, 6, temperature=0.0, record_routing=True))
+    steps = list(iter_generate(model, prompt, 6, temperature=0.0, record_routing=True))
     seq = torch.cat([prompt, torch.stack([s.tokens for s in steps], 1)], 1)
     full = model(seq[:, :-1], record_routing=True).routing  # position p predicts token p + 1
     for i, step in enumerate(steps):
@@ -104,5 +105,5 @@ def test_decoder_applies_to_one_cpu_row_without_autocast_or_capacity():
 @pytest.mark.parametrize("rows", [1, 2], ids=["decoder", "model's forward"])
 def test_a_dense_model_streams_no_routing(rows):
     model = model_with(OPTIONS["dense"])
-    steps = list(model.iter_generate(torch.zeros(rows, 3, dtype=torch.long), 3, record_routing=True))
+    steps = list(iter_generate(model, torch.zeros(rows, 3, dtype=torch.long), 3, record_routing=True))
     assert all(step.routing == [None, None] for step in steps)

@@ -13,11 +13,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moelab import ModelConfig, Transformer, distributed, load_checkpoint
-from moelab.distributed import torchrun_command
-from moelab.moe import MoE, load_balancing_loss
+from moelab import ModelConfig, Transformer, load_checkpoint
+from moelab.train import distributed
+from moelab.train.distributed import torchrun_command
+from moelab.nn.moe.layer import MoE, load_balancing_loss
 from moelab.paths import data_dir, reports_dir
-from moelab.runs import list_checkpoints
+from moelab.runs.files import list_checkpoints
 
 # no router noise and no dropout: per-rank random streams would differ from one process's
 SAME_MATH = ["--set", "router_noise=false", "--set", "dropout=0.0", "--set", "log_every=1"]
@@ -209,7 +210,7 @@ def test_notebook_02_trains_with_two_processes(tmp_path, monkeypatch):
 
 
 def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(toy_dataset, monkeypatch):
-    import moelab.trainer as train_module
+    import moelab.train.trainer as train_module
     from moelab import preset
 
     three_ranks = train_module.distributed.DistInfo(rank=0, world_size=3, local_rank=0)

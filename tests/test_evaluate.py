@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from moelab import ModelConfig, Transformer, save_checkpoint
 from moelab.data import clean_text
-from moelab.evaluate import main
-from moelab.scoring import score_bytes, score_text
+from moelab.evaluate.cli import main
+from moelab.evaluate.scoring import score_bytes, score_text
 
 
 def small_model() -> Transformer:
@@ -76,9 +76,9 @@ def test_command_lines_run_without_the_sys_modules_warning():
     import subprocess
     import sys
 
-    import moelab.evaluate
+    import moelab.evaluate.cli
 
-    assert not callable(moelab.evaluate)  # a plain module; the function is moelab.scoring.score_text
+    assert not callable(moelab.evaluate)  # a plain module; the function is moelab.evaluate.scoring.score_text
     for module in ("moelab.train", "moelab.evaluate"):
         for flags in ([], ["-W", "error"]):
             done = subprocess.run([sys.executable, *flags, "-m", module, "--help"], capture_output=True, text=True)
@@ -96,7 +96,7 @@ def test_score_text_reads_a_checkpoint(tmp_path):
 
 
 def bpe_tokenizer():
-    from moelab.tokenizer import BPETokenizer
+    from moelab.data.tokenizer import BPETokenizer
 
     text = "Capitu tinha olhos de ressaca. A vida é uma ópera e uma grande ópera. Ao vencedor, as batatas! "
     return BPETokenizer.train([text * 30], 280)
@@ -133,7 +133,7 @@ def test_bpe_model_is_scored_per_token_and_divided_by_the_texts_bytes(stride):
 
 
 def test_scoring_with_the_wrong_tokenizer_or_without_one_is_refused(tmp_path):
-    from moelab.checkpoint import CheckpointError, load_tokenizer
+    from moelab.runs.checkpoint import CheckpointError, load_tokenizer
 
     tokenizer = bpe_tokenizer()
     bpe_model = Transformer(small_model().config.replace(vocab_size=tokenizer.vocab_size))

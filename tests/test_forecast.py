@@ -6,10 +6,10 @@ import pytest
 import statsmodels.api as sm
 import torch
 
-from moelab import forecast
-from moelab.forecast import ForecastConfig, evaluate, split_windows, train_forecaster
-from moelab.forecast_eval import coverage, ets, mase, naive, rolling_origins, seasonal_naive, smape
-from moelab.timeseries import MeanScaleQuantizer, load_series, mean_scale, sliding_windows
+from moelab.forecast import forecaster as forecast
+from moelab.forecast.forecaster import ForecastConfig, evaluate, split_windows, train_forecaster
+from moelab.forecast.evaluation import coverage, ets, mase, naive, rolling_origins, seasonal_naive, smape
+from moelab.forecast.series import MeanScaleQuantizer, load_series, mean_scale, sliding_windows
 
 TINY_MODEL = {"n_layers": 1, "n_heads": 2, "n_embd": 32, "n_experts": 4, "top_k": 2, "n_common_experts": 1,
               "expert_hidden": 64, "dropout": 0.0, "pos_encoding": "rope"}  # fmt: skip

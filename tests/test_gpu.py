@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from moelab import ModelConfig, Transformer
-from moelab.batches import to_device
-from moelab.bench import CONFIGS, GPU_TARGETS, apply_targets, parse_args
-from moelab.flops import mfu, rated_bf16_peak, train_flops_per_token
-from moelab.attention import CausalSelfAttention, attention, padded_head_dim
-from moelab.precision import device_name, resolve_device
-from moelab.presets import preset
+from moelab.data.batches import to_device
+from moelab.bench.benchmark import CONFIGS, GPU_TARGETS, apply_targets, parse_args
+from moelab.bench.flops import mfu, rated_bf16_peak, train_flops_per_token
+from moelab.nn.attention import CausalSelfAttention, attention, padded_head_dim
+from moelab.device import device_name, resolve_device
+from moelab.config.presets import preset
+from moelab.generate.loop import generate
 
 LIB = Path(__file__).resolve().parent.parent / "lib"
 NOTEBOOK_ONLY = ["pooch", "ipywidgets", "papermill", "jupyter", "jupyter_client", "nbformat", "nbconvert", "nbval",
@@ -74,7 +75,7 @@ def test_model_with_forced_padding_matches_the_plain_model():
             out.loss.backward()
             results.append((out.logits.detach(), model.blocks[0].attn.qkv.weight.grad.clone()))
             with torch.no_grad():
-                results[-1] += (model.eval().generate(idx[:, :3], 4, temperature=0.0),)
+                results[-1] += (generate(model.eval(), idx[:, :3], 4, temperature=0.0),)
             model.train()
         finally:
             CausalSelfAttention.pad_head_dim = None
@@ -154,8 +155,8 @@ def _run_blocked(code: str) -> subprocess.CompletedProcess:
 
 def test_core_library_imports_without_notebook_packages():
     code = (
-        "import moelab, moelab.model, moelab.trainer, moelab.train, moelab.bench, moelab.evaluate, "
-        "moelab.scoring, moelab.sampling, moelab.precision, moelab.data, moelab.checkpoint\n"
+        "import moelab, moelab.nn.model, moelab.train.trainer, moelab.train, moelab.bench, moelab.evaluate, "
+        "moelab.evaluate.scoring, moelab.generate.sampling, moelab.train.precision, moelab.data, moelab.runs.checkpoint\n"
         "import runpy\n"
         "for module in ('moelab.train', 'moelab.bench', 'moelab.evaluate'):\n"
         "    sys.argv = [module, '--help']\n"
@@ -173,7 +174,7 @@ def test_core_library_imports_without_notebook_packages():
 def test_trainer_records_and_prints_its_device(toy_dataset, capsys):
     from moelab import Trainer
     from moelab.paths import reports_dir
-    from moelab.presets import build_configs
+    from moelab.config.presets import build_configs
 
     model_config, train_config = build_configs("tiny", {"max_steps": 2, "eval_every": 2, "checkpoint_every": 2})
     with pytest.raises(ValueError, match="device: must be one of"):
@@ -186,7 +187,7 @@ def test_trainer_records_and_prints_its_device(toy_dataset, capsys):
 
 
 def test_train_cli_refuses_an_unknown_device(toy_dataset, capsys):
-    from moelab.train import main
+    from moelab.train.cli import main
 
     assert main(["--preset", "tiny", "--run-name", "gpu-bad", "--dataset", toy_dataset, "--device", "tpu"]) == 2
     assert "device: must be one of" in capsys.readouterr().err
@@ -196,9 +197,9 @@ def test_train_cli_refuses_an_unknown_device(toy_dataset, capsys):
 
 
 def _blocker(device="cuda", precision="bf16", distributed=False, model=None, **train):
-    from moelab.config import TrainConfig
-    from moelab.cuda_graph import graph_blocker
-    from moelab.optim import make_optimizer
+    from moelab.config.configs import TrainConfig
+    from moelab.train.cuda_graph import graph_blocker
+    from moelab.train.optim import make_optimizer
 
     model_config = model or ModelConfig(n_layers=1, n_embd=16, n_heads=2, n_experts=4, expert_hidden=32)
     train_config = TrainConfig(**train)
@@ -244,7 +245,7 @@ def test_graphed_training_equals_eager_training(toy_dataset):
     noise, so no random numbers; bf16 and atomic adds leave rounding differences), and the window
     schedule's shape changes are captured anew."""
     from moelab import Trainer
-    from moelab.presets import build_configs
+    from moelab.config.presets import build_configs
 
     losses = {}
     for graphs in (False, True):
@@ -266,8 +267,8 @@ def test_graphed_training_equals_eager_training(toy_dataset):
 def test_graphed_step_with_a_nonfinite_loss_changes_nothing(toy_dataset):
     """A graphed step whose loss is NaN stops training with TrainingDiverged and leaves the weights as they were."""
     from moelab import Trainer
-    from moelab.presets import build_configs
-    from moelab.trainer import TrainingDiverged
+    from moelab.config.presets import build_configs
+    from moelab.train.trainer import TrainingDiverged
 
     model, train = build_configs("tiny", {"max_steps": 6, "precision": "bf16", "cuda_graphs": True})
     trainer = Trainer(model, train, "graphs-nan", dataset=toy_dataset, device="cuda", progress=False)
@@ -297,7 +298,7 @@ def test_graphed_step_with_a_nonfinite_loss_changes_nothing(toy_dataset):
 @pytest.mark.parametrize("bias", [True, False])
 def test_padded_linear_equals_unpadded_with_gradients(d_in, d_out, bias):
     """linear(..., align=8) pads the widths (as on CUDA in bf16 for n_embd 1028): same output and gradients."""
-    from moelab.aligned import linear
+    from moelab.nn.aligned import linear
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, d_in, dtype=torch.float64, requires_grad=True)
@@ -315,7 +316,7 @@ def test_padded_linear_equals_unpadded_with_gradients(d_in, d_out, bias):
 
 
 def test_padded_linear_under_autocast_keeps_the_autocast_dtype():
-    from moelab.aligned import linear
+    from moelab.nn.aligned import linear
 
     x, w, b = torch.randn(6, 12), torch.randn(20, 12), torch.randn(20)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -11,8 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from moelab.presets import preset
-from moelab.trainer import Trainer
+from moelab.config.presets import preset
+from moelab.train.trainer import Trainer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_20_steps_losses.json"
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from moelab import ByteTokenizer, KVCache, ModelConfig, Transformer, preset
-from moelab.generation import sample_next_token
-from moelab.model import init_parameters
+from moelab.generate.next_token import sample_next_token
+from moelab.nn.model import init_parameters
+from moelab.generate.loop import generate, iter_generate
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -95,8 +96,8 @@ def test_kv_cached_generation_equals_full_recomputation(pos_encoding, sampling, 
     model = make_model(pos_encoding=pos_encoding, capacity_factor=capacity_factor).to(device)
     prompt = torch.randint(0, 256, (2, 3)).to(device)
     # 30 new tokens with a window of 12: runs past the window (slide refills its cache three times)
-    cached = model.generate(prompt, 30, seed=7, use_cache=True, window=window, **sampling)
-    full = model.generate(prompt, 30, seed=7, use_cache=False, window=window, **sampling)
+    cached = generate(model, prompt, 30, seed=7, use_cache=True, window=window, **sampling)
+    full = generate(model, prompt, 30, seed=7, use_cache=False, window=window, **sampling)
     assert cached.shape == (2, 33)
     assert torch.equal(cached, full)
     assert torch.equal(cached, reference_generation(model, prompt, 30, window, seed=7, **sampling))
@@ -121,37 +122,37 @@ def reference_generation(model, prompt, n, window, seed, temperature=1.0, top_k=
 
 def test_generation_window_mode_is_checked():
     with pytest.raises(ValueError, match="window must be one of 'slide', 'crop'"):
-        make_model().generate(torch.zeros(1, 2, dtype=torch.long), 3, window="wrap")
+        generate(make_model(), torch.zeros(1, 2, dtype=torch.long), 3, window="wrap")
 
 
 def test_generation_is_reproducible_with_a_seed_and_varies_without():
     model = make_model()
     prompt = torch.randint(0, 256, (1, 4))
-    a = model.generate(prompt, 30, seed=1)
-    assert torch.equal(a, model.generate(prompt, 30, seed=1))
-    assert not torch.equal(a, model.generate(prompt, 30, seed=2))
+    a = generate(model, prompt, 30, seed=1)
+    assert torch.equal(a, generate(model, prompt, 30, seed=1))
+    assert not torch.equal(a, generate(model, prompt, 30, seed=2))
 
 
 def test_generation_crops_long_prompts_and_keeps_training_mode():
     model = make_model().train()
     prompt = torch.randint(0, 256, (1, 30))  # longer than the window of 12
-    out = model.generate(prompt, 5, temperature=0)
+    out = generate(model, prompt, 5, temperature=0)
     assert out.shape == (1, 35) and model.training
-    expected = model.eval().generate(prompt[:, -12:], 5, temperature=0)
+    expected = generate(model.eval(), prompt[:, -12:], 5, temperature=0)
     assert torch.equal(out[:, -5:], expected[:, -5:])
 
 
 def test_batch_generation_rows_match_single_generation_when_greedy():
     model = make_model()
     prompts = torch.randint(0, 256, (3, 5))
-    batch = model.generate(prompts, 8, temperature=0)
+    batch = generate(model, prompts, 8, temperature=0)
     for row in range(3):
-        assert torch.equal(batch[row : row + 1], model.generate(prompts[row : row + 1], 8, temperature=0))
+        assert torch.equal(batch[row : row + 1], generate(model, prompts[row : row + 1], 8, temperature=0))
 
 
 def test_iter_generate_streams_routing():
     model = make_model()
-    steps = list(model.iter_generate(torch.randint(0, 256, (2, 4)), 3, seed=0, record_routing=True))
+    steps = list(iter_generate(model, torch.randint(0, 256, (2, 4)), 3, seed=0, record_routing=True))
     assert len(steps) == 3
     assert steps[0].tokens.shape == (2,)
     assert len(steps[0].routing) == 2 and steps[0].routing[0].experts.shape == (2, 2)
@@ -183,7 +184,7 @@ def test_sampling_filters():
 )
 def test_bad_sampling_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        make_model().generate(torch.zeros(1, 2, dtype=torch.long), 3, **kwargs)
+        generate(make_model(), torch.zeros(1, 2, dtype=torch.long), 3, **kwargs)
 
 
 def test_forward_rejects_too_long_or_wrong_dtype():
@@ -289,9 +290,9 @@ def test_seed_preset_is_the_seeds_hyperparameters():
 
 
 def same_as_naive(config: ModelConfig):
-    """A float64 model with perturbed parameters (non-zero biases, non-trivial gains) and moelab.baseline's
+    """A float64 model with perturbed parameters (non-zero biases, non-trivial gains) and moelab.bench.baseline's
     per-head, per-expert-mask copy of it: equal logits and loss, both backpropagated; returns (model, naive)."""
-    from moelab.baseline import NaiveTransformer
+    from moelab.bench.baseline import NaiveTransformer
 
     model = Transformer(config).double()
     with torch.no_grad():
@@ -311,7 +312,7 @@ def same_as_naive(config: ModelConfig):
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_naive_seed_style_reference_computes_the_same_model(pos_encoding, bias):
-    """moelab.baseline's per-head, per-expert-mask model (the benchmark's baseline) with moelab's
+    """moelab.bench.baseline's per-head, per-expert-mask model (the benchmark's baseline) with moelab's
     weights gives the same logits, loss and gradients."""
     model, naive = same_as_naive(small_config(pos_encoding=pos_encoding, bias=bias, n_common_experts=2, router_noise=False))
     qkv_grad = torch.cat(

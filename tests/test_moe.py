@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from moelab import ModelConfig, load_balancing_loss, router_z_loss
-from moelab.experts import ExpertMLP, Experts, mlp
-from moelab.moe import MoE, capacity_keep, moe_losses
+from moelab.nn.moe.experts import ExpertMLP, Experts, mlp
+from moelab.nn.moe.layer import MoE, capacity_keep, moe_losses
 
 
 def small_config(**changes) -> ModelConfig:
@@ -205,7 +205,7 @@ def test_aux_loss_averages_layers_where_hf_pools_them():
 
 
 def _router(logits, probs, experts, weights):
-    from moelab.moe import RouterOutput
+    from moelab.nn.moe.layer import RouterOutput
 
     return RouterOutput(logits, probs, experts, weights, None)
 
@@ -339,7 +339,7 @@ def test_auto_kernel_on_cuda_bf16_matches_the_plain_path(widths):
 
 
 def test_grouped_layout_aligns_every_expert_block():
-    from moelab.experts import _aligned_layout, padded_rows
+    from moelab.nn.moe.experts import _aligned_layout, padded_rows
 
     counts = [3, 0, 9, 8]  # 20 rows: blocks of 8, 0, 16, 8 rows, then the spare rows
     assert padded_rows(20, 4) == 48  # 20 + 4 experts × 7, rounded up to 8: fixed by the shapes alone

@@ -13,10 +13,10 @@ import papermill
 import pytest
 import yaml
 
-from moelab.compare import comparison_spec
-from moelab.notebook import PROFILE_SETTINGS, notebook_settings, resolve_profile
-from moelab.presets import preset
-from moelab.pipeline import STAGES, LocalKernelManager, StageFailed, run_pipeline, training_mode
+from moelab.sweep.compare import comparison_spec
+from moelab.views.notebook import PROFILE_SETTINGS, notebook_settings, resolve_profile
+from moelab.config.presets import preset
+from moelab.views.pipeline import STAGES, LocalKernelManager, StageFailed, run_pipeline, training_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -191,7 +191,7 @@ def _text(nb: nbformat.NotebookNode) -> str:
 
 
 def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd):
-    """00 → 01 → 02 → 03 → 04 through moelab.pipeline (what `make run` calls), each checked by what it leaves on disk;
+    """00 → 01 → 02 → 03 → 04 through moelab.views.pipeline (what `make run` calls), each checked by what it leaves on disk;
     then a re-run that skips what is up to date, an interrupted training that resumes, a changed parameter,
     and a failing stage."""
     _needs_mirror()

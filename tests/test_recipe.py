@@ -1,7 +1,7 @@
 """The recipe options: optimizer="muon", activation="relu2", qk_norm, logit_softcap, tie_weights=False.
 
 Each is checked against an independent reference: torch.optim.Muon on every matrix, one
-token at a time through each expert, the formulas, and moelab.baseline's per-head model.
+token at a time through each expert, the formulas, and moelab.bench.baseline's per-head model.
 The defaults stay today's model and optimizer (the other test files check those).
 """
 
@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from moelab import KVCache, ModelConfig, TrainConfig, Transformer, load_model
-from moelab.attention import CausalSelfAttention
-from moelab.experts import Experts
-from moelab.generation import sample_next_token
-from moelab.model import decay_groups
-from moelab.optim import Muon, MuonWithAdamW, hidden_matrices, load_optimizer_state, make_optimizer
-from moelab.presets import build_configs
-from moelab.trainer import Trainer
+from moelab.nn.attention import CausalSelfAttention
+from moelab.nn.moe.experts import Experts
+from moelab.generate.next_token import sample_next_token
+from moelab.nn.model import decay_groups
+from moelab.train.optim import Muon, MuonWithAdamW, hidden_matrices, load_optimizer_state, make_optimizer
+from moelab.config.presets import build_configs
+from moelab.train.trainer import Trainer
+from moelab.generate.loop import generate
 from tests.test_model import same_as_naive
 
 RECIPE = {"optimizer": "muon", "activation": "relu2", "qk_norm": True, "logit_softcap": 30.0, "tie_weights": False}
@@ -31,7 +32,7 @@ def relu_squared(h: torch.Tensor) -> torch.Tensor:
     return torch.relu(h) ** 2
 
 
-ACTIVATIONS = {"gelu": F.gelu, "relu2": relu_squared}  # written out, not moelab.experts'
+ACTIVATIONS = {"gelu": F.gelu, "relu2": relu_squared}  # written out, not moelab.nn.moe.experts'
 
 
 def small_config(**changes) -> ModelConfig:
@@ -109,7 +110,7 @@ def test_parameter_counts_match_the_module(changes):
     ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()),
 )
 def test_per_head_naive_reference_computes_the_same_model(pos_encoding, changes):
-    """moelab.baseline's model (one module per head and per expert, written out) with moelab's weights."""
+    """moelab.bench.baseline's model (one module per head and per expert, written out) with moelab's weights."""
     config = small_config(pos_encoding=pos_encoding, router_noise=False, n_common_experts=2, **changes)
     model, naive = same_as_naive(config)
     experts = model.blocks[1].moe.experts
@@ -138,7 +139,7 @@ def test_logit_softcap_is_the_formula_for_the_loss_and_for_sampling():
     torch.testing.assert_close(out.ce_loss, F.cross_entropy(expected.reshape(-1, 256), targets.reshape(-1)))
     # generation samples from the capped logits
     prompt = idx[:, :4]
-    generated = capped.generate(prompt, 1, seed=3)[:, -1]
+    generated = generate(capped, prompt, 1, seed=3)[:, -1]
     wanted = sample_next_token(5.0 * torch.tanh(plain(prompt).logits[:, -1] / 5.0), 1.0, None, None,
                                torch.Generator().manual_seed(3))  # fmt: skip
     assert torch.equal(generated, wanted)
@@ -169,8 +170,8 @@ def test_kv_cached_generation_equals_recomputation_with_every_model_option(pos_e
     torch.testing.assert_close(torch.cat(parts, 1), full[:, :10], rtol=1e-9, atol=1e-9)
     prompt = idx[:2, :3]
     for sampling in ({"temperature": 0.0}, {"temperature": 1.0}):
-        cached = model.generate(prompt, 20, seed=7, use_cache=True, **sampling)  # past the window of 12
-        assert torch.equal(cached, model.generate(prompt, 20, seed=7, use_cache=False, **sampling))
+        cached = generate(model, prompt, 20, seed=7, use_cache=True, **sampling)  # past the window of 12
+        assert torch.equal(cached, generate(model, prompt, 20, seed=7, use_cache=False, **sampling))
 
 
 def test_qk_norm_on_the_padded_head_path_computes_the_same(monkeypatch):
@@ -184,7 +185,7 @@ def test_qk_norm_on_the_padded_head_path_computes_the_same(monkeypatch):
         model.zero_grad()
         out = model(idx, idx)
         out.loss.backward()
-        generated = model.eval().generate(idx[:, :3], 6, temperature=0.0)
+        generated = generate(model.eval(), idx[:, :3], 6, temperature=0.0)
         model.train()
         results.append((out.logits.detach(), model.blocks[0].attn.q_norm.weight.grad.clone(), generated))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-10)

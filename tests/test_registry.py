@@ -9,9 +9,9 @@ import sys
 import pandas as pd
 import pytest
 
-from moelab.presets import preset
-from moelab.registry import closest_preset, read_status, runs_table, set_status
-from moelab.trainer import Trainer
+from moelab.config.presets import preset
+from moelab.runs.registry import closest_preset, read_status, runs_table, set_status
+from moelab.train.trainer import Trainer
 
 
 def tiny_run(name, toy_dataset, **changes):
@@ -107,7 +107,7 @@ def _scalars(folder, tag):
 
 
 def test_metric_rows_go_to_tensorboard_once_per_step_also_after_a_resume(toy_dataset):
-    from moelab.registry import tensorboard_tag
+    from moelab.runs.registry import tensorboard_tag
 
     columns = ("val_bpb", "train_bpb", "ce_loss", "loss", "lr", "load_l1_e3", "load_cv_l1", "maxvio_l1")
     assert [tensorboard_tag(c) for c in columns] == [

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from moelab import ByteTokenizer, CheckpointError, load_checkpoint, preset
 from moelab.paths import data_dir, reports_dir
-from moelab.schedule import LRSchedule, WindowSchedule
-from moelab.runs import list_checkpoints
-from moelab.trainer import Trainer
+from moelab.train.schedule import LRSchedule, WindowSchedule
+from moelab.runs.files import list_checkpoints
+from moelab.train.trainer import Trainer
 
 COMPARED = ["step", "tokens", "window", "batch_sequences", "lr", "loss", "ce_loss", "aux_loss", "z_loss", "grad_norm"]
 

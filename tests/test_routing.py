@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moelab import Transformer, load_balancing_loss
-from moelab.moe import MoE, expert_load, load_imbalance
+from moelab.nn.moe.layer import MoE, expert_load, load_imbalance
 
 from .test_moe import make_moe, reference_moe, small_config
 

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from moelab import ByteTokenizer, ModelConfig, Transformer, save_checkpoint
-from moelab.analysis import expert_legend, expert_palette
-from moelab.sampling import SampleSettings, generate_texts, list_runs, prepare_prompt, samples_markdown, stream
-from moelab.widgets import NO_RUNS, SamplerUI
+from moelab.views.analysis import expert_legend, expert_palette
+from moelab.generate.sampling import SampleSettings, generate_texts, prepare_prompt, samples_markdown, stream
+from moelab.runs.files import list_runs
+from moelab.views.widgets import NO_RUNS, SamplerUI
+from moelab.generate.loop import generate
 
 TOK = ByteTokenizer()
 
@@ -31,7 +33,7 @@ def test_streamed_text_equals_decoding_the_generated_bytes():
     model = small_model()
     settings = SampleSettings(max_new_tokens=40, temperature=1.0, top_p=None, seed=5, num_samples=2)
     texts, prompt = generate_texts(model, "Capitu", settings)
-    reference = model.generate(prompt.ids.repeat(2, 1), 40, temperature=1.0, seed=5)
+    reference = generate(model, prompt.ids.repeat(2, 1), 40, temperature=1.0, seed=5)
     assert texts == [TOK.decode(row[len(prompt.ids[0]):]) for row in reference]
     assert generate_texts(model, "Capitu", settings)[0] == texts  # a seed makes it reproducible
 
@@ -157,7 +159,7 @@ def test_threaded_generation_and_stop(runs):
 
 @pytest.fixture(scope="module")
 def bpe():
-    from moelab.tokenizer import BPETokenizer
+    from moelab.data.tokenizer import BPETokenizer
 
     text = "Capitu tinha olhos de ressaca. A vida é uma ópera, ação e coração. Ao vencedor, as batatas! "
     return BPETokenizer.train([text * 30], 290)
@@ -177,14 +179,14 @@ def test_bpe_streamed_text_equals_decoding_the_generated_tokens(bpe):
     model = small_model(vocab_size=290)
     settings = SampleSettings(max_new_tokens=30, temperature=1.0, top_p=None, seed=5, num_samples=2)
     texts, prompt = generate_texts(model, "Capitu", settings, bpe)
-    reference = model.generate(prompt.ids.repeat(2, 1), 30, temperature=1.0, seed=5)
+    reference = generate(model, prompt.ids.repeat(2, 1), 30, temperature=1.0, seed=5)
     assert texts == [bpe.decode(row[len(prompt.ids[0]):].tolist()) for row in reference]
     with pytest.raises(ValueError, match="vocabulary of 290 tokens, the tokenizer 256"):
         generate_texts(model, "Capitu", settings)  # the default tokenizer is bytes
 
 
 def test_widget_samples_a_bpe_checkpoint_with_its_own_tokenizer(bpe, tmp_path, monkeypatch):
-    from moelab.tokenizer import tokenizer_record
+    from moelab.data.tokenizer import tokenizer_record
 
     monkeypatch.setenv("MOELAB_DATA_DIR", str(tmp_path))
     model = small_model(vocab_size=290)

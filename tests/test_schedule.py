@@ -3,7 +3,7 @@ import math
 import pytest
 
 from moelab import ModelConfig, TrainConfig
-from moelab.schedule import Budget, LRSchedule, WindowSchedule
+from moelab.train.schedule import Budget, LRSchedule, WindowSchedule
 
 
 def test_window_grows_by_step_over_the_warmup_fraction():

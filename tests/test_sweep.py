@@ -8,11 +8,11 @@ import pytest
 from scipy import stats as scipy_stats
 
 from moelab.paths import reports_dir
-from moelab.runs import run_reports_dir
+from moelab.runs.files import run_reports_dir
 from moelab.stats import SUMMARY_COLUMNS, conclusions, summarize, t_interval
-from moelab.sweep import SweepError, collect, main, plan, run_sweep, sweep_dir
-from moelab.sweep_spec import SweepSpecError, builtin_studies, load_spec
-from moelab.trainer import Trainer
+from moelab.sweep.runner import SweepError, collect, main, plan, run_sweep, sweep_dir
+from moelab.sweep.spec import SweepSpecError, builtin_studies, load_spec
+from moelab.train.trainer import Trainer
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -210,11 +210,11 @@ def test_a_second_process_on_the_same_sweep_is_refused(toy_dataset):
 
 
 def test_variants_on_other_tokenizers_train_on_their_datasets_and_are_scored_on_the_same_bytes(toy_dataset, bpe_dataset, tmp_path, capsys):
-    from moelab.checkpoint import load_model
+    from moelab.runs.checkpoint import load_model
     from moelab.data import load_dataset
-    from moelab.runs import latest_checkpoint
-    from moelab.scoring import score_bytes
-    from moelab.sweep import score_runs
+    from moelab.runs.files import latest_checkpoint
+    from moelab.evaluate.scoring import score_bytes
+    from moelab.sweep.runner import score_runs
 
     variants = {"bytes": {}, "bpe": {"dataset": "toy-bpe", "vocab_size": 300}}
     with pytest.raises(SweepSpecError, match=r"variant 'bpe'.*bpe tokenizer \(300 tokens\).*vocab_size=300"):

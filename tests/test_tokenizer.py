@@ -58,7 +58,7 @@ def test_bad_inputs():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from moelab.tokenizer import MIN_BPE_VOCAB, BPETokenizer  # noqa: E402
+from moelab.data.tokenizer import MIN_BPE_VOCAB, BPETokenizer  # noqa: E402
 
 CORPUS = [
     "Capitu tinha olhos de ressaca, olhos de cigana oblíqua e dissimulada. Em 1899, 12345 leitores.",
@@ -123,7 +123,7 @@ def test_bpe_refuses_ids_outside_its_vocabulary(bpe):
 
 
 def test_tokens_shown_for_reading_and_as_arrays(bpe):
-    from moelab.tokenizer import show_tokens
+    from moelab.data.tokenizer import show_tokens
 
     assert show_tokens(ByteTokenizer(), "a é\n") == "a│␣│<c3>│<a9>│⏎"
     text = CORPUS[0][:80]

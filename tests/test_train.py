@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from moelab import ModelConfig, TrainConfig, Transformer, load_model
-from moelab.batches import WindowSampler
-from moelab.model import decay_groups
-from moelab.optim import load_optimizer_state, make_optimizer
-from moelab.presets import build_configs, preset
-from moelab.runs import latest_checkpoint
-from moelab.train import main, parse_value
-from moelab.trainer import Trainer, TrainingDiverged
+from moelab.data.batches import WindowSampler
+from moelab.nn.model import decay_groups
+from moelab.train.optim import load_optimizer_state, make_optimizer
+from moelab.config.presets import build_configs, preset
+from moelab.runs.files import latest_checkpoint
+from moelab.train.cli import main, parse_value
+from moelab.train.trainer import Trainer, TrainingDiverged
 
 
 def tiny(**train_changes):
@@ -110,7 +110,7 @@ def test_resume_continues_exactly(toy_dataset):
 
 
 def test_the_balance_biases_move_by_the_loads_of_all_micro_batches(toy_dataset, monkeypatch):
-    from moelab.moe import MoE
+    from moelab.nn.moe.layer import MoE
 
     model, train = tiny(max_steps=2, grad_accum_steps=2)
     forwards, updates = [], []  # (layer id, slots) per training forward; (layer id, slots, bias before, after)
@@ -266,7 +266,7 @@ def test_config_overrides_and_values():
 
 
 def test_precision_is_resolved_recorded_and_bf16_trains(toy_dataset):
-    from moelab.precision import bf16_support, resolve_precision
+    from moelab.train.precision import bf16_support, resolve_precision
 
     runs, units, _ = bf16_support("cpu")
     # auto on a CPU: bf16 only with bf16 units and a measured step speedup of at least 1.15
@@ -299,7 +299,7 @@ def test_precision_is_resolved_recorded_and_bf16_trains(toy_dataset):
     reason="torch.compile on CPU needs a C++ compiler",
 )
 def test_bf16_speedup_is_measured_on_the_model_without_touching_the_rng():
-    from moelab.precision import bf16_step_speedup
+    from moelab.train.precision import bf16_step_speedup
 
     model, _ = tiny()
     torch.manual_seed(3)
@@ -318,7 +318,7 @@ def test_compiled_training_matches_eager(toy_dataset):
 
 
 def test_progress_lines_instead_of_the_bar(toy_dataset, capsys, monkeypatch):
-    from moelab.progress import format_duration
+    from moelab.train.progress import format_duration
 
     monkeypatch.setenv("MOELAB_PROGRESS", "log")
     model, train = tiny(max_steps=6, log_every=2, eval_every=3)
@@ -343,7 +343,7 @@ def test_progress_lines_instead_of_the_bar(toy_dataset, capsys, monkeypatch):
 def test_window_helpers_gather_the_same_bytes():
     import numpy as np
 
-    from moelab.batches import evenly_spaced_windows, fixed_windows, gather_windows
+    from moelab.data.batches import evenly_spaced_windows, fixed_windows, gather_windows
 
     data = np.arange(200, dtype=np.uint8)
     x, y = fixed_windows(data, 16, 5)
@@ -396,11 +396,11 @@ def test_bpe_run_reports_bits_per_byte_of_the_validation_text(bpe_dataset):
     assert n_bytes > 1.3 * trainer.val_y.numel()  # BPE tokens hold several bytes
     assert result.val_bpb == pytest.approx(nats.item() / math.log(2) / n_bytes, rel=1e-4)
     assert result.metrics["val_bpb"].dropna().iloc[-1] == pytest.approx(result.val_bpb, rel=1e-9)
-    from moelab.runs import result_from_files  # (what a torchrun launch reads back)
+    from moelab.runs.files import result_from_files  # (what a torchrun launch reads back)
 
     assert result_from_files("bpe-bpb").val_bpb == pytest.approx(result.val_bpb, rel=1e-9)
     # the checkpoint carries its tokenizer: scoring it from the file alone uses the dataset's BPE
-    from moelab.scoring import score_bytes, score_text
+    from moelab.evaluate.scoring import score_bytes, score_text
 
     text = "Capitu tinha olhos de ressaca. Ao vencedor, as batatas!"
     from_file = score_text(result.checkpoint, text, device="cpu")
@@ -409,7 +409,7 @@ def test_bpe_run_reports_bits_per_byte_of_the_validation_text(bpe_dataset):
 
 
 def test_resuming_with_a_dataset_rebuilt_with_another_tokenizer_is_refused(bpe_dataset):
-    from moelab.checkpoint import CheckpointError
+    from moelab.runs.checkpoint import CheckpointError
     from moelab.data import prepare_dataset
 
     settings = dict(tokenizer="bpe", vocab_size=300, val_fraction=0.1, test_fraction=0.1, progress=False)

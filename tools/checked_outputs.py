@@ -19,7 +19,7 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-from moelab.pipeline import LocalKernelManager  # noqa: E402  (kernels over IPC: no TCP warning)
+from moelab.views.pipeline import LocalKernelManager  # noqa: E402  (kernels over IPC: no TCP warning)
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "nbval-check-output"

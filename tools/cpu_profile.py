@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from moelab.attention import KVCache
-from moelab.bench import CONFIGS, build, random_batch, training_step
-from moelab.decode import TokenDecoder
-from moelab.flops import train_flops_per_token
-from moelab.model import Transformer
-from moelab.presets import preset
+from moelab.nn.attention import KVCache
+from moelab.bench.benchmark import CONFIGS, build, random_batch, training_step
+from moelab.generate.decoder import TokenDecoder
+from moelab.bench.flops import train_flops_per_token
+from moelab.nn.model import Transformer
+from moelab.config.presets import preset
 from moelab.timing import interleaved, matmul_peak
 
 KINDS = {  # the kind of each operation, by name; everything else is "other"

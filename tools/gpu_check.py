@@ -113,7 +113,7 @@ class Check:
             "import torch.nn.functional as F; print('grouped_mm', hasattr(F, 'grouped_mm'));"
             "[print(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i),"
             " round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1), 'GiB') for i in range(torch.cuda.device_count())];"
-            "import moelab; from moelab.precision import resolve_device, device_name;"
+            "import moelab; from moelab.train.precision import resolve_device, device_name;"
             "d = resolve_device('auto'); print('moelab', moelab.__version__, 'auto ->', d, device_name(d))"
         )
         rc, output, _ = run([PY, "-c", code], timeout, self.env, path)
@@ -227,8 +227,8 @@ def analyse_run(reports: Path, wall: float, steps: int, full_steps: int) -> dict
     """tokens/s and MFU of a training run from its metrics and config.json; the extrapolated full run."""
     import pandas as pd
 
-    from moelab.flops import rated_bf16_peak, train_flops_per_token
-    from moelab.config import ModelConfig
+    from moelab.bench.flops import rated_bf16_peak, train_flops_per_token
+    from moelab.config.configs import ModelConfig
 
     info = json.loads((reports / "config.json").read_text())
     metrics = pd.read_parquet(reports / "metrics.parquet").sort_values("step")
@@ -281,7 +281,7 @@ def compare_losses(out: Path, dataset: str, other: str, steps: int = 10) -> int:
     import pandas as pd
 
     from moelab import Trainer
-    from moelab.presets import build_configs
+    from moelab.config.presets import build_configs
 
     runs = {}
     variants = [("cpu", "fp32"), (other, "fp32")] + ([(other, "bf16")] if other.startswith("cuda") else [])

@@ -5,7 +5,7 @@
 1. matmul rate at the step's shapes, n_embd 1028 (the seed's; rows of 2,056 bytes in bf16,
    not a multiple of 16) against 1024 and 1032;
 2. per variant (moelab and the dense model with the same active parameters, eager and
-   replayed from a CUDA graph, graphed without the aligned widths of moelab.aligned):
+   replayed from a CUDA graph, graphed without the aligned widths of moelab.nn.aligned):
    milliseconds per step (CUDA events), and the share of it the GPU spends in kernels
    (torch.profiler): well under 1 means the GPU waits on the host;
 3. the eager moelab step's most expensive kernels.
@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from moelab import aligned
-from moelab.bench import CONFIGS, build, random_batch, training_step
-from moelab.flops import train_flops_per_token
+from moelab.nn import aligned
+from moelab.bench.benchmark import CONFIGS, build, random_batch, training_step
+from moelab.bench.flops import train_flops_per_token
 
 
 def _time_ms(fn, device, repeats: int = 20) -> float:

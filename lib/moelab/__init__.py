@@ -4,18 +4,20 @@ The names most notebooks need, imported eagerly; every other name lives in the m
 that owns it (see README.md, "The layout").
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from .config import ModelConfig, TrainConfig
-from .generation import GenerationStep
-from .model import KVCache, ModelOutput, Transformer
-from .moe import RouterOutput, RoutingRecord, load_balancing_loss, moe_losses, router_z_loss
-from .presets import PRESETS, preset
-from .runs import TrainResult, latest_checkpoint
-from .scoring import score_text
-from .tokenizer import ByteTokenizer
-from .trainer import Trainer, TrainingDiverged
+from importlib.metadata import version
 
-__version__ = "0.1.0"
+from moelab.runs.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from moelab.config.configs import ModelConfig, TrainConfig
+from moelab.generate.next_token import GenerationStep
+from moelab.nn.model import KVCache, ModelOutput, Transformer
+from moelab.nn.moe.layer import RouterOutput, RoutingRecord, load_balancing_loss, moe_losses, router_z_loss
+from moelab.config.presets import PRESETS, preset
+from moelab.runs.files import TrainResult, latest_checkpoint
+from moelab.evaluate.scoring import score_text
+from moelab.data.tokenizer import ByteTokenizer
+from moelab.train.trainer import Trainer, TrainingDiverged
+
+__version__ = version("moelab")  # pyproject.toml's, as installed
 
 __all__ = [
     "PRESETS",

@@ -7,10 +7,10 @@ import argparse
 import pandas as pd
 import torch
 
-from . import __version__
-from .presets import presets_table
-from .registry import runs_table
-from .sampling import list_runs
+from moelab import __version__
+from moelab.config.presets import presets_table
+from moelab.runs.registry import runs_table
+from moelab.runs.files import list_runs
 
 
 def main(argv: list[str] | None = None) -> int:

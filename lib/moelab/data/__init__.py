@@ -9,10 +9,10 @@ import prepare_dataset`` and ``from moelab import data; data.prepare_dataset(...
 - ``cleaning``: ``clean_text`` and its rules, in order.
 - ``dataset``: the catalog, splits by work, ``prepare_dataset`` writing
   ``data/processed/<dataset>/`` and ``load_dataset`` / ``load_split`` reading it.
-- ``stats``: text statistics (UTF-8 profile, character classes, tokens by length in bytes).
+- ``stats``: text statistics (UTF-8 profile, character classes, tokens by length in bytes), LN2 for bits per byte.
 """
 
-from .cleaning import (
+from moelab.data.cleaning import (
     CLEANING_RULES,
     CLEANING_VERSION,
     clean_text,
@@ -24,7 +24,7 @@ from .cleaning import (
     normalize_whitespace,
     rejoin_hyphenated_words,
 )
-from .dataset import (
+from moelab.data.dataset import (
     SEPARATOR,
     SPLITS,
     PreparedDataset,
@@ -40,7 +40,7 @@ from .dataset import (
     prepare_dataset,
     with_dataset_vocab,
 )
-from .sources import (
+from moelab.data.sources import (
     DECODE_POLICIES,
     MACHADO_BASE_URL,
     MACHADO_COMMIT,
@@ -55,12 +55,13 @@ from .sources import (
     machado_manifest,
     manifest_sha256,
 )
-from .stats import char_class, character_frequencies, token_length_profile, utf8_profile
+from moelab.data.stats import LN2, char_class, character_frequencies, token_length_profile, utf8_profile
 
 __all__ = [
     "CLEANING_RULES",
     "CLEANING_VERSION",
     "DECODE_POLICIES",
+    "LN2",
     "MACHADO_BASE_URL",
     "MACHADO_COMMIT",
     "MACHADO_REPO",

@@ -7,7 +7,7 @@ Data flow::
                                            (+ tokenizer.json for BPE)
 
 Each split file holds whole works, cleaned (cleaning.py), encoded by the dataset's
-tokenizer (:mod:`moelab.tokenizer`: ``bytes``, one uint8 per UTF-8 byte, or ``bpe``, a
+tokenizer (:mod:`moelab.data.tokenizer`: ``bytes``, one uint8 per UTF-8 byte, or ``bpe``, a
 byte-level BPE trained on the training split alone, uint16 ids) and joined by
 ``SEPARATOR``; the catalog gives each work's ``split``, ``offset`` and ``tokens`` in its
 file. ``meta.json`` says which tokenizer, vocabulary and dtype, and each split's tokens
@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..paths import atomic_write, data_dir
-from ..tokenizer import BPETokenizer, ByteTokenizer, check_bpe_vocab
-from .cleaning import CLEANING_VERSION, clean_text_with_report
-from .sources import CorpusError, load_works
+from moelab.paths import atomic_write, data_dir
+from moelab.data.tokenizer import BPETokenizer, ByteTokenizer, check_bpe_vocab
+from moelab.data.cleaning import CLEANING_VERSION, clean_text_with_report
+from moelab.data.sources import CorpusError, load_works
 
 SPLITS = ("train", "val", "test")
 SEPARATOR = "\n\n"  # between works in a .bin file

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..paths import atomic_write, data_dir, sha256_file
+from moelab.paths import atomic_write, data_dir, sha256_file
 
 MACHADO_REPO = "luxedo/dataset-machado-de-assis"
 MACHADO_COMMIT = "a13ca4a72f268f46db64804a67930d4c0f6db8e7"
@@ -46,7 +46,7 @@ class CorpusError(RuntimeError):
 
 def machado_manifest() -> pd.DataFrame:
     """The project's copy of the upstream manifest: path, category, work, bytes, sha256, in_mirror."""
-    with resources.files("moelab").joinpath("corpora/machado.csv").open("rb") as f:
+    with resources.files("moelab.data").joinpath("corpora/machado.csv").open("rb") as f:
         return pd.read_csv(f)
 
 

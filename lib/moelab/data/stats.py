@@ -65,3 +65,6 @@ def token_length_profile(ids, tokenizer) -> pd.DataFrame:
     table["share_of_tokens"] = table["tokens"] / table["tokens"].sum()
     table["share_of_bytes"] = table["bytes"] / table["bytes"].sum()
     return table.rename_axis("bytes per token")
+
+
+LN2 = math.log(2.0)  # nats per bit: bits per byte = nats / LN2 / bytes

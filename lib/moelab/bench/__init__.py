@@ -1,0 +1,1 @@
+"""The performance benchmark: moelab against dense and naive baselines, side by side."""

@@ -1,0 +1,7 @@
+"""The side-by-side performance benchmark: `python -m moelab.bench` (`make bench`)."""
+
+import sys
+
+from moelab.bench.benchmark import main
+
+sys.exit(main())

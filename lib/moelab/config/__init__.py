@@ -1,0 +1,1 @@
+"""Configuration: the model and training configs, and the named presets."""

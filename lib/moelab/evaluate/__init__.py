@@ -1,0 +1,1 @@
+"""Evaluation: bits per byte of any text under a model."""

@@ -1,0 +1,1 @@
+"""Time-series forecasting with moelab's Transformer, scored against the forecasters' baselines."""

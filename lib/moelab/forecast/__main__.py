@@ -1,0 +1,7 @@
+"""Train and evaluate a forecaster from the command line: `python -m moelab.forecast`."""
+
+import sys
+
+from moelab.forecast.forecaster import main
+
+sys.exit(main())

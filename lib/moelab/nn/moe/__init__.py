@@ -1,0 +1,1 @@
+"""The sparse Mixture-of-Experts feed-forward: the router, the experts, the layer, its losses and metrics."""

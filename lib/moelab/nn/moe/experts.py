@@ -1,0 +1,315 @@
+"""The routed experts and their fast kernels.
+
+:class:`Experts` holds ``n`` MLPs with stacked weights, w1 (n, d, h) and w2 (n, h, d); their
+nonlinearity is ``activation``, GELU or ReLU² (relu(x)², :data:`ACTIVATIONS`).
+The MoE layer (:mod:`moelab.nn.moe.layer`) sorts token slots by expert and calls
+``experts(x_sorted, counts)`` once: expert ``e`` runs on its contiguous slice of
+``counts[e]`` rows (``counts`` a tensor on the activations' device). Which kernel computes
+that is the module's ``kernel`` attribute:
+
+- ``"plain"``: autograd through one :func:`mlp` per expert (the readable reference);
+- ``"loop"``: one matmul per expert into preallocated buffers, with a hand-written
+  backward (:class:`ExpertMLP`) that writes each expert's weight gradient in place into
+  one (n, ·, ·) tensor (autograd through slices of stacked weights would build a
+  zero-filled full-size gradient per expert);
+- ``"grouped"``: the same backward, but ``torch.nn.functional.grouped_mm`` runs all
+  experts in one call. It reads ``counts`` on the device and its buffers have a size fixed
+  by the number of rows, so a step never waits for the GPU to tell the host the counts
+  (CUDA graphs can capture it, :mod:`moelab.train.cuda_graph`);
+- ``"auto"`` (default): ``grouped`` on CUDA in bf16, else ``loop``. CUDA's grouped_mm
+  wants 16-byte aligned blocks: the kernel pads each expert's rows and the widths d and h
+  to multiples of 8 with zeros, which change nothing. If the GPU refuses
+  grouped_mm (its kernels have layout limits that differ by GPU), this module warns and
+  uses ``loop`` from then on.
+
+Decoding one token skips the sort: :meth:`Experts.one_token` runs the token's k experts
+by index. All paths compute the same function; tests check each against ``plain``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KERNELS = ("auto", "plain", "loop", "grouped")
+
+
+def relu2(x: Tensor) -> Tensor:
+    """ReLU squared, relu(x)² (So et al. 2021, Primer; modded-nanogpt's and nanochat's MLPs)."""
+    return F.relu(x).square()
+
+
+def relu2_backward(grad: Tensor, pre: Tensor) -> Tensor:
+    """The gradient through :func:`relu2` at pre-activation ``pre``: grad · 2 relu(pre)."""
+    return grad * 2 * F.relu(pre)
+
+
+# the nonlinearities by ModelConfig.activation name: (function, backward(grad, pre-activation)),
+# the backward for the kernels with a hand-written backward (loop, grouped)
+ACTIVATIONS = {
+    "gelu": (F.gelu, torch.ops.aten.gelu_backward),
+    "relu2": (relu2, relu2_backward),
+}
+
+
+def affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """x @ w + b with w stored (in, out)."""
+    return x @ w if b is None else torch.addmm(b, x, w)
+
+
+def mlp(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, activation: str) -> Tensor:
+    """The feed-forward of one expert: act(x w1 + b1) w2 + b2, with w1 (d, h), w2 (h, d), act by name."""
+    act = ACTIVATIONS[activation][0]
+    return affine(act(affine(x, w1, b1)), w2, b2)
+
+
+class Experts(nn.Module):
+    """``n`` feed-forward experts with stacked weights: w1 (n, d, h), w2 (n, h, d), b1 (n, h), b2 (n, d)."""
+
+    stacked_dims = 1  # every parameter has a leading expert dimension (the init, decay and Muon rules read this)
+
+    def __init__(
+        self, n: int, n_embd: int, hidden: int, bias: bool, kernel: str = "auto", activation: str = "gelu"
+    ) -> None:
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        self.kernel = kernel
+        self.activation = activation
+        self.w1 = nn.Parameter(torch.empty(n, n_embd, hidden))
+        self.w2 = nn.Parameter(torch.empty(n, hidden, n_embd))
+        self.b1 = nn.Parameter(torch.zeros(n, hidden)) if bias else None
+        self.b2 = nn.Parameter(torch.zeros(n, n_embd)) if bias else None
+        # GPT-2's N(0, 0.02), so a layer used on its own is initialized too (Transformer re-initializes)
+        nn.init.normal_(self.w1, std=0.02)
+        nn.init.normal_(self.w2, std=0.02)
+
+    def residual_projections(self) -> list[Tensor]:
+        """The weights that write into the residual stream (the init rule scales them down)."""
+        return [self.w2]
+
+    def forward(self, x_sorted: Tensor, counts: Tensor) -> Tensor:
+        """Run expert e on its contiguous slice of ``x_sorted`` (``counts[e]`` rows; ``counts`` (n,) int).
+
+        Weights are cast once to the activations' dtype (bf16 under autocast). The loop and
+        plain kernels read ``counts`` on the host, the grouped kernel on the device.
+        """
+        dtype = x_sorted.dtype
+        weights = [None if p is None else p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2)]
+        kernel = self.kernel
+        if kernel == "auto":
+            kernel = "grouped" if grouped_mm_fits(x_sorted) else "loop"
+        if kernel == "plain":
+            return plain_experts(x_sorted, *weights, counts.tolist(), self.activation)
+        if kernel == "loop":
+            return ExpertMLP.apply(x_sorted, *weights, tuple(counts.tolist()), False, self.activation)
+        try:
+            return ExpertMLP.apply(x_sorted, *weights, counts, True, self.activation)
+        except RuntimeError as err:
+            capturing = x_sorted.is_cuda and torch.cuda.is_current_stream_capturing()
+            if self.kernel != "auto" or capturing or isinstance(err, torch.OutOfMemoryError):
+                raise
+            warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=2)
+            self.kernel = "loop"
+            return ExpertMLP.apply(x_sorted, *weights, tuple(counts.tolist()), False, self.activation)
+
+    def one_token(self, row: Tensor, experts: list[int], gates: Tensor) -> Tensor:
+        """The gate-weighted sum of the chosen experts on one token row (1, d), run by index (decoding)."""
+        device = row.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else row.dtype
+        b1, b2 = self.b1, self.b2
+        out = None
+        for e, gate in zip(experts, gates.to(dtype).unbind(0)):
+            y = mlp(
+                row.to(dtype),
+                self.w1[e].to(dtype),
+                None if b1 is None else b1[e].to(dtype),
+                self.w2[e].to(dtype),
+                None if b2 is None else b2[e].to(dtype),
+                self.activation,
+            )
+            out = y * gate if out is None else out + y * gate
+        return torch.zeros_like(row, dtype=dtype) if out is None else out  # None: capacity dropped every slot
+
+
+def grouped_mm_fits(x: Tensor) -> bool:
+    """Whether ``auto`` takes grouped_mm: on CUDA in bf16 (its widths are padded to fit, see _pad_widths)."""
+    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
+
+
+def plain_experts(x, w1, b1, w2, b2, counts, activation) -> Tensor:
+    """The reference kernel: autograd through one :func:`mlp` per expert slice."""
+    parts = [
+        mlp(x[rows], w1[e], None if b1 is None else b1[e], w2[e], None if b2 is None else b2[e], activation)
+        for e, rows in _slices(counts)
+    ]
+    return torch.cat(parts) if parts else x.new_zeros(0, w2.shape[-1])
+
+
+class ExpertMLP(torch.autograd.Function):
+    """MLPs over contiguous row slices, one per expert, with a hand-written backward.
+
+    ``apply(x, w1, b1, w2, b2, counts, grouped, activation)``: one matmul per expert
+    (``grouped=False``, ``counts`` a tuple of ints) or ``grouped_mm`` over all experts at
+    once (``grouped=True``, ``counts`` an int tensor on x's device); ``activation`` names the
+    nonlinearity (:data:`ACTIVATIONS`).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, counts, grouped, activation):
+        with torch.autocast(x.device.type, enabled=False):
+            if grouped:  # the backward reuses the padded layout and weights (see _grouped_forward)
+                saved, out = _grouped_forward(x, w1, b1, w2, b2, counts, activation)
+            else:
+                pre, act, out = _loop_forward(x, w1, b1, w2, b2, counts, activation)
+                saved = (x, w1, w2, pre, act)
+        ctx.save_for_backward(*saved)
+        ctx.has_bias, ctx.grouped, ctx.activation = (b1 is not None, b2 is not None), grouped, activation
+        ctx.shape = (None if grouped else counts, x.shape[1], w1.shape[2])  # the loop's counts; the true widths d, h
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        saved, (counts, d, h) = ctx.saved_tensors, ctx.shape
+        with torch.autocast(grad_out.device.type, enabled=False):
+            if ctx.grouped:
+                grads = _grouped_backward(grad_out.contiguous(), *saved, d, h, ctx.has_bias, ctx.activation)
+            else:
+                grads = _loop_backward(grad_out.contiguous(), *saved, counts, ctx.has_bias, ctx.activation)
+        return (*grads, None, None, None)
+
+
+def _loop_forward(x, w1, b1, w2, b2, counts, activation):
+    """:func:`mlp` per expert, written into preallocated buffers (pre-activation and
+    activation are kept for the backward)."""
+    act_fn = ACTIVATIONS[activation][0]
+    pre = x.new_empty(x.shape[0], w1.shape[-1])
+    act = torch.empty_like(pre)
+    out = x.new_empty(x.shape[0], w2.shape[-1])
+    for e, rows in _slices(counts):
+        if b1 is None:
+            torch.mm(x[rows], w1[e], out=pre[rows])
+        else:
+            torch.addmm(b1[e], x[rows], w1[e], out=pre[rows])
+        act[rows] = act_fn(pre[rows])
+        if b2 is None:
+            torch.mm(act[rows], w2[e], out=out[rows])
+        else:
+            torch.addmm(b2[e], act[rows], w2[e], out=out[rows])
+    return pre, act, out
+
+
+def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias, activation):
+    act_backward = ACTIVATIONS[activation][1]
+    grad_x = torch.empty_like(x)
+    grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+    grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]) if has_bias[0] else None
+    grad_b2 = x.new_zeros(w2.shape[0], w2.shape[-1]) if has_bias[1] else None
+    for e, rows in _slices(counts):
+        g = grad_out[rows]
+        torch.mm(act[rows].t(), g, out=grad_w2[e])
+        g_pre = act_backward(g @ w2[e].t(), pre[rows])
+        torch.mm(x[rows].t(), g_pre, out=grad_w1[e])
+        torch.mm(g_pre, w1[e].t(), out=grad_x[rows])
+        if grad_b2 is not None:
+            torch.sum(g, 0, out=grad_b2[e])
+        if grad_b1 is not None:
+            torch.sum(g_pre, 0, out=grad_b1[e])
+    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+ALIGN_ROWS = 8  # grouped_mm on CUDA wants every group's rows to span a multiple of 16 bytes (8 bf16 values)
+
+
+def padded_rows(n_rows: int, n_experts: int) -> int:
+    """Rows of the aligned layout: room for every block padded to ``ALIGN_ROWS``, itself a multiple of it.
+
+    It depends on the shapes only, never on the counts, so the step's buffers have a fixed size.
+    """
+    return -(-(n_rows + n_experts * (ALIGN_ROWS - 1)) // ALIGN_ROWS) * ALIGN_ROWS
+
+
+def _aligned_layout(counts: Tensor, n_rows: int):
+    """Each expert's block of rows padded with zero rows to a multiple of ``ALIGN_ROWS``, on the device.
+
+    ``counts`` (n,): rows per expert, ``n_rows`` their sum (known from the shapes, so nothing
+    is read back to the host). Returns where each real row goes in the padded layout,
+    grouped_mm's offsets (the end row of each padded block; the last block also takes the
+    spare rows up to :func:`padded_rows`) and each padded row's expert. The weight gradients
+    contract over the rows, so CUDA's grouped_mm needs every block aligned; zero rows add
+    nothing to them.
+    """
+    n, total = counts.shape[0], padded_rows(n_rows, counts.shape[0])
+    padded = (counts + ALIGN_ROWS - 1) // ALIGN_ROWS * ALIGN_ROWS
+    ends = padded.cumsum(0)
+    shift = (ends - padded) - (counts.cumsum(0) - counts)  # padded start - real start, per expert
+    experts = torch.arange(n, device=counts.device)
+    row_expert = torch.repeat_interleave(experts, counts, output_size=n_rows)
+    position = torch.arange(n_rows, device=counts.device) + shift[row_expert]
+    ends[-1:].fill_(total)  # (fill_, not item assignment: assigning a number copies it from the host)
+    padded_expert = torch.bucketize(torch.arange(total, device=counts.device), ends, right=True)
+    return position, ends.to(torch.int32), padded_expert
+
+
+def _scatter_rows(t: Tensor, position: Tensor, n_rows: int) -> Tensor:
+    out = t.new_zeros(n_rows, t.shape[-1])
+    out[position] = t
+    return out
+
+
+def _pad_widths(w1, b1, w2, b2):
+    """Zero-pad the expert widths d and h to multiples of ``ALIGN_ROWS`` (16-byte rows in bf16: grouped_mm
+    on CUDA needs them; n_embd 1028, the seed's, becomes 1032). Zero weights add nothing to the outputs."""
+    pd, ph = -w1.shape[1] % ALIGN_ROWS, -w1.shape[2] % ALIGN_ROWS
+    if not (pd or ph):
+        return w1, b1, w2, b2
+    pad = lambda t, *widths: None if t is None else F.pad(t, widths)  # noqa: E731
+    return pad(w1, 0, ph, 0, pd), pad(b1, 0, ph), pad(w2, 0, pd, 0, ph), pad(b2, 0, pd)
+
+
+def _grouped_forward(x, w1, b1, w2, b2, counts, activation):
+    """The output rows, and what the backward needs: the padded input, weights, activations and layout."""
+    d = x.shape[1]
+    position, offsets, padded_expert = _aligned_layout(counts, x.shape[0])
+    w1, b1, w2, b2 = _pad_widths(w1, b1, w2, b2)
+    x_padded = _scatter_rows(F.pad(x, (0, w1.shape[1] - d)), position, padded_expert.shape[0])
+    pre = F.grouped_mm(x_padded, w1, offs=offsets)
+    if b1 is not None:
+        pre += b1[padded_expert]
+    act = ACTIVATIONS[activation][0](pre)
+    out = F.grouped_mm(act, w2, offs=offsets)
+    if b2 is not None:
+        out += b2[padded_expert]
+    return (x_padded, w1, w2, pre, act, position, offsets, padded_expert), out[position, :d]
+
+
+def _grouped_backward(
+    grad_out, x_padded, w1, w2, pre, act, position, offsets, padded_expert, d, h, has_bias, activation
+):
+    """Gradients of the true (unpadded) input, weights and biases; w1, w2 arrive padded."""
+    grad_out = _scatter_rows(F.pad(grad_out, (0, w2.shape[2] - d)), position, x_padded.shape[0])  # 0 on padding
+    g_act = F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets)
+    g_pre = ACTIVATIONS[activation][1](g_act, pre)
+    # weight gradients: (n, ·, ·) from row-partitioned 2D operands; zeros for an expert without rows
+    grad_w2 = F.grouped_mm(act.t().contiguous(), grad_out, offs=offsets)[:, :h, :d]
+    grad_w1 = F.grouped_mm(x_padded.t().contiguous(), g_pre, offs=offsets)[:, :d, :h]
+    grad_x = F.grouped_mm(g_pre, w1.transpose(1, 2).contiguous(), offs=offsets)[position, :d]
+    n = w1.shape[0]
+    grad_b1 = x_padded.new_zeros(n, pre.shape[1]).index_add_(0, padded_expert, g_pre)[:, :h] if has_bias[0] else None
+    grad_b2 = x_padded.new_zeros(n, grad_out.shape[1]).index_add_(0, padded_expert, grad_out)[:, :d] if has_bias[1] else None
+    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def _slices(counts):
+    """(expert, row slice) for every expert with at least one row."""
+    start = 0
+    for e, count in enumerate(counts):
+        if count:
+            yield e, slice(start, start + count)
+        start += count

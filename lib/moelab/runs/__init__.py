@@ -1,0 +1,1 @@
+"""A run on disk: its folders and records, its checkpoints, and the registry of every run."""

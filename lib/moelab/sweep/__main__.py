@@ -1,0 +1,7 @@
+"""Run a sweep from the command line: `python -m moelab.sweep`."""
+
+import sys
+
+from moelab.sweep.runner import main
+
+sys.exit(main())

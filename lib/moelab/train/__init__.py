@@ -1,0 +1,1 @@
+"""Training: the Trainer, the optimizers, schedules, precision, CUDA graphs, checkpoints, several processes."""

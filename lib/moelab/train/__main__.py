@@ -1,0 +1,7 @@
+"""Train a model from the command line: `python -m moelab.train`."""
+
+import sys
+
+from moelab.train.cli import main
+
+sys.exit(main())

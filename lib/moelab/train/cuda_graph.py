@@ -1,0 +1,143 @@
+"""Training steps as CUDA graphs: one launch per optimizer step instead of thousands.
+
+A small model's training step on a GPU is a few thousand kernels of microseconds each.
+Launched one by one from Python, they leave the GPU waiting on the host. A CUDA graph
+records the whole step once (forward, backward, gradient clipping, optimizer) and replays
+it with one launch: PyTorch's whole-network capture
+(https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs).
+
+What a graph needs, and where moelab gives it:
+
+- nothing inside the step reads the GPU back: the MoE layer counts expert slots with a
+  scatter-add, and the grouped expert kernel lays out its blocks on the device
+  (:mod:`moelab.nn.moe.experts`);
+- fixed shapes and addresses: one graph per batch shape, captured on that shape's first
+  step (the window schedule has a few shapes; the previous graph is freed), with batches
+  copied into the graph's input buffers;
+- a learning rate the graph reads from memory: a tensor, filled before each replay;
+- optimizer state that exists before the capture: the run's first step is eager;
+- a step whose loss is not finite changes nothing: the graph hands AdamW a ``found_inf``
+  flag (as a gradient scaler does), so the weights stay those of the last good step.
+
+:func:`graph_blocker` says why a run cannot use graphs (``None`` when it can); a capture
+that fails anyway raises :class:`CaptureError` (the Trainer then trains eagerly). Dropout
+and router noise come from the same generator as in eager steps (the capture's warm-up
+passes give back what they drew), and a graphed run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from moelab.config.configs import ModelConfig, TrainConfig
+
+WARMUP_PASSES = 3  # forward + backward passes before a capture (cuBLAS handles, autograd's lazy setup)
+
+
+class CaptureError(RuntimeError):
+    """A training step could not be captured as a CUDA graph."""
+
+
+def graph_blocker(
+    model: ModelConfig, train: TrainConfig, device: torch.device, precision: str, optimizer, distributed: bool
+) -> str | None:
+    """Why this run's training steps cannot be captured as CUDA graphs, or None if they can."""
+    reasons = [
+        (device.type != "cuda", "not on CUDA"),
+        (not train.cuda_graphs, "cuda_graphs=false"),
+        (train.compile, "torch.compile is on"),
+        (distributed, "DDP synchronizes gradients between ranks outside the graph"),
+        (train.grad_accum_steps != 1, "gradient accumulation"),
+        (not isinstance(optimizer, torch.optim.AdamW) or not optimizer.defaults.get("fused"),
+         "moelab's graphs take fused AdamW (Muon takes its learning rate as a number)"),
+        (model.is_moe and model.capacity_factor is not None, "capacity reads the kept slots on the host"),
+        (model.is_moe and not hasattr(F, "grouped_mm"), "this torch has no grouped_mm"),
+        (model.is_moe and precision != "bf16", "fp32 experts run one matmul per expert, which reads the counts on the host"),
+    ]  # fmt: skip
+    return next((why for blocked, why in reasons if blocked), None)
+
+
+class GraphedStep:
+    """One optimizer step of ``model`` on a batch, replayed from a CUDA graph.
+
+    ``step(x, y, lr)`` trains on the CPU batch (x, y) at learning rate ``lr`` and returns
+    the loss parts (loss, ce, aux, z: a (4,) float tensor on the CPU), the gradient norm
+    before clipping, and the routing records (on the device, overwritten by the next step).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, precision: str):
+        self.model, self.optimizer, self.precision = model, optimizer, precision
+        self.max_norm = grad_clip if grad_clip > 0 else float("inf")
+        device = next(model.parameters()).device
+        self.lr = torch.zeros((), device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.shape: tuple[int, ...] | None = None
+
+    def step(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, float, list | None]:
+        if tuple(x.shape) != self.shape:
+            try:
+                self._capture(x, y)
+            except RuntimeError as err:
+                self.graph = self.shape = None
+                self.optimizer.zero_grad(set_to_none=True)  # what a failed capture left in .grad is not a gradient
+                raise CaptureError(str(err)) from err
+        self.x.copy_(x.pin_memory(), non_blocking=True)
+        self.y.copy_(y.pin_memory(), non_blocking=True)
+        self.lr.fill_(lr)
+        self.graph.replay()
+        host = torch.cat([self.parts, self.grad_norm.float().view(1)]).cpu()  # the step's one read back
+        return host[:4], host[4].item(), self.routing
+
+    def _forward_backward(self) -> tuple[Tensor, list | None]:
+        bf16 = self.precision == "bf16"  # no weight-cast cache: its copies would outlive the capture
+        with torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False):
+            out = self.model(self.x, self.y, record_routing=True)
+        out.loss.backward()
+        return torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float(), out.routing
+
+    def _capture(self, x: Tensor, y: Tensor) -> None:
+        # the previous shape's graph, its outputs and the gradients it wrote go first (their memory too)
+        self.graph = self.shape = self.parts = self.routing = self.grad_norm = None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.x, self.y = x.to(self.lr.device).clone(), y.to(self.lr.device).clone()
+        # warm-up passes leave no trace: buffers (the bias counts) and the random stream are restored
+        buffers = [(b, b.clone()) for b in self.model.buffers()]
+        rng = torch.cuda.get_rng_state(self.lr.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_PASSES):
+                self._forward_backward()
+                self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.current_stream().wait_stream(side)
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+        torch.cuda.set_rng_state(rng, self.lr.device)
+        graph = torch.cuda.CUDAGraph()
+        with self._graph_optimizer(), torch.cuda.graph(graph):  # gradients are allocated and written by the graph
+            self.parts, self.routing = self._forward_backward()
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
+            self.optimizer.found_inf = (~torch.isfinite(self.parts[0])).float()  # a bad step changes nothing
+            self.optimizer.step()
+        self.graph, self.shape = graph, tuple(x.shape)
+
+    @contextlib.contextmanager
+    def _graph_optimizer(self):
+        """During the capture only: the groups read ``self.lr`` (a tensor) and allow capture.
+
+        Outside it the optimizer keeps plain numbers and no ``found_inf``, so eager steps and
+        its checkpoints are as without graphs.
+        """
+        saved = [(group["lr"], group["capturable"]) for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"], group["capturable"] = self.lr, True
+        try:
+            yield
+        finally:
+            for group, (lr, capturable) in zip(self.optimizer.param_groups, saved):
+                group["lr"], group["capturable"] = lr, capturable
+            self.optimizer.__dict__.pop("found_inf", None)

@@ -1,0 +1,497 @@
+"""The Trainer: one training loop for the notebook and the command line.
+
+``Trainer(model_config, train_config, run_name).fit()`` reads as its steps:
+
+* ``_start``: output folders, model + optimizer + data (``_build``), the latest
+  checkpoint when resuming (``_restore``), DDP / torch.compile (``_wrap``), ``config.json``;
+* then, until the budget (steps, tokens and/or minutes) is spent, per optimizer step:
+  ``_train_step`` (learning rate, micro-batches, the loss parts, divergence check,
+  gradient clipping, optimizer step, balance biases; on CUDA one CUDA graph replay,
+  :mod:`moelab.train.cuda_graph`, where the step allows it), ``_log_row`` every ``log_every`` steps,
+  ``_evaluate`` every ``eval_every``, ``_save`` a checkpoint every ``checkpoint_every``;
+* ``_finish``: the TrainResult.
+
+Batches follow the context-window schedule, the learning rate warmup + cosine over the
+budget. Metric rows go to ``reports/<run>/metrics.parquet``, routing snapshots to
+``reports/<run>/routing.parquet``, checkpoints to ``data/checkpoints/<run>/`` (:mod:`moelab.runs.files`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from moelab.train import distributed
+from moelab.data.batches import WindowSampler, fixed_windows, to_device
+from moelab.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from moelab.config.configs import ModelConfig, TrainConfig, config_diff
+from moelab.train.cuda_graph import CaptureError, GraphedStep, graph_blocker
+from moelab.data import bytes_per_token, check_dataset_vocab, load_dataset, load_split
+from moelab.nn.model import Transformer, eval_mode
+from moelab.train.optim import load_optimizer_state, make_optimizer
+from moelab.paths import check_run_name
+from moelab.train.precision import autocast, bf16_step_speedup, resolve_precision
+from moelab.device import device_name, resolve_device
+from moelab.train.progress import make_progress
+from moelab.runs.registry import TensorBoardLog, now, set_status, start_run, summary
+from moelab.runs.files import (
+    TrainResult,
+    checkpoint_dir,
+    clear_run,
+    latest_checkpoint,
+    list_checkpoints,
+    load_columns,
+    prepare_folders,
+    read_records,
+    routing_rows,
+    run_reports_dir,
+    write_records,
+)
+from moelab.train.schedule import Budget, LRSchedule, WindowSchedule
+from moelab.data.stats import LN2
+from moelab.train.validation import mean_loss
+from moelab.data.tokenizer import piece_lengths, tokenizer_from_record, tokenizer_record
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class StepOutcome:
+    """What one optimizer step did (the inputs of its metric row)."""
+
+    window: int
+    sequences: int
+    lr: float
+    parts: torch.Tensor  # loss, ce_loss, aux_loss, z_loss: means over micro-batches and ranks
+    grad_norm: float
+    routing: list | None  # the last micro-batch's routing records, on logged steps of an MoE
+    log_now: bool
+
+
+class Trainer:
+    """Trains a Transformer on a prepared dataset (``moelab.data.prepare_dataset``).
+
+    ``callbacks`` are called with each metric row (a dict) as it is logged; the
+    notebook's live plot is one. ``progress`` shows a progress bar, or with the
+    environment variable ``MOELAB_PROGRESS=log`` a status line every
+    ``progress_every_s`` seconds (see :mod:`moelab.train.progress`).
+
+    ``device``: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or
+    ``"cuda:N"`` (:func:`moelab.device.resolve_device`); printed at the start and
+    recorded in ``config.json`` with the GPU's name. On CUDA the batches are copied from
+    pinned memory without blocking.
+    """
+
+    progress_every_s: float = 10.0
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        run_name: str,
+        *,
+        dataset: str = "machado",
+        device: str | torch.device | None = "auto",
+        progress: bool = True,
+        callbacks: Iterable[Callable[[dict], None]] = (),
+    ) -> None:
+        model_config.validate()
+        train_config.check_against(model_config)
+        check_run_name(run_name)
+        self.model_config = model_config
+        self.train_config = train_config
+        self.run_name = run_name
+        self.dataset = dataset
+        self.dist, self.device = distributed.setup(resolve_device(device))
+        self.device_name = device_name(self.device)
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.windows = WindowSchedule.from_configs(model_config, train_config)
+        self.lr_schedule = LRSchedule(train_config.lr, train_config.warmup_steps, train_config.min_lr_ratio)
+        self.budget = Budget(train_config.max_steps, train_config.max_minutes, train_config.max_tokens)
+        self.checkpoints = checkpoint_dir(run_name)
+        self.reports = run_reports_dir(run_name)
+        self.precision, self.precision_reason = resolve_precision(train_config.precision, self.device, self._bf16_speedup)
+        self.windows.check_world_size(train_config.batch_size, train_config.batch_keep, self.dist.world_size)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None) -> TrainResult:
+        """Train until the budget is spent.
+
+        An existing run is an error unless ``resume`` (continue from its latest
+        checkpoint) or ``overwrite`` (delete its checkpoints and metrics first).
+        ``stop_after_steps`` ends this session early, with a checkpoint, after that many
+        steps; the budget and schedules stay the run's own, so a later ``resume``
+        continues exactly where it stopped.
+        """
+        if resume and overwrite:
+            raise ValueError("choose resume or overwrite, not both")
+        if stop_after_steps is not None and not (isinstance(stop_after_steps, int) and stop_after_steps > 0):
+            raise ValueError(f"stop_after_steps must be a positive integer or None, got {stop_after_steps!r}")
+        self._start(resume, overwrite)
+        last_step = math.inf if stop_after_steps is None else self.step + stop_after_steps
+        cfg = self.train_config
+        try:
+            while not self.budget.done(self.step, self.elapsed, self.tokens) and self.step < last_step:
+                outcome = self._train_step()
+                done = self.budget.done(self.step, self.elapsed, self.tokens)
+                evaluate_now = self.step % cfg.eval_every == 0 or done
+                if outcome.log_now or evaluate_now:
+                    row = self._log_row(outcome)
+                    if evaluate_now:
+                        self._evaluate(row)
+                    self._record(row)
+                if self.step % cfg.checkpoint_every == 0 or done or self.step == last_step:
+                    self.last_checkpoint = self._save(self.elapsed)
+                self._show_progress()
+        except BaseException as err:  # the registry says how the run ended; the error goes on
+            if self.dist.is_main:
+                set_status(self.reports, "interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                           error=f"{type(err).__name__}: {err}"[:500], ended=now())  # fmt: skip
+            raise
+        finally:
+            self.display.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            self._write_metrics()
+        return self._finish()
+
+    def _start(self, resume: bool, overwrite: bool) -> None:
+        """Folders, model and data, the checkpoint to resume from, the wrapped model, config.json."""
+        main = self.dist.is_main
+        if main:
+            prepare_folders(self.checkpoints, self.reports)
+            if overwrite:
+                clear_run(self.checkpoints, self.reports)
+        distributed.barrier()
+        self._build()
+        self.last_checkpoint = self._restore() if resume else None
+        self._wrap()
+        if resume and self.last_checkpoint is None and list_checkpoints(self.checkpoints):
+            raise CheckpointError(f"no readable checkpoint in {self.checkpoints} to resume from")
+        if not resume and list_checkpoints(self.checkpoints):
+            raise FileExistsError(
+                f"run {self.run_name!r} already has checkpoints in {self.checkpoints}; "
+                "resume it (resume=True / --resume), overwrite it (overwrite=True), or choose another run name"
+            )
+        self.tensorboard = None
+        if main:
+            start_run(self.reports, self._run_info(), resumed=resume)
+            self.tensorboard = TensorBoardLog(self.reports, self.step)
+        self.model.train()
+        if self.progress and main:
+            print(
+                f"{self.run_name}: precision {self.precision} ({self.precision_reason}), device {self.device}"
+                + (f" ({self.device_name})" if self.device.type == "cuda" else "")
+                + (", torch.compile" if self.train_config.compile else "")
+                + (f", CUDA graphs {self._run_info()['cuda_graphs']}" if self.device.type == "cuda" else "")
+            )
+        self.clock_start = time.perf_counter()  # training time = now - clock_start + elapsed_before
+        self.elapsed = self.elapsed_before
+        self.last_log_time, self.last_log_tokens = self.elapsed, self.tokens
+        self.val_loss = math.nan
+        self.display = make_progress(self.run_name, self.progress and main, self.progress_every_s)
+        self._show_progress()
+
+    def _train_step(self) -> StepOutcome:
+        """One optimizer step over ``grad_accum_steps`` micro-batches of the current window."""
+        cfg = self.train_config
+        progress = self.budget.progress(self.step, self.elapsed, self.tokens)
+        window = self.windows.window(progress)
+        sequences = self.windows.batch_sequences(window, cfg.batch_size, cfg.batch_keep)
+        lr = self.lr_schedule(self.step, progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        log_now = (self.step + 1) % cfg.log_every == 0
+        graphed = self._graphed_step(sequences, window, lr) if self.graphed is not None and self.step > 0 else None
+        if graphed is not None:  # (the first step is eager: it creates the optimizer state the graph updates)
+            parts, grad_norm, routing = graphed
+            self._check_finite(parts, window, lr)
+            routing = routing if log_now else None
+        else:
+            parts, routing = self._micro_batches(sequences, window, record=log_now)
+            self._check_finite(parts, window, lr)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            ).item()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # (a graph keeps its gradients: each replay overwrites them)
+        self.model.update_balance_biases(distributed.all_reduce if self.dist.enabled else None)  # balance="bias"
+        self.step += 1
+        self.tokens += sequences * window * cfg.grad_accum_steps
+        self.elapsed = self.elapsed_before + time.perf_counter() - self.clock_start
+        if self.dist.enabled:  # one clock for the budget, or ranks would stop at different steps
+            self.elapsed = distributed.all_reduce(torch.tensor([self.elapsed]), "max").item()
+        return StepOutcome(window, sequences, lr, parts, grad_norm, routing, log_now)
+
+    def _graphed_step(self, sequences: int, window: int, lr: float) -> tuple | None:
+        """One CUDA graph replay; None (graphs off from now on, with a warning) if the capture failed."""
+        try:
+            return self.graphed.step(*self.sampler.batch(sequences, window), lr)
+        except CaptureError as err:  # the eager step that follows draws a new batch
+            warnings.warn(f"CUDA graphs off: the capture failed ({err}); training eagerly", stacklevel=3)
+            self.graphed, self.graph_blocker = None, f"the capture failed: {err}"[:300]
+            return None
+
+    def _val_bpb(self, nats_per_token: float) -> float:
+        """Validation bits per byte of the text (nats / ln 2 / the bytes the validation targets stand for)."""
+        return nats_per_token / LN2 / self.val_bytes_per_token
+
+    def _check_finite(self, parts: torch.Tensor, window: int, lr: float) -> None:
+        if not torch.isfinite(parts[0]):
+            raise TrainingDiverged(
+                f"the loss became {parts[0].item()} at step {self.step + 1} (window {window}, lr {lr:.2e}). "
+                f"Training stopped; the last good checkpoint is {self.last_checkpoint or 'none (no checkpoint yet)'}. "
+                "Lower the learning rate, raise warmup_steps, or set grad_clip."
+            )
+
+    def _micro_batches(self, sequences: int, window: int, record: bool) -> tuple[torch.Tensor, list | None]:
+        """Forward and backward over the micro-batches; the mean loss parts, and the routing if ``record``."""
+        cfg = self.train_config
+        parts = torch.zeros(4)
+        routing = None
+        for micro in range(cfg.grad_accum_steps):
+            x, y = self.sampler.batch(sequences, window)
+            last_micro = micro == cfg.grad_accum_steps - 1
+            record_now = record and last_micro
+            forward = self.routing_model if record_now else self.step_model
+            # DDP averages gradients over ranks once, after the last micro-batch
+            sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.step_model.no_sync()
+            with sync:
+                with autocast(self.precision, self.device):
+                    out = forward(to_device(x, self.device), to_device(y, self.device), record_routing=record_now)
+                (out.loss / cfg.grad_accum_steps).backward()
+            parts += torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float().cpu()
+            routing = out.routing if record_now else routing
+        parts /= cfg.grad_accum_steps
+        if self.dist.enabled:  # the logged losses are means over all ranks
+            parts = (distributed.all_reduce(parts) / self.dist.world_size).float()
+        return parts, routing
+
+    def _log_row(self, outcome: StepOutcome) -> dict[str, Any]:
+        """The metric row of the step just taken (validation columns NaN until ``_evaluate``)."""
+        parts = outcome.parts
+        row = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed_s": self.elapsed,
+            "progress": self.budget.progress(self.step, self.elapsed, self.tokens),
+            "window": outcome.window,
+            "batch_sequences": outcome.sequences,
+            "lr": outcome.lr,
+            "precision": self.precision,
+            "loss": parts[0].item(),
+            "ce_loss": parts[1].item(),
+            "aux_loss": parts[2].item(),
+            "z_loss": parts[3].item(),
+            "train_bpb": parts[1].item() / LN2 / self.train_bytes_per_token,  # (the split's mean bytes per token)
+            "grad_norm": outcome.grad_norm,
+            "tokens_per_s": (self.tokens - self.last_log_tokens) / max(self.elapsed - self.last_log_time, 1e-9),
+            "val_loss": math.nan,
+            "val_bpb": math.nan,
+        }
+        self.last_log_time, self.last_log_tokens = self.elapsed, self.tokens
+        if outcome.routing is not None and self.model_config.is_moe:
+            row.update(load_columns(outcome.routing, self.model_config.routed_experts))
+        return row
+
+    def _evaluate(self, row: dict[str, Any]) -> None:
+        """Validation loss into the row, and a routing snapshot; its time is not training time."""
+        eval_start = time.perf_counter()
+        self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
+        row["val_loss"], row["val_bpb"] = self.val_loss, self._val_bpb(self.val_loss)
+        if self.dist.is_main:
+            self._routing_snapshot()
+        self.clock_start += time.perf_counter() - eval_start
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        for callback in [*self.callbacks, self.tensorboard] if self.dist.is_main else ():
+            callback(row)
+        self.display.show_row(row, self._val_bpb(self.val_loss))
+
+    def _bf16_speedup(self) -> float:
+        """fp32 / bf16 step time of this model, the mean over ranks (so every rank picks the same precision)."""
+        ratio = bf16_step_speedup(self.model_config, self.train_config.batch_size, self.device)
+        return distributed.all_reduce(torch.tensor([ratio])).item() / self.dist.world_size
+
+    def _show_progress(self) -> None:
+        self.display.update(self.budget.progress(self.step, self.elapsed, self.tokens), self.step, self.tokens, self.elapsed)
+
+    def _finish(self) -> TrainResult:
+        if self.last_checkpoint is None:  # resumed a run whose budget was already spent
+            self.last_checkpoint = latest_checkpoint(self.checkpoints)
+        distributed.barrier()
+        if math.isnan(self.val_loss):
+            self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
+        val_loss, metrics = self.val_loss, self.metrics()
+        if self.dist.is_main:  # a session ended by stop_after_steps is resumable, not finished
+            done = self.budget.done(self.step, self.elapsed, self.tokens)
+            set_status(self.reports, "finished" if done else "interrupted", ended=now(), **summary(metrics))
+        size = (self.step, self.tokens, self.elapsed)
+        return TrainResult(self.run_name, *size, val_loss, self._val_bpb(val_loss), self.last_checkpoint, metrics)
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        prepared = load_dataset(self.dataset)
+        check_dataset_vocab(prepared, self.model_config.vocab_size)
+        self.tokenizer = prepared.tokenizer
+        torch.manual_seed(self.train_config.seed)  # the same initial weights on every rank
+        self.model = Transformer(self.model_config).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.train_config, self.device)
+        self.sampler = WindowSampler(
+            load_split(self.dataset, "train"), self.train_config.seed, self.dist.rank, self.dist.world_size
+        )
+        if self.dist.enabled:  # each rank its own dropout and router-noise stream
+            torch.manual_seed(self.train_config.seed * 7919 + self.dist.rank)
+        self.val_x, self.val_y = fixed_windows(
+            load_split(self.dataset, "val"), self.model_config.context_window, self.train_config.eval_windows
+        )
+        # bits per byte = nats / ln 2 / UTF-8 bytes, whatever a token holds (1 byte for the bytes tokenizer)
+        self.val_bytes_per_token = piece_lengths(self.tokenizer)[self.val_y].double().mean().item()
+        self.train_bytes_per_token = bytes_per_token(prepared.meta, "train")
+        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        self.rows: list[dict] = []
+        self.routing_rows: list[dict] = []
+
+    def _wrap(self) -> None:
+        """The module training steps call: DDP under torchrun, then torch.compile if asked for.
+
+        Every parameter gets a gradient in every step, also an expert that no token of
+        this rank chose (the stacked experts' backward returns zeros for it), so DDP
+        needs no ``find_unused_parameters`` pass and never waits for a missing gradient.
+        """
+        self.step_model = distributed.ddp(self.model, self.device) if self.dist.enabled else self.model
+        self.routing_model = self.step_model  # routing records run uncompiled (they return extra tensors)
+        if self.train_config.compile:
+            if self.model_config.dropout:  # inductor's own dropout RNG measured ~12% slower on CPU
+                torch._inductor.config.fallback_random = True
+            self.step_model = torch.compile(self.step_model)
+        cfg = self.train_config  # on CUDA, steps replayed from CUDA graphs where nothing prevents it
+        self.graph_blocker = graph_blocker(
+            self.model_config, cfg, self.device, self.precision, self.optimizer, self.dist.enabled
+        )
+        self.graphed = None if self.graph_blocker else GraphedStep(
+            self.model, self.optimizer, cfg.grad_clip, self.precision
+        )
+
+    def _restore(self) -> Path | None:
+        candidates = list_checkpoints(self.checkpoints)
+        for path in reversed(candidates):  # the newest readable one (a damaged file is skipped, not used)
+            try:
+                payload = load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
+            except CheckpointError as err:
+                warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
+                continue
+            diff = config_diff(ModelConfig.from_dict(payload["model_config"]), self.model_config)
+            if diff:
+                raise CheckpointError(f"cannot resume {self.run_name}: the model config differs in {', '.join(diff)}")
+            if tokenizer_record(tokenizer_from_record(payload["extra"].get("tokenizer"))) != tokenizer_record(self.tokenizer):
+                raise CheckpointError(
+                    f"cannot resume {self.run_name}: its checkpoint was trained with another tokenizer than the dataset "
+                    f"{self.dataset!r} now has (was it prepared again with another tokenizer or vocab_size?)"
+                )
+            self.model.load_state_dict(payload["model"])
+            load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
+            state = payload["extra"]
+            self.step, self.tokens, self.elapsed_before = payload["step"], state["tokens"], state["elapsed_s"]
+            self.sampler.load_state_dict(state["sampler"])
+            ranks = state.get("rng_ranks") or [{"cpu": state["rng_cpu"], "cuda": state.get("rng_cuda")}]
+            if len(ranks) == self.dist.world_size:
+                torch.set_rng_state(ranks[self.dist.rank]["cpu"])
+                if self.device.type == "cuda" and ranks[self.dist.rank]["cuda"] is not None:
+                    torch.cuda.set_rng_state(ranks[self.dist.rank]["cuda"], self.device)
+            else:  # another world size: data, optimizer and schedules continue exactly, noise streams restart
+                torch.manual_seed(self.train_config.seed * 7919 + self.dist.rank + 104729 * self.step)
+            self.rows = read_records(self.reports / "metrics.parquet", self.step)
+            self.routing_rows = read_records(self.reports / "routing.parquet", self.step)
+            return path
+        return None
+
+    # ------------------------------------------------------------------ records
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    @torch.no_grad()
+    def _routing_snapshot(self) -> None:
+        """Per-layer expert load and mean router probability on the first validation windows."""
+        if not self.model_config.is_moe:
+            return
+        n = min(len(self.val_x), self.train_config.batch_size)
+        with eval_mode(self.model):
+            out = self.model(self.val_x[:n].to(self.device), record_routing=True)
+        self.routing_rows.extend(routing_rows(self.step, out.routing, self.model_config.routed_experts))
+
+    def _write_metrics(self) -> None:
+        if self.dist.is_main:
+            write_records(self.reports, self.run_name, self.rows, self.routing_rows)
+
+    def _save(self, elapsed: float) -> Path:
+        """Rank 0 writes metrics then the checkpoint (with every rank's RNG state); all ranks wait for it."""
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        rng = {"cpu": torch.get_rng_state(), "cuda": cuda_rng}
+        rng_ranks = distributed.all_gather_object(rng)
+        path = self.checkpoints / f"ckpt_{self.step:07d}.pt"
+        if not self.dist.is_main:
+            distributed.barrier()
+            return path
+        extra = {
+            "tokens": self.tokens,
+            "elapsed_s": elapsed,
+            "sampler": self.sampler.state_dict(),
+            "rng_cpu": rng["cpu"],
+            "rng_cuda": rng["cuda"],
+            "rng_ranks": rng_ranks,
+            "world_size": self.dist.world_size,
+            "run_name": self.run_name,
+            "dataset": self.dataset,
+            "tokenizer": tokenizer_record(self.tokenizer),
+        }
+        try:
+            self._save_files(path, extra)
+        finally:
+            distributed.barrier()
+        return path
+
+    def _save_files(self, path: Path, extra: dict) -> None:
+        # metrics first: a kill between the two writes leaves metrics ahead of the latest
+        # checkpoint (resume drops those rows and redoes the steps), never behind it
+        self._write_metrics()
+        save_checkpoint(
+            path,
+            self.model,
+            train_config=self.train_config,
+            optimizer=self.optimizer,
+            step=self.step,
+            extra=extra,
+        )
+        for old in list_checkpoints(self.checkpoints)[: -self.train_config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+
+    def _run_info(self) -> dict[str, Any]:
+        return {
+            "run_name": self.run_name,
+            "dataset": self.dataset,
+            "device": str(self.device),
+            "device_name": self.device_name,
+            "world_size": self.dist.world_size,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "cuda_graphs": "on" if self.graphed else f"off: {self.graph_blocker}",
+            "torch": str(torch.__version__),
+            "model": self.model_config.to_dict(),
+            "train": self.train_config.to_dict(),
+            "params": self.model_config.param_counts(),
+        }
+

@@ -1,0 +1,1 @@
+"""What the notebooks show: their settings, figures, routing analysis, widgets, the pipeline and its report."""

@@ -1,0 +1,190 @@
+"""What the notebooks share: profiles, and parameter checks.
+
+A notebook's ``parameters`` cell holds literal defaults (papermill injects its values
+after it). A parameter whose value depends on the *profile* defaults to ``None``; the
+next cell hands those parameters to :func:`notebook_settings`, which fills every one
+left as ``None`` with the profile's value and never changes one the user passed::
+
+    run_name, max_steps = notebook_settings("02_train", profile, run_name=run_name, max_steps=max_steps).values()
+
+Two profiles: ``default`` (what ``make run`` and a user in JupyterLab get) and
+``tiny`` (seconds-long settings: the tiny preset, step budgets, the two smallest works
+per category as the dataset ``machado-tiny``, runs named ``tiny``). ``profile=None``
+means ``$MOELAB_PROFILE`` if set, else ``default``: nbval, which cannot pass
+parameters, runs the notebooks in the tiny profile through that variable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+PROFILES = ("default", "tiny")
+PROFILE_ENV = "MOELAB_PROFILE"
+
+
+def _compare_run_of(settings: dict[str, Any]) -> str | None:
+    """Notebook 02's fixed-window comparison run of the chosen run (None when it has no comparison)."""
+    from moelab.sweep.compare import comparison_run
+
+    try:
+        return comparison_run(settings["run_name"], "fixed")
+    except FileNotFoundError:
+        return None
+
+
+def _named_for_tokenizer(name: str):
+    """Notebook 01's dataset: ``name``, or ``<name>-bpe<vocab_size>`` for BPE (so it never replaces the bytes one)."""
+
+    def resolve(settings: dict[str, Any]) -> str:
+        from moelab.data import tokenized_name
+
+        return tokenized_name(name, settings.get("tokenizer", "bytes"), settings.get("vocab_size"))
+
+    return resolve
+
+
+def _dataset_of_run(fallback: str):
+    """The dataset the chosen run was trained on (its config.json), else ``fallback``: a BPE run gets its BPE dataset."""
+
+    def resolve(settings: dict[str, Any]) -> str:
+        import json
+
+        from moelab.runs.files import run_reports_dir
+
+        path = run_reports_dir(settings["run_name"]) / "config.json"
+        if not path.is_file():
+            return fallback
+        return json.loads(path.read_text()).get("dataset") or fallback
+
+    return resolve
+
+
+# The values each profile gives the parameters a notebook leaves as None. A None here
+# keeps its meaning in the notebook ("the preset's value", "none"); a callable is
+# computed from the other settings (so it follows a run name the user passed).
+PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "01_data_prep": {
+        "default": {"dataset": _named_for_tokenizer("machado"), "max_works_per_category": None},
+        "tiny": {"dataset": _named_for_tokenizer("machado-tiny"), "max_works_per_category": 2},
+    },
+    "02_train": {
+        "default": {
+            "preset": "cpu",
+            "run_name": "default",
+            "dataset": "machado",
+            "max_minutes": None,
+            "max_steps": None,
+            "compare_tokens": 1_500_000,
+            "compare_steps": None,
+            "compare_minutes": None,
+        },
+        "tiny": {
+            "preset": "tiny",
+            "run_name": "tiny",
+            "dataset": "machado-tiny",
+            "max_minutes": None,
+            "max_steps": 30,
+            "compare_tokens": None,
+            "compare_steps": 10,
+            "compare_minutes": None,
+        },
+    },
+    "03_expert_utilization": {
+        "default": {
+            "run_name": "default",
+            "compare_run_name": None,
+            "dataset": _dataset_of_run("machado"),
+            "n_windows": 256,
+            "per_category": 64,
+        },
+        "tiny": {  # the fixed-window comparison run of notebook 02 stands in as the second run
+            "run_name": "tiny",
+            "compare_run_name": _compare_run_of,
+            "dataset": _dataset_of_run("machado-tiny"),
+            "n_windows": 32,
+            "per_category": 8,
+        },
+    },
+    "04_sampling": {
+        "default": {"run_name": "default", "max_new_tokens": 300},
+        "tiny": {"run_name": "tiny", "max_new_tokens": 40},
+    },
+    "05_experiments": {
+        "default": {"study": "window-schedule-quick"},  # a few minutes; the reference study is "window-schedule"
+        "tiny": {"study": "tiny"},
+    },
+    "06_forecasting": {
+        "default": {"forecast_steps": 600, "forecast_seeds": [1, 2, 3], "run_name": "default"},
+        "tiny": {"forecast_steps": 20, "forecast_seeds": [1], "run_name": "tiny"},
+    },
+}
+
+
+class Settings(dict):
+    """Parameter values by name, in the order they were passed, plus where each came from."""
+
+    def __init__(self, values: dict[str, Any], profile: str, from_profile: set[str]):
+        super().__init__(values)
+        self.profile = profile
+        self.from_profile = from_profile
+
+    def summary(self) -> str:
+        """One line: the profile, the values the user gave, the values the profile filled in."""
+        given = ", ".join(f"{k}={v!r}" for k, v in self.items() if k not in self.from_profile)
+        filled = ", ".join(f"{k}={v!r}" for k, v in self.items() if k in self.from_profile)
+        return f"profile {self.profile!r}; given: {given or 'nothing'}; from the profile: {filled or 'nothing'}"
+
+
+def resolve_profile(profile: str | None = None) -> str:
+    """The profile to run: ``profile`` if given, else ``$MOELAB_PROFILE`` if set, else ``default``."""
+    if profile is None:
+        from_env = os.environ.get(PROFILE_ENV)
+        if from_env:
+            if from_env not in PROFILES:
+                raise ValueError(f"${PROFILE_ENV}={from_env!r} is not one of {', '.join(map(repr, PROFILES))}")
+            return from_env
+        return "default"
+    check_choice("profile", profile, PROFILES)
+    return profile
+
+
+def notebook_settings(notebook: str, profile: str | None, *, context: dict[str, Any] | None = None, **passed: Any) -> Settings:
+    """The profile-dependent parameters of ``notebook`` with every ``None`` replaced by the profile's value.
+
+    Pass each of the notebook's profile-dependent parameters by name (the table
+    ``PROFILE_SETTINGS`` lists them); values that are not ``None`` come back unchanged.
+    The result is ordered as passed, so ``a, b = notebook_settings(nb, p, a=a, b=b).values()``.
+    ``context``: other parameters a profile's value is computed from (e.g. notebook 01's
+    ``tokenizer``, which names a BPE dataset), never changed and not returned.
+    """
+    if notebook not in PROFILE_SETTINGS:
+        raise ValueError(f"notebook_settings: unknown notebook {notebook!r}; known: {', '.join(PROFILE_SETTINGS)}")
+    chosen = resolve_profile(profile)
+    table = PROFILE_SETTINGS[notebook][chosen]
+    unknown = [name for name in passed if name not in table]
+    missing = [name for name in table if name not in passed]
+    if unknown or missing:
+        problems = ([f"unknown parameter(s) {', '.join(unknown)}"] if unknown else []) + (
+            [f"missing parameter(s) {', '.join(missing)}"] if missing else []
+        )
+        raise TypeError(
+            f"notebook_settings({notebook!r}): {'; '.join(problems)}. "
+            f"The profiles set exactly: {', '.join(table)}"
+        )
+    from_profile = {name for name, value in passed.items() if value is None}
+    resolved = {name: table[name] if name in from_profile else value for name, value in passed.items()}
+    for name in from_profile:
+        if callable(resolved[name]):
+            resolved[name] = resolved[name]({**(context or {}), **resolved})
+    return Settings(resolved, chosen, from_profile)
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"parameter {name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (isinstance(value, (int, float)) and low < value < high):
+        raise ValueError(f"parameter {name}={value!r} must be a number between {low} and {high} (exclusive)")
