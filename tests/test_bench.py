@@ -31,7 +31,7 @@ def test_flop_count_uses_the_matmul_weights_a_token_passes_through(name):
 def test_decode_reads_each_active_weight_once(tie_weights):
     """By hand from the config: what one token's forward touches at batch 1, in fp32 bytes."""
     from moelab.bench.benchmark import decode_bytes_per_token
-    from moelab.config.configs import ModelConfig
+    from moelab.config.model import ModelConfig
 
     c = ModelConfig(n_layers=2, n_heads=2, n_embd=32, context_window=16, n_experts=4, top_k=2, n_common_experts=1,
                     expert_hidden=64, pos_encoding="learned", tie_weights=tie_weights)  # fmt: skip

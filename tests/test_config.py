@@ -1,7 +1,7 @@
 import pytest
 
 from moelab import ModelConfig, TrainConfig, preset
-from moelab.config.configs import config_diff
+from moelab.config.train import config_diff
 from moelab.config.presets import PRESETS, presets_table
 
 

@@ -367,9 +367,9 @@ def test_bad_dataset_name_and_missing_dataset(tmp_path):
 
 def test_the_data_package_re_exports_its_modules_public_names():
     import moelab.data
-    from moelab.data import cleaning, dataset, sources, stats
+    from moelab.data import cleaning, dataset, prepare, sources, splits, stats
 
-    for module in (sources, cleaning, dataset, stats):
+    for module in (sources, cleaning, splits, prepare, dataset, stats):
         for name in dir(module):
             value = getattr(module, name)
             if name.startswith("_") or getattr(value, "__module__", module.__name__) != module.__name__:

@@ -197,7 +197,7 @@ def test_train_cli_refuses_an_unknown_device(toy_dataset, capsys):
 
 
 def _blocker(device="cuda", precision="bf16", distributed=False, model=None, **train):
-    from moelab.config.configs import TrainConfig
+    from moelab.config.train import TrainConfig
     from moelab.train.cuda_graph import graph_blocker
     from moelab.train.optim import make_optimizer
 

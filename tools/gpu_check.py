@@ -228,7 +228,7 @@ def analyse_run(reports: Path, wall: float, steps: int, full_steps: int) -> dict
     import pandas as pd
 
     from moelab.bench.flops import rated_bf16_peak, train_flops_per_token
-    from moelab.config.configs import ModelConfig
+    from moelab.config.model import ModelConfig
 
     info = json.loads((reports / "config.json").read_text())
     metrics = pd.read_parquet(reports / "metrics.parquet").sort_values("step")

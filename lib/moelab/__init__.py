@@ -7,7 +7,8 @@ that owns it (see README.md, "The layout").
 from importlib.metadata import version
 
 from moelab.runs.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from moelab.config.configs import ModelConfig, TrainConfig
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig
 from moelab.generate.next_token import GenerationStep
 from moelab.nn.model import KVCache, ModelOutput, Transformer
 from moelab.nn.moe.layer import RouterOutput, RoutingRecord, load_balancing_loss, moe_losses, router_z_loss

@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 
 from moelab.bench.baseline import NaiveTransformer
-from moelab.config.configs import ModelConfig
+from moelab.config.model import ModelConfig
 from moelab.train.cuda_graph import GraphedStep
 from moelab.bench.flops import mfu, rated_bf16_peak, train_flops_per_token
 from moelab.nn.model import Transformer

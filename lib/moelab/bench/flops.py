@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moelab.config.configs import ModelConfig
+from moelab.config.model import ModelConfig
 
 # Rated dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 # Matched against torch.cuda.get_device_name in order: the first entry whose words all occur wins.

@@ -1,7 +1,8 @@
 """The named presets, as data.
 
 Each preset is a description and the ModelConfig / TrainConfig fields whose values
-differ from the defaults in :mod:`moelab.config.configs`; every other field keeps its default.
+differ from the defaults in :mod:`moelab.config.model` and :mod:`moelab.config.train`; every
+other field keeps its default.
 ``preset(name)`` builds fresh configs from the table, ``build_configs`` adds overrides
 (the command line's ``--set`` / ``--config`` and notebook 02's parameters).
 """
@@ -12,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from moelab.config.configs import ModelConfig, TrainConfig
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {

@@ -7,8 +7,10 @@ import prepare_dataset`` and ``from moelab import data; data.prepare_dataset(...
   mirror, or a download), and reading any corpus (Machado, a folder of ``.txt``, a
   CSV/parquet table) into one row per work under a UTF-8 decoding policy.
 - ``cleaning``: ``clean_text`` and its rules, in order.
-- ``dataset``: the catalog, splits by work, ``prepare_dataset`` writing
-  ``data/processed/<dataset>/`` and ``load_dataset`` / ``load_split`` reading it.
+- ``splits``: the catalog (one row per work) and the assignment of whole works to train / val / test.
+- ``prepare``: ``prepare_dataset``, cleaning, cataloging, splitting and encoding a corpus into
+  ``data/processed/<dataset>/``.
+- ``dataset``: that folder's layout, ``PreparedDataset``, and ``load_dataset`` / ``load_split`` reading it.
 - ``stats``: text statistics (UTF-8 profile, character classes, tokens by length in bytes), LN2 for bits per byte.
 """
 
@@ -26,20 +28,15 @@ from moelab.data.cleaning import (
 )
 from moelab.data.dataset import (
     SEPARATOR,
-    SPLITS,
     PreparedDataset,
-    assign_splits,
-    build_catalog,
     bytes_per_token,
     check_dataset_vocab,
-    check_tokenizer_choice,
     load_dataset,
     load_split,
-    tokenized_name,
     tokenizer_name,
-    prepare_dataset,
     with_dataset_vocab,
 )
+from moelab.data.prepare import check_tokenizer_choice, prepare_dataset, tokenized_name
 from moelab.data.sources import (
     DECODE_POLICIES,
     MACHADO_BASE_URL,
@@ -55,6 +52,7 @@ from moelab.data.sources import (
     machado_manifest,
     manifest_sha256,
 )
+from moelab.data.splits import SPLITS, assign_splits, build_catalog
 from moelab.data.stats import LN2, char_class, character_frequencies, token_length_profile, utf8_profile
 
 __all__ = [

@@ -33,7 +33,8 @@ import pandas as pd
 import torch
 
 from moelab import stats
-from moelab.config.configs import ModelConfig, TrainConfig
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig
 from moelab.forecast.evaluation import LEVEL, Forecast, ets, naive, rolling_origins, scores, seasonal_error, seasonal_naive
 from moelab.nn.model import Transformer, eval_mode
 from moelab.train.optim import make_optimizer

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moelab.nn.aligned import Linear
-from moelab.config.configs import ModelConfig
+from moelab.config.model import ModelConfig
 
 # ---------------------------------------------------------------------------- positions
 

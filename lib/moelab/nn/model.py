@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from moelab.nn.aligned import Linear
 from moelab.nn.attention import CausalSelfAttention, KVCache, rope_tables, sinusoidal_table
-from moelab.config.configs import ModelConfig
+from moelab.config.model import ModelConfig
 from moelab.nn.moe.layer import MoE, RouterOutput, RoutingRecord, moe_losses
 
 @contextmanager

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from moelab.config.configs import ModelConfig, TrainConfig, config_diff
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig, config_diff
 from moelab.nn.model import Transformer
 from moelab.data.tokenizer import tokenizer_from_record
 from moelab.paths import atomic_write

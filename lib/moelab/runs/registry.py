@@ -30,7 +30,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from moelab.config.configs import ModelConfig, TrainConfig, config_diff
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig, config_diff
 from moelab.paths import atomic_write_json, project_root, reports_dir
 
 STATUSES = ("running", "finished", "interrupted", "failed")

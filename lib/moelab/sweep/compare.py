@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from moelab.config.configs import BUDGET_FIELDS, ModelConfig
+from moelab.config.model import ModelConfig
+from moelab.config.train import BUDGET_FIELDS
 from moelab.sweep.spec import BUDGET_KINDS, load_spec
 
 VARIANTS = ("schedule", "fixed", "dense")

@@ -35,7 +35,8 @@ import pandas as pd
 import yaml
 
 from moelab.runs.checkpoint import CheckpointError
-from moelab.config.configs import ModelConfig, TrainConfig, config_diff
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig, config_diff
 from moelab.data import CorpusError
 from moelab.paths import atomic_write, reports_dir
 from moelab.runs.registry import process_alive, read_status

@@ -35,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from moelab.config.configs import BUDGET_FIELDS, ModelConfig, TrainConfig
+from moelab.config.model import ModelConfig
+from moelab.config.train import BUDGET_FIELDS, TrainConfig
 from moelab.config.presets import build_configs
 
 BUDGET_KINDS = {"steps": "max_steps", "tokens": "max_tokens", "minutes": "max_minutes"}

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from moelab.config.configs import ModelConfig, TrainConfig
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig
 
 WARMUP_PASSES = 3  # forward + backward passes before a capture (cuBLAS handles, autograd's lazy setup)
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from moelab.nn.attention import CausalSelfAttention
-from moelab.config.configs import TrainConfig
+from moelab.config.train import TrainConfig
 from moelab.nn.moe.experts import Experts
 from moelab.nn.model import Transformer, decay_groups, is_matrix
 from moelab.nn.moe.layer import FeedForward

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from moelab.config.configs import PRECISIONS
+from moelab.config.train import PRECISIONS
 
 
 def bf16_support(device: torch.device | str) -> tuple[bool, bool, str]:

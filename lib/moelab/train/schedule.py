@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from moelab.config.configs import ModelConfig, TrainConfig
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig
 
 
 @dataclass(frozen=True)

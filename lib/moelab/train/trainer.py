@@ -33,7 +33,8 @@ import torch
 from moelab.train import distributed
 from moelab.data.batches import WindowSampler, fixed_windows, to_device
 from moelab.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from moelab.config.configs import ModelConfig, TrainConfig, config_diff
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig, config_diff
 from moelab.train.cuda_graph import CaptureError, GraphedStep, graph_blocker
 from moelab.data import bytes_per_token, check_dataset_vocab, load_dataset, load_split
 from moelab.nn.model import Transformer, eval_mode
