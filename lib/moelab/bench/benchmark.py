@@ -47,10 +47,11 @@ import torch
 from moelab.bench.baseline import NaiveTransformer
 from moelab.config.model import ModelConfig
 from moelab.train.cuda_graph import GraphedStep
+from moelab.train.step import TrainStep
 from moelab.bench.flops import mfu, rated_bf16_peak, train_flops_per_token
 from moelab.nn.model import Transformer
 from moelab.paths import reports_dir
-from moelab.train.precision import autocast, bf16_support
+from moelab.train.precision import bf16_support
 from moelab.device import device_name, resolve_device
 from moelab.timing import interleaved, matmul_peak, paired_ratio
 from moelab.generate.loop import generate
@@ -140,32 +141,41 @@ def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) ->
 def training_step(
     model: torch.nn.Module, kind: str, precision: str, device: torch.device, batch
 ) -> Callable[[], float]:
-    """One optimizer step as the Trainer takes it (naive: default AdamW, as the seed had;
-    ``… graphed``: replayed from a CUDA graph, :mod:`moelab.train.cuda_graph`, after one eager step)."""
+    """One optimizer step as the Trainer takes it (:class:`moelab.train.step.TrainStep`, fused AdamW,
+    clipping at 1.0); naive: the seed's loop with default AdamW; ``… graphed``: replayed from a CUDA
+    graph, :mod:`moelab.train.cuda_graph`, after one eager step."""
     if kind.endswith("graphed"):
         eager = training_step(model, kind.split()[0], precision, device, batch)
         eager()  # creates the optimizer state the graph updates
-        graphed = GraphedStep(model, eager.optimizer, 1.0, precision)
+        graphed = GraphedStep(eager.train_step)
         x, y = (t.cpu() for t in batch)
-        return lambda: graphed.step(x, y, 1e-4)[0]
-    if kind == "naive":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x, y = batch
+        return lambda: graphed.step(x, y, 1e-4).parts[0]
     model.train()
+    if kind == "naive":
+        return naive_training_step(model, batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    train_step = TrainStep(model, optimizer, grad_clip=1.0, precision=precision)
 
-    def step() -> float:
-        with autocast(precision, device):
-            out = model(x, y)
-            loss = out[1] if kind == "naive" else out.loss
+    def step() -> torch.Tensor:
+        return train_step([batch]).parts[0]
+
+    step.train_step = train_step
+    return step
+
+
+def naive_training_step(model: torch.nn.Module, batch) -> Callable[[], torch.Tensor]:
+    """The seed repository's step: default AdamW, the loss its model returns, clipping at 1.0, fp32."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = batch
+
+    def step() -> torch.Tensor:
+        loss = model(x, y)[1]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    step.optimizer = optimizer
     return step
 
 

@@ -39,6 +39,7 @@ from moelab.forecast.evaluation import LEVEL, Forecast, ets, naive, rolling_orig
 from moelab.nn.model import Transformer, eval_mode
 from moelab.train.optim import make_optimizer
 from moelab.device import resolve_device
+from moelab.train.step import TrainStep
 from moelab.train.schedule import Budget, LRSchedule
 from moelab.forecast.series import BUILTIN, MeanScaleQuantizer, load_series, mean_scale, sliding_windows
 from moelab.generate.loop import generate
@@ -168,7 +169,7 @@ def train_forecaster(train: np.ndarray, config: ForecastConfig, device: str = "c
     warmup = min(WARMUP_STEPS, config.max_steps // 5) if config.max_steps else WARMUP_STEPS
     train_config = TrainConfig(lr=config.lr, batch_size=config.batch_size, max_steps=config.max_steps,
                                max_minutes=config.max_minutes, warmup_steps=warmup)  # fmt: skip
-    optimizer = make_optimizer(model, train_config, device)
+    train_step = TrainStep(model, make_optimizer(model, train_config, device), grad_clip=train_config.grad_clip)
     budget = Budget(config.max_steps, config.max_minutes)
     lr_at = LRSchedule(config.lr, warmup, train_config.min_lr_ratio)
     generator = torch.Generator().manual_seed(config.seed)
@@ -184,7 +185,7 @@ def train_forecaster(train: np.ndarray, config: ForecastConfig, device: str = "c
     while progress_now < 1.0:
         lr = lr_at(step, progress_now)
         batch = fit[torch.randint(len(fit), (config.batch_size,), generator=generator).to(device)]
-        loss = _train_step(model, optimizer, batch, lr, train_config.grad_clip)
+        loss = train_step([(batch[:, :-1], batch[:, 1:])], lr).parts[0].item()
         step += 1
         progress_now = budget.progress(step, time.perf_counter() - start)
         rows.append({"step": step, "loss": loss, "lr": lr, "val_loss": math.nan})
@@ -199,18 +200,6 @@ def train_forecaster(train: np.ndarray, config: ForecastConfig, device: str = "c
     model.eval()
     return Forecaster(model, quantizer, config, pd.DataFrame(rows), time.perf_counter() - start,
                       best.step if best.state is not None else step)  # fmt: skip
-
-
-def _train_step(model: Transformer, optimizer, batch: torch.Tensor, lr: float, grad_clip: float) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    loss = model(batch[:, :-1], batch[:, 1:]).loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    model.update_balance_biases()
-    return loss.item()
 
 
 class _Best:

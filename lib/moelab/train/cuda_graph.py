@@ -35,6 +35,7 @@ from torch import Tensor
 
 from moelab.config.model import ModelConfig
 from moelab.config.train import TrainConfig
+from moelab.train.step import NonFiniteLoss, StepResult, TrainStep
 
 WARMUP_PASSES = 3  # forward + backward passes before a capture (cuBLAS handles, autograd's lazy setup)
 
@@ -63,22 +64,26 @@ def graph_blocker(
 
 
 class GraphedStep:
-    """One optimizer step of ``model`` on a batch, replayed from a CUDA graph.
+    """The steps of a :class:`~moelab.train.step.TrainStep` on one batch shape, replayed from a CUDA graph.
+
+    The graph holds the step's forward and backward pass, clipping and the optimizer step; the
+    balance-bias update runs after each replay, outside the graph (``step`` calls it).
 
     ``step(x, y, lr)`` trains on the CPU batch (x, y) at learning rate ``lr`` and returns
     the loss parts (loss, ce, aux, z: a (4,) float tensor on the CPU), the gradient norm
     before clipping, and the routing records (on the device, overwritten by the next step).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, precision: str):
-        self.model, self.optimizer, self.precision = model, optimizer, precision
-        self.max_norm = grad_clip if grad_clip > 0 else float("inf")
-        device = next(model.parameters()).device
-        self.lr = torch.zeros((), device=device)
+    def __init__(self, train_step: TrainStep):
+        self.train_step = train_step
+        self.model, self.optimizer = train_step.model, train_step.optimizer
+        self.lr = torch.zeros((), device=train_step.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.shape: tuple[int, ...] | None = None
 
-    def step(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, float, list | None]:
+    def step(self, x: Tensor, y: Tensor, lr: float) -> StepResult:
+        """One replay on the CPU batch (x, y) at learning rate ``lr`` (raises :class:`NonFiniteLoss`
+        after a step whose loss was not finite: the graph's optimizer left the weights as they were)."""
         if tuple(x.shape) != self.shape:
             try:
                 self._capture(x, y)
@@ -91,14 +96,13 @@ class GraphedStep:
         self.lr.fill_(lr)
         self.graph.replay()
         host = torch.cat([self.parts, self.grad_norm.float().view(1)]).cpu()  # the step's one read back
-        return host[:4], host[4].item(), self.routing
+        if not torch.isfinite(host[0]):
+            raise NonFiniteLoss(host[0].item())
+        self.train_step.update_balance_biases()
+        return StepResult(host[:4], host[4].item(), self.routing)
 
     def _forward_backward(self) -> tuple[Tensor, list | None]:
-        bf16 = self.precision == "bf16"  # no weight-cast cache: its copies would outlive the capture
-        with torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False):
-            out = self.model(self.x, self.y, record_routing=True)
-        out.loss.backward()
-        return torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float(), out.routing
+        return self.train_step.forward_backward(self.x, self.y, record=True, weight_cache=False)
 
     def _capture(self, x: Tensor, y: Tensor) -> None:
         # the previous shape's graph, its outputs and the gradients it wrote go first (their memory too)
@@ -121,7 +125,7 @@ class GraphedStep:
         graph = torch.cuda.CUDAGraph()
         with self._graph_optimizer(), torch.cuda.graph(graph):  # gradients are allocated and written by the graph
             self.parts, self.routing = self._forward_backward()
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
+            self.grad_norm = self.train_step.clip()
             self.optimizer.found_inf = (~torch.isfinite(self.parts[0])).float()  # a bad step changes nothing
             self.optimizer.step()
         self.graph, self.shape = graph, tuple(x.shape)

@@ -114,10 +114,13 @@ def bf16_step_speedup(model_config, sequences: int, device: torch.device | str, 
     return _SPEEDUPS[key]
 
 
-def autocast(precision: str, device: torch.device | str):
-    """The context that runs a forward pass in the resolved precision (``fp32``: no autocast)."""
+def autocast(precision: str, device: torch.device | str, weight_cache: bool = True):
+    """The context that runs a forward pass in the resolved precision (``fp32``: no autocast).
+
+    ``weight_cache=False``: no cache of the weights' bf16 copies (a CUDA graph capture needs it
+    off: the copies would outlive the capture)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision != "bf16":
         raise ValueError(f"precision: autocast needs a resolved precision (fp32 or bf16), got {precision!r}")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=weight_cache)

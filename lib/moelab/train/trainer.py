@@ -18,7 +18,6 @@ budget. Metric rows go to ``reports/<run>/metrics.parquet``, routing snapshots t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -35,12 +34,14 @@ from moelab.data.batches import WindowSampler, fixed_windows, to_device
 from moelab.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from moelab.config.model import ModelConfig
 from moelab.config.train import TrainConfig, config_diff
+from moelab.train.state import TrainerState, restore_streams, rng_state
+from moelab.train.step import NonFiniteLoss, StepResult, TrainStep
 from moelab.train.cuda_graph import CaptureError, GraphedStep, graph_blocker
 from moelab.data import bytes_per_token, check_dataset_vocab, load_dataset, load_split
 from moelab.nn.model import Transformer, eval_mode
 from moelab.train.optim import load_optimizer_state, make_optimizer
 from moelab.paths import check_run_name
-from moelab.train.precision import autocast, bf16_step_speedup, resolve_precision
+from moelab.train.precision import bf16_step_speedup, resolve_precision
 from moelab.device import device_name, resolve_device
 from moelab.train.progress import make_progress
 from moelab.runs.registry import TensorBoardLog, now, set_status, start_run, summary
@@ -52,7 +53,6 @@ from moelab.runs.files import (
     list_checkpoints,
     load_columns,
     prepare_folders,
-    read_records,
     routing_rows,
     run_reports_dir,
     write_records,
@@ -141,20 +141,20 @@ class Trainer:
         if stop_after_steps is not None and not (isinstance(stop_after_steps, int) and stop_after_steps > 0):
             raise ValueError(f"stop_after_steps must be a positive integer or None, got {stop_after_steps!r}")
         self._start(resume, overwrite)
-        last_step = math.inf if stop_after_steps is None else self.step + stop_after_steps
+        last_step = math.inf if stop_after_steps is None else self.state.step + stop_after_steps
         cfg = self.train_config
         try:
-            while not self.budget.done(self.step, self.elapsed, self.tokens) and self.step < last_step:
+            while not self._budget_spent() and self.state.step < last_step:
                 outcome = self._train_step()
-                done = self.budget.done(self.step, self.elapsed, self.tokens)
-                evaluate_now = self.step % cfg.eval_every == 0 or done
+                done = self._budget_spent()
+                evaluate_now = self.state.step % cfg.eval_every == 0 or done
                 if outcome.log_now or evaluate_now:
                     row = self._log_row(outcome)
                     if evaluate_now:
                         self._evaluate(row)
                     self._record(row)
-                if self.step % cfg.checkpoint_every == 0 or done or self.step == last_step:
-                    self.last_checkpoint = self._save(self.elapsed)
+                if self.state.step % cfg.checkpoint_every == 0 or done or self.state.step == last_step:
+                    self.last_checkpoint = self._save()
                 self._show_progress()
         except BaseException as err:  # the registry says how the run ended; the error goes on
             if self.dist.is_main:
@@ -189,7 +189,7 @@ class Trainer:
         self.tensorboard = None
         if main:
             start_run(self.reports, self._run_info(), resumed=resume)
-            self.tensorboard = TensorBoardLog(self.reports, self.step)
+            self.tensorboard = TensorBoardLog(self.reports, self.state.step)
         self.model.train()
         if self.progress and main:
             print(
@@ -199,8 +199,8 @@ class Trainer:
                 + (f", CUDA graphs {self._run_info()['cuda_graphs']}" if self.device.type == "cuda" else "")
             )
         self.clock_start = time.perf_counter()  # training time = now - clock_start + elapsed_before
-        self.elapsed = self.elapsed_before
-        self.last_log_time, self.last_log_tokens = self.elapsed, self.tokens
+        self.elapsed_before = self.state.elapsed_s  # training time of the earlier sessions
+        self.last_log_time, self.last_log_tokens = self.state.elapsed_s, self.state.tokens
         self.val_loss = math.nan
         self.display = make_progress(self.run_name, self.progress and main, self.progress_every_s)
         self._show_progress()
@@ -208,35 +208,39 @@ class Trainer:
     def _train_step(self) -> StepOutcome:
         """One optimizer step over ``grad_accum_steps`` micro-batches of the current window."""
         cfg = self.train_config
-        progress = self.budget.progress(self.step, self.elapsed, self.tokens)
+        progress = self._progress()
         window = self.windows.window(progress)
         sequences = self.windows.batch_sequences(window, cfg.batch_size, cfg.batch_keep)
-        lr = self.lr_schedule(self.step, progress)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        log_now = (self.step + 1) % cfg.log_every == 0
-        graphed = self._graphed_step(sequences, window, lr) if self.graphed is not None and self.step > 0 else None
-        if graphed is not None:  # (the first step is eager: it creates the optimizer state the graph updates)
-            parts, grad_norm, routing = graphed
-            self._check_finite(parts, window, lr)
-            routing = routing if log_now else None
-        else:
-            parts, routing = self._micro_batches(sequences, window, record=log_now)
-            self._check_finite(parts, window, lr)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            ).item()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)  # (a graph keeps its gradients: each replay overwrites them)
-        self.model.update_balance_biases(distributed.all_reduce if self.dist.enabled else None)  # balance="bias"
-        self.step += 1
-        self.tokens += sequences * window * cfg.grad_accum_steps
-        self.elapsed = self.elapsed_before + time.perf_counter() - self.clock_start
+        lr = self.lr_schedule(self.state.step, progress)
+        log_now = (self.state.step + 1) % cfg.log_every == 0
+        self.train_step.set_lr(lr)
+        try:  # (the first step is eager: it creates the optimizer state the graph updates)
+            graphed = self.graphed is not None and self.state.step > 0
+            result = self._graphed_step(sequences, window, lr) if graphed else None
+            if result is None:
+                batches = (self._device_batch(sequences, window) for _ in range(cfg.grad_accum_steps))
+                no_sync = self.step_model.no_sync if self.dist.enabled else None  # DDP reduces after the last one
+                result = self.train_step(batches, accumulate=cfg.grad_accum_steps, record=log_now,
+                                         no_sync=no_sync, record_module=self.routing_model)  # fmt: skip
+        except NonFiniteLoss as err:
+            raise TrainingDiverged(
+                f"the loss became {err.loss} at step {self.state.step + 1} (window {window}, lr {lr:.2e}). "
+                f"Training stopped; the last good checkpoint is {self.last_checkpoint or 'none (no checkpoint yet)'}. "
+                "Lower the learning rate, raise warmup_steps, or set grad_clip."
+            ) from None
+        self.state.step += 1
+        self.state.tokens += sequences * window * cfg.grad_accum_steps
+        self.state.elapsed_s = self.elapsed_before + time.perf_counter() - self.clock_start
         if self.dist.enabled:  # one clock for the budget, or ranks would stop at different steps
-            self.elapsed = distributed.all_reduce(torch.tensor([self.elapsed]), "max").item()
-        return StepOutcome(window, sequences, lr, parts, grad_norm, routing, log_now)
+            self.state.elapsed_s = distributed.all_reduce(torch.tensor([self.state.elapsed_s]), "max").item()
+        routing = result.routing if log_now else None
+        return StepOutcome(window, sequences, lr, result.parts, result.grad_norm, routing, log_now)
 
-    def _graphed_step(self, sequences: int, window: int, lr: float) -> tuple | None:
+    def _device_batch(self, sequences: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.sampler.batch(sequences, window)
+        return to_device(x, self.device), to_device(y, self.device)
+
+    def _graphed_step(self, sequences: int, window: int, lr: float) -> StepResult | None:
         """One CUDA graph replay; None (graphs off from now on, with a warning) if the capture failed."""
         try:
             return self.graphed.step(*self.sampler.batch(sequences, window), lr)
@@ -249,45 +253,14 @@ class Trainer:
         """Validation bits per byte of the text (nats / ln 2 / the bytes the validation targets stand for)."""
         return nats_per_token / LN2 / self.val_bytes_per_token
 
-    def _check_finite(self, parts: torch.Tensor, window: int, lr: float) -> None:
-        if not torch.isfinite(parts[0]):
-            raise TrainingDiverged(
-                f"the loss became {parts[0].item()} at step {self.step + 1} (window {window}, lr {lr:.2e}). "
-                f"Training stopped; the last good checkpoint is {self.last_checkpoint or 'none (no checkpoint yet)'}. "
-                "Lower the learning rate, raise warmup_steps, or set grad_clip."
-            )
-
-    def _micro_batches(self, sequences: int, window: int, record: bool) -> tuple[torch.Tensor, list | None]:
-        """Forward and backward over the micro-batches; the mean loss parts, and the routing if ``record``."""
-        cfg = self.train_config
-        parts = torch.zeros(4)
-        routing = None
-        for micro in range(cfg.grad_accum_steps):
-            x, y = self.sampler.batch(sequences, window)
-            last_micro = micro == cfg.grad_accum_steps - 1
-            record_now = record and last_micro
-            forward = self.routing_model if record_now else self.step_model
-            # DDP averages gradients over ranks once, after the last micro-batch
-            sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.step_model.no_sync()
-            with sync:
-                with autocast(self.precision, self.device):
-                    out = forward(to_device(x, self.device), to_device(y, self.device), record_routing=record_now)
-                (out.loss / cfg.grad_accum_steps).backward()
-            parts += torch.stack([out.loss, out.ce_loss, out.aux_loss, out.z_loss]).detach().float().cpu()
-            routing = out.routing if record_now else routing
-        parts /= cfg.grad_accum_steps
-        if self.dist.enabled:  # the logged losses are means over all ranks
-            parts = (distributed.all_reduce(parts) / self.dist.world_size).float()
-        return parts, routing
-
     def _log_row(self, outcome: StepOutcome) -> dict[str, Any]:
         """The metric row of the step just taken (validation columns NaN until ``_evaluate``)."""
-        parts = outcome.parts
+        parts, elapsed = outcome.parts, self.state.elapsed_s
         row = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "elapsed_s": self.elapsed,
-            "progress": self.budget.progress(self.step, self.elapsed, self.tokens),
+            "step": self.state.step,
+            "tokens": self.state.tokens,
+            "elapsed_s": elapsed,
+            "progress": self._progress(),
             "window": outcome.window,
             "batch_sequences": outcome.sequences,
             "lr": outcome.lr,
@@ -298,11 +271,11 @@ class Trainer:
             "z_loss": parts[3].item(),
             "train_bpb": parts[1].item() / LN2 / self.train_bytes_per_token,  # (the split's mean bytes per token)
             "grad_norm": outcome.grad_norm,
-            "tokens_per_s": (self.tokens - self.last_log_tokens) / max(self.elapsed - self.last_log_time, 1e-9),
+            "tokens_per_s": (self.state.tokens - self.last_log_tokens) / max(elapsed - self.last_log_time, 1e-9),
             "val_loss": math.nan,
             "val_bpb": math.nan,
         }
-        self.last_log_time, self.last_log_tokens = self.elapsed, self.tokens
+        self.last_log_time, self.last_log_tokens = self.state.elapsed_s, self.state.tokens
         if outcome.routing is not None and self.model_config.is_moe:
             row.update(load_columns(outcome.routing, self.model_config.routed_experts))
         return row
@@ -317,7 +290,7 @@ class Trainer:
         self.clock_start += time.perf_counter() - eval_start
 
     def _record(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
+        self.state.rows.append(row)
         for callback in [*self.callbacks, self.tensorboard] if self.dist.is_main else ():
             callback(row)
         self.display.show_row(row, self._val_bpb(self.val_loss))
@@ -327,8 +300,15 @@ class Trainer:
         ratio = bf16_step_speedup(self.model_config, self.train_config.batch_size, self.device)
         return distributed.all_reduce(torch.tensor([ratio])).item() / self.dist.world_size
 
+    def _progress(self) -> float:
+        """How much of the budget is spent, 0 to 1."""
+        return self.budget.progress(self.state.step, self.state.elapsed_s, self.state.tokens)
+
+    def _budget_spent(self) -> bool:
+        return self.budget.done(self.state.step, self.state.elapsed_s, self.state.tokens)
+
     def _show_progress(self) -> None:
-        self.display.update(self.budget.progress(self.step, self.elapsed, self.tokens), self.step, self.tokens, self.elapsed)
+        self.display.update(self._progress(), self.state.step, self.state.tokens, self.state.elapsed_s)
 
     def _finish(self) -> TrainResult:
         if self.last_checkpoint is None:  # resumed a run whose budget was already spent
@@ -338,9 +318,9 @@ class Trainer:
             self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
         val_loss, metrics = self.val_loss, self.metrics()
         if self.dist.is_main:  # a session ended by stop_after_steps is resumable, not finished
-            done = self.budget.done(self.step, self.elapsed, self.tokens)
+            done = self._budget_spent()
             set_status(self.reports, "finished" if done else "interrupted", ended=now(), **summary(metrics))
-        size = (self.step, self.tokens, self.elapsed)
+        size = (self.state.step, self.state.tokens, self.state.elapsed_s)
         return TrainResult(self.run_name, *size, val_loss, self._val_bpb(val_loss), self.last_checkpoint, metrics)
 
     # ------------------------------------------------------------------ setup
@@ -362,9 +342,7 @@ class Trainer:
         # bits per byte = nats / ln 2 / UTF-8 bytes, whatever a token holds (1 byte for the bytes tokenizer)
         self.val_bytes_per_token = piece_lengths(self.tokenizer)[self.val_y].double().mean().item()
         self.train_bytes_per_token = bytes_per_token(prepared.meta, "train")
-        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
-        self.rows: list[dict] = []
-        self.routing_rows: list[dict] = []
+        self.state = TrainerState()
 
     def _wrap(self) -> None:
         """The module training steps call: DDP under torchrun, then torch.compile if asked for.
@@ -383,9 +361,10 @@ class Trainer:
         self.graph_blocker = graph_blocker(
             self.model_config, cfg, self.device, self.precision, self.optimizer, self.dist.enabled
         )
-        self.graphed = None if self.graph_blocker else GraphedStep(
-            self.model, self.optimizer, cfg.grad_clip, self.precision
-        )
+        reduce = distributed.all_reduce if self.dist.enabled else None
+        self.train_step = TrainStep(self.model, self.optimizer, grad_clip=cfg.grad_clip, precision=self.precision,
+                                    forward=self.step_model, reduce=reduce, world_size=self.dist.world_size)  # fmt: skip
+        self.graphed = None if self.graph_blocker else GraphedStep(self.train_step)
 
     def _restore(self) -> Path | None:
         candidates = list_checkpoints(self.checkpoints)
@@ -405,24 +384,15 @@ class Trainer:
                 )
             self.model.load_state_dict(payload["model"])
             load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
-            state = payload["extra"]
-            self.step, self.tokens, self.elapsed_before = payload["step"], state["tokens"], state["elapsed_s"]
-            self.sampler.load_state_dict(state["sampler"])
-            ranks = state.get("rng_ranks") or [{"cpu": state["rng_cpu"], "cuda": state.get("rng_cuda")}]
-            if len(ranks) == self.dist.world_size:
-                torch.set_rng_state(ranks[self.dist.rank]["cpu"])
-                if self.device.type == "cuda" and ranks[self.dist.rank]["cuda"] is not None:
-                    torch.cuda.set_rng_state(ranks[self.dist.rank]["cuda"], self.device)
-            else:  # another world size: data, optimizer and schedules continue exactly, noise streams restart
-                torch.manual_seed(self.train_config.seed * 7919 + self.dist.rank + 104729 * self.step)
-            self.rows = read_records(self.reports / "metrics.parquet", self.step)
-            self.routing_rows = read_records(self.reports / "routing.parquet", self.step)
+            self.state = TrainerState.from_checkpoint(payload, self.reports)
+            reseed = self.train_config.seed * 7919 + self.dist.rank + 104729 * self.state.step
+            restore_streams(payload["extra"], self.sampler, self.dist.rank, self.dist.world_size, self.device, reseed)
             return path
         return None
 
     # ------------------------------------------------------------------ records
     def metrics(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
+        return pd.DataFrame(self.state.rows)
 
     @torch.no_grad()
     def _routing_snapshot(self) -> None:
@@ -432,33 +402,21 @@ class Trainer:
         n = min(len(self.val_x), self.train_config.batch_size)
         with eval_mode(self.model):
             out = self.model(self.val_x[:n].to(self.device), record_routing=True)
-        self.routing_rows.extend(routing_rows(self.step, out.routing, self.model_config.routed_experts))
+        self.state.routing_rows.extend(routing_rows(self.state.step, out.routing, self.model_config.routed_experts))
 
     def _write_metrics(self) -> None:
         if self.dist.is_main:
-            write_records(self.reports, self.run_name, self.rows, self.routing_rows)
+            write_records(self.reports, self.run_name, self.state.rows, self.state.routing_rows)
 
-    def _save(self, elapsed: float) -> Path:
+    def _save(self) -> Path:
         """Rank 0 writes metrics then the checkpoint (with every rank's RNG state); all ranks wait for it."""
-        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        rng = {"cpu": torch.get_rng_state(), "cuda": cuda_rng}
-        rng_ranks = distributed.all_gather_object(rng)
-        path = self.checkpoints / f"ckpt_{self.step:07d}.pt"
+        rng_ranks = distributed.all_gather_object(rng_state(self.device))
+        path = self.checkpoints / f"ckpt_{self.state.step:07d}.pt"
         if not self.dist.is_main:
             distributed.barrier()
             return path
-        extra = {
-            "tokens": self.tokens,
-            "elapsed_s": elapsed,
-            "sampler": self.sampler.state_dict(),
-            "rng_cpu": rng["cpu"],
-            "rng_cuda": rng["cuda"],
-            "rng_ranks": rng_ranks,
-            "world_size": self.dist.world_size,
-            "run_name": self.run_name,
-            "dataset": self.dataset,
-            "tokenizer": tokenizer_record(self.tokenizer),
-        }
+        extra = self.state.checkpoint_extra(self.sampler, rng_ranks, run_name=self.run_name, dataset=self.dataset,
+                                            tokenizer=tokenizer_record(self.tokenizer))  # fmt: skip
         try:
             self._save_files(path, extra)
         finally:
@@ -474,7 +432,7 @@ class Trainer:
             self.model,
             train_config=self.train_config,
             optimizer=self.optimizer,
-            step=self.step,
+            step=self.state.step,
             extra=extra,
         )
         for old in list_checkpoints(self.checkpoints)[: -self.train_config.keep_checkpoints]:
