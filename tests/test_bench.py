@@ -4,8 +4,11 @@ import pandas as pd
 import pytest
 
 from moelab import Transformer
-from moelab.bench.benchmark import CONFIGS, DEFAULT_CONFIGS, TARGETS, _step_memory, apply_targets, main
+from moelab.bench.cli import main
+from moelab.bench.configs import CONFIGS, DEFAULT_CONFIGS, TARGETS
 from moelab.bench.flops import matmul_params_per_token, train_flops_per_token
+from moelab.bench.table import apply_targets
+from moelab.bench.training import _step_memory
 from moelab.timing import paired_ratio
 
 
@@ -30,7 +33,7 @@ def test_flop_count_uses_the_matmul_weights_a_token_passes_through(name):
 @pytest.mark.parametrize("tie_weights", [True, False])
 def test_decode_reads_each_active_weight_once(tie_weights):
     """By hand from the config: what one token's forward touches at batch 1, in fp32 bytes."""
-    from moelab.bench.benchmark import decode_bytes_per_token
+    from moelab.bench.generation import decode_bytes_per_token
     from moelab.config.model import ModelConfig
 
     c = ModelConfig(n_layers=2, n_heads=2, n_embd=32, context_window=16, n_experts=4, top_k=2, n_common_experts=1,
@@ -47,7 +50,7 @@ def test_decode_reads_each_active_weight_once(tie_weights):
 
 
 def test_gemv_bandwidth_is_bytes_over_time_and_layouts_compare_as_time_over_time(monkeypatch):
-    import moelab.bench.benchmark as bench
+    import moelab.bench.generation as bench
 
     seen = {}
 

@@ -6,6 +6,7 @@ import pytest
 import statsmodels.api as sm
 import torch
 
+from moelab.forecast import cli
 from moelab.forecast import forecaster as forecast
 from moelab.forecast.forecaster import ForecastConfig, evaluate, split_windows, train_forecaster
 from moelab.forecast.evaluation import coverage, ets, mase, naive, rolling_origins, seasonal_naive, smape
@@ -221,7 +222,7 @@ def test_paired_comparison_is_per_origin():
 def test_cli_prints_the_table_and_the_headline(tmp_path, capsys):
     values = sine_series(120).to_numpy()
     path = write_csv(tmp_path, "t,y\n" + "".join(f"{i},{v}\n" for i, v in enumerate(values)))
-    assert forecast.main([str(path), "--value-column", "y", "--horizon", "12", "--season", "12",
+    assert cli.main([str(path), "--value-column", "y", "--horizon", "12", "--season", "12",
                           "--context", "24", "--origins", "2", "--steps", "3", "--paths", "20"]) == 0  # fmt: skip
     out = capsys.readouterr().out.strip().splitlines()
     origins = rolling_origins(120, 12, 2)
@@ -244,7 +245,7 @@ def test_cli_prints_the_table_and_the_headline(tmp_path, capsys):
 def test_cli_bad_input_fails_before_training(tmp_path, capsys, monkeypatch, args, message):
     path = write_csv(tmp_path, "t,y\n" + "".join(f"{i},{v}\n" for i, v in enumerate(sine_series(120))))
     monkeypatch.setattr(forecast, "train_forecaster", lambda *a, **k: pytest.fail("trained on bad input"))
-    assert forecast.main([str(path), *args]) == 2
+    assert cli.main([str(path), *args]) == 2
     assert message in capsys.readouterr().err
 
 

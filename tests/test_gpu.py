@@ -11,8 +11,10 @@ import torch
 
 from moelab import ModelConfig, Transformer
 from moelab.data.batches import to_device
-from moelab.bench.benchmark import CONFIGS, GPU_TARGETS, apply_targets, parse_args
+from moelab.bench.cli import parse_args
+from moelab.bench.configs import CONFIGS, GPU_TARGETS
 from moelab.bench.flops import mfu, rated_bf16_peak, train_flops_per_token
+from moelab.bench.table import apply_targets
 from moelab.nn.attention import CausalSelfAttention, attention, padded_head_dim
 from moelab.device import device_name, resolve_device
 from moelab.config.presets import preset

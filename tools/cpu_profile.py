@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 from moelab.nn.attention import KVCache
-from moelab.bench.benchmark import CONFIGS, build, random_batch, training_step
+from moelab.bench.configs import CONFIGS
+from moelab.bench.training import build, random_batch, training_step
 from moelab.generate.decoder import TokenDecoder
 from moelab.bench.flops import train_flops_per_token
 from moelab.nn.model import Transformer

@@ -26,7 +26,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from moelab.nn import aligned
-from moelab.bench.benchmark import CONFIGS, build, random_batch, training_step
+from moelab.bench.configs import CONFIGS
+from moelab.bench.training import build, random_batch, training_step
 from moelab.bench.flops import train_flops_per_token
 
 

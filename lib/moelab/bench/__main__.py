@@ -2,6 +2,6 @@
 
 import sys
 
-from moelab.bench.benchmark import main
+from moelab.bench.cli import main
 
 sys.exit(main())

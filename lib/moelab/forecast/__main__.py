@@ -2,6 +2,6 @@
 
 import sys
 
-from moelab.forecast.forecaster import main
+from moelab.forecast.cli import main
 
 sys.exit(main())

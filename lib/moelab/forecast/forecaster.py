@@ -15,15 +15,12 @@ naive and ETS (:mod:`moelab.forecast.evaluation`) are fitted to that same histor
 training seeds, the comparison with a baseline is paired by origin: the per-origin MASE
 difference (moelab's mean over seeds minus the baseline's) gets a t-interval.
 
-    python -m moelab.forecast co2 --horizon 12 --season 12 --steps 800
-    python -m moelab.forecast SERIES.csv --value-column value --date-column date --horizon 12 --season 12
+The command line is :mod:`moelab.forecast.cli` (``python -m moelab.forecast``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,7 +38,7 @@ from moelab.train.optim import make_optimizer
 from moelab.device import resolve_device
 from moelab.train.step import TrainStep
 from moelab.train.schedule import Budget, LRSchedule
-from moelab.forecast.series import BUILTIN, MeanScaleQuantizer, load_series, mean_scale, sliding_windows
+from moelab.forecast.series import BUILTIN, MeanScaleQuantizer, mean_scale, sliding_windows
 from moelab.generate.loop import generate
 
 METHODS = ("moelab", "naive", "seasonal naive", "ETS")
@@ -338,29 +335,6 @@ def sampling_seed(seed: int, origin: int) -> int:
     return int(np.random.SeedSequence([seed, origin]).generate_state(1)[0])
 
 
-# --------------------------------------------------------------------------------- CLI
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m moelab.forecast",
-        description="Train moelab's Transformer on one series (Chronos tokenization) and score its forecasts "
-        "against naive, seasonal naive and ETS over a rolling-origin evaluation.",
-    )
-    p.add_argument("series", help=f"a CSV file, or a built-in series: {', '.join(BUILTIN)}")
-    p.add_argument("--value-column", help="the CSV column holding the values")
-    p.add_argument("--date-column", help="the CSV column holding the dates (optional; must increase)")
-    p.add_argument("--horizon", type=int, help="points to forecast (built-in series: one season)")
-    p.add_argument("--season", type=int, help="the seasonal period, 1 for none (built-in series: their own)")
-    p.add_argument("--context", type=int, default=48, help="points the model conditions on (default 48)")
-    p.add_argument("--origins", type=int, default=5, help="rolling-origin blocks of horizon points (default 5)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help=f"training steps (default {ForecastConfig.max_steps})")
-    budget.add_argument("--minutes", type=float, help="training time instead of steps")
-    p.add_argument("--seed", type=int, default=1, help="training and sampling seed (default 1)")
-    p.add_argument("--paths", type=int, default=100, help=f"sampled futures per forecast (default 100, at least {MIN_PATHS})")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    return p
-
-
 def series_config(source: str, horizon: int | None = None, season: int | None = None, **fields: Any) -> ForecastConfig:
     """A ForecastConfig for one series: a built-in series brings its own horizon and season."""
     builtin = BUILTIN.get(str(source))
@@ -374,31 +348,3 @@ def series_config(source: str, horizon: int | None = None, season: int | None = 
 def summary_table(evaluations: list[ForecastEvaluation]) -> pd.DataFrame:
     """Every series' summary stacked: rows (series, method), columns MASE, sMAPE, coverage, origins, seeds."""
     return pd.concat({ev.name: ev.summary() for ev in evaluations}, names=["series", "method"])
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:  # every check on the input happens here, before any training
-        series = load_series(args.series, args.value_column, args.date_column)
-        budget = {"max_steps": args.steps, "max_minutes": args.minutes} if args.steps or args.minutes else {}
-        config = series_config(args.series, args.horizon, args.season, context=args.context, n_origins=args.origins,
-                               seed=args.seed, n_paths=args.paths, **budget)  # fmt: skip
-        config.check_series(series.to_numpy(dtype=float), repr(args.series))
-        resolve_device(args.device)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.series}: {len(series)} points; horizon {config.horizon}, season {config.season}, "
-          f"context {config.context}, {config.n_origins} origins")  # fmt: skip
-    result = evaluate(series, config, name=str(args.series), device=args.device, progress=sys.stderr.isatty())
-    forecaster = result.forecasters[config.seed]
-    kept = f"kept the weights of step {forecaster.best_step}"
-    if forecaster.losses["val_loss"].notna().any():
-        kept += f", validation loss {forecaster.losses['val_loss'].min():.3f} nats"
-    print(f"trained {forecaster.losses['step'].iloc[-1]} steps in {forecaster.train_seconds:.1f} s ({kept})")
-    table = result.summary().drop(columns=["seeds"])
-    print(f"\nrolling origin ({config.n_origins} × {config.horizon} points; coverage of the 80% band):")
-    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    print()
-    print(result.headline())
-    return 0

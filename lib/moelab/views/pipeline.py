@@ -124,6 +124,24 @@ def default_run_name(profile: str) -> str:
     return PROFILE_SETTINGS[TRAINING_STAGE][profile]["run_name"]
 
 
+def declared_parameters(papermill, notebooks: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Each stage's notebook parameters as papermill reads them; ValueError names a given parameter no notebook takes."""
+    declared = {stage: papermill.inspect_notebook(str(notebooks / f"{stage}.ipynb")) for stage in STAGES}
+    unknown = sorted(set(params) - {name for names in declared.values() for name in names})
+    if unknown:
+        listing = "; ".join(f"{stage}: {', '.join(names) or '-'}" for stage, names in declared.items())
+        raise ValueError(f"unknown notebook parameter(s) {', '.join(unknown)}. The notebooks take: {listing}")
+    return declared
+
+
+def stage_fingerprint(previous: str, source: Path, values: dict[str, Any], code: str, profile: str) -> str:
+    """sha256 of a stage's inputs: the previous stage's fingerprint, the notebook, its parameters, the
+    moelab source (``code``, :func:`source_fingerprint`) and the profile."""
+    return hashlib.sha256(
+        json.dumps([previous, sha256_file(source), values, code, profile], sort_keys=True, default=str).encode()
+    ).hexdigest()
+
+
 def run_pipeline(
     run: str | None = None,
     params: dict[str, Any] | None = None,
@@ -148,11 +166,7 @@ def run_pipeline(
     if params.get("run_name", run) != run:
         raise ValueError(f"run_name={params['run_name']!r} in the parameters: the run is named by RUN ({run!r})")
     notebooks = Path(notebooks_dir) if notebooks_dir is not None else project_root() / "notebooks"
-    declared = {stage: papermill.inspect_notebook(str(notebooks / f"{stage}.ipynb")) for stage in STAGES}
-    unknown = sorted(set(params) - {name for names in declared.values() for name in names})
-    if unknown:
-        listing = "; ".join(f"{stage}: {', '.join(names) or '-'}" for stage, names in declared.items())
-        raise ValueError(f"unknown notebook parameter(s) {', '.join(unknown)}. The notebooks take: {listing}")
+    declared = declared_parameters(papermill, notebooks, params)
     folder = reports_dir() / run
     folder.mkdir(parents=True, exist_ok=True)
     state_path = folder / "pipeline.json"
@@ -162,22 +176,14 @@ def run_pipeline(
         for stage in STAGES:
             source, output = notebooks / f"{stage}.ipynb", folder / f"{stage}.ipynb"
             values = stage_parameters(declared[stage], run, profile, params)
-            fingerprint = hashlib.sha256(
-                json.dumps([previous, sha256_file(source), values, code, profile], sort_keys=True, default=str).encode()
-            ).hexdigest()
+            fingerprint = stage_fingerprint(previous, source, values, code, profile)
             previous = fingerprint
             recorded = state.get(stage, {})
             if not force and recorded.get("fingerprint") == fingerprint and "finished" in recorded and output.is_file():
                 log(f"{stage}: up to date, skipped (ran {recorded['finished']}; --force / FORCE=1 re-runs it)")
                 results.append(StageResult(stage, "skipped", 0.0, output))
                 continue
-            why = "forced" if force else ("inputs changed" if recorded.get("fingerprint") else "not run yet")
-            if stage == TRAINING_STAGE and "if_exists" not in params:
-                values["if_exists"], why = training_mode(recorded, fingerprint, force)
-            elif force and "overwrite" in declared[stage] and "overwrite" not in params:
-                values["overwrite"] = True  # a sweep's finished runs are retrained too
-            elif recorded.get("fingerprint") == fingerprint:
-                why = "unfinished last time"
+            why = _run_reason(stage, recorded, fingerprint, force, params, declared[stage], values)
             log(f"{stage}: running ({why}) → {output}")
             state[stage] = {"fingerprint": fingerprint, "started": _now()}  # finished: added on success
             atomic_write_json(state_path, state)
@@ -190,6 +196,21 @@ def run_pipeline(
     index = write_report(folder)
     log(f"report: {index}")
     return results
+
+
+def _run_reason(
+    stage: str, recorded: dict, fingerprint: str, force: bool, params: dict[str, Any], declares: Any, values: dict
+) -> str:
+    """Why a stage that is not up to date runs, for the log; sets the training stage's ``if_exists``
+    (:func:`training_mode`) or, forced, a sweep's ``overwrite`` in ``values`` unless given in ``params``."""
+    why = "forced" if force else ("inputs changed" if recorded.get("fingerprint") else "not run yet")
+    if stage == TRAINING_STAGE and "if_exists" not in params:
+        values["if_exists"], why = training_mode(recorded, fingerprint, force)
+    elif force and "overwrite" in declares and "overwrite" not in params:
+        values["overwrite"] = True  # a sweep's finished runs are retrained too
+    elif recorded.get("fingerprint") == fingerprint:
+        why = "unfinished last time"
+    return why
 
 
 def _execute(papermill, source: Path, output: Path, values: dict, cwd: Path, echo: bool) -> float:
