@@ -16,7 +16,7 @@ from moelab.views.analysis import (
     collect_routing,
     evenly_spaced_windows,
     expert_legend,
-    expert_load,
+    expert_load_table,
     expert_palette,
     routing_html,
     specialization,
@@ -46,7 +46,7 @@ def make_routing(experts, probs=None, n_experts=4, tokens=None, weights=None):
 def test_expert_load_matches_a_slow_count():
     rng = np.random.default_rng(0)
     experts = rng.integers(0, 4, size=(2, 50, 2))
-    load = expert_load(make_routing(experts))
+    load = expert_load_table(make_routing(experts))
     for layer in range(2):
         for e in range(4):
             slow = sum(1 for t in range(50) for j in range(2) if experts[layer, t, j] == e) / 100

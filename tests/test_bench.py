@@ -21,7 +21,7 @@ def test_flop_count_uses_the_matmul_weights_a_token_passes_through(name):
     counted = model.head.weight.numel()
     for block in model.blocks:
         counted += block.attn.qkv.weight.numel() + block.attn.proj.weight.numel()
-        counted += block.moe.gate.weight.numel() + block.moe.noise.weight.numel()
+        counted += block.moe.router.gate.weight.numel() + block.moe.router.noise.weight.numel()
         counted += config.top_k * per_expert
         if block.moe.common is not None:
             counted += block.moe.common.fc.weight.numel() + block.moe.common.proj.weight.numel()

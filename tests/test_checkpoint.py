@@ -34,10 +34,10 @@ def test_round_trip_keeps_the_balance_biases(tmp_path):
     model = small_model(balance="bias", gate="sigmoid", expert_granularity=2)
     with torch.no_grad():
         for block in model.blocks:
-            block.moe.balance_bias.normal_()
+            block.moe.router.balance_bias.normal_()
     loaded = load_model(save_checkpoint(tmp_path / "c.pt", model))
     for mine, theirs in zip(model.blocks, loaded.blocks):
-        assert torch.equal(theirs.moe.balance_bias, mine.moe.balance_bias)
+        assert torch.equal(theirs.moe.router.balance_bias, mine.moe.router.balance_bias)
     idx = torch.randint(0, 256, (3, 8))
     assert torch.equal(loaded(idx).logits, model(idx).logits)  # the biases choose the same experts
 

@@ -30,8 +30,8 @@ def model_with(options: dict) -> Transformer:
             if "norm" in name or "ln" in name:
                 p.add_(torch.randn_like(p) * 0.3)  # gains and biases other than the initial 1 and 0
         for block in model.blocks:
-            if block.moe.balance_bias is not None:
-                block.moe.balance_bias.copy_(torch.randn_like(block.moe.balance_bias) * 0.2)
+            if block.moe.router is not None and block.moe.router.balance_bias is not None:
+                block.moe.router.balance_bias.copy_(torch.randn_like(block.moe.router.balance_bias) * 0.2)
     return model
 
 

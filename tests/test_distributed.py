@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from moelab import ModelConfig, Transformer, load_checkpoint
 from moelab.train import distributed
 from moelab.train.distributed import torchrun_command
-from moelab.nn.moe.layer import MoE, load_balancing_loss
+from moelab.nn.moe.layer import MoE
+from moelab.nn.moe.losses import load_balancing_loss
 from moelab.paths import data_dir, reports_dir
 from moelab.runs.files import list_checkpoints
 
@@ -57,9 +58,9 @@ def _steered_moe() -> tuple[MoE, torch.Tensor]:
     moe = MoE(ModelConfig(n_embd=8, n_heads=2, n_experts=4, top_k=1, router_noise=False, expert_hidden=16))
     direction = torch.nn.functional.normalize(torch.randn(8), dim=0)
     with torch.no_grad():
-        moe.gate.weight.zero_()
-        moe.gate.weight[0] = 5 * direction
-        moe.gate.weight[1:] = 0.1 * torch.randn(3, 8)
+        moe.router.gate.weight.zero_()
+        moe.router.gate.weight[0] = 5 * direction
+        moe.router.gate.weight[1:] = 0.1 * torch.randn(3, 8)
     return moe, direction
 
 
@@ -79,7 +80,7 @@ def _unused_expert_worker(rank: int, store: str, results: str) -> None:
     x = _rank_input(rank, direction)
     ddp = torch.nn.parallel.DistributedDataParallel(moe)  # kept alive: its hooks run during backward
     _loss(ddp(x)).backward()
-    chosen = moe.gate(x.view(-1, 8)).argmax(-1).unique().tolist()
+    chosen = moe.router.gate(x.view(-1, 8)).argmax(-1).unique().tolist()
     torch.save({"chosen": chosen, "grads": {n: p.grad for n, p in moe.named_parameters()}}, f"{results}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -124,7 +125,7 @@ def _bias_worker(rank: int, store: str, results: str) -> None:
         ddp(first, first).loss.backward()
     ddp(second, second).loss.backward()
     model.update_balance_biases(distributed.all_reduce)
-    torch.save([block.moe.balance_bias for block in model.blocks], f"{results}/bias{rank}.pt")
+    torch.save([block.moe.router.balance_bias for block in model.blocks], f"{results}/bias{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -133,7 +134,7 @@ def _biases_after(batches: list[torch.Tensor]) -> list[torch.Tensor]:
     for idx in batches:
         model(idx, idx)
     model.update_balance_biases()
-    return [block.moe.balance_bias for block in model.blocks]
+    return [block.moe.router.balance_bias for block in model.blocks]
 
 
 def test_ranks_move_their_balance_biases_by_the_global_loads(tmp_path):

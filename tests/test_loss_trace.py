@@ -32,3 +32,23 @@ def test_tiny_preset_reproduces_the_committed_loss_trace(toy_dataset):
     expected = json.loads(FIXTURE.read_text())
     assert len(trace["loss"]) == 20 and len(trace["val_loss"]) >= 1
     assert trace == expected  # float equality: bit-identical in fp32
+
+
+def test_a_checkpoint_written_before_the_packages_resumes_to_the_same_losses(toy_dataset):
+    """checkpoint_before_packages.pt: step 10 of 20 of the tiny preset with balance="bias", written by
+    moelab before the library became packages (the router's tensors were then moe.gate, moe.balance_bias);
+    the JSON holds that version's losses of steps 11-20 of the same, uninterrupted run."""
+    import shutil
+
+    from moelab import ModelConfig, TrainConfig
+    from moelab.runs.files import checkpoint_dir
+
+    expected = json.loads((FIXTURE.parent / "resume_after_step_10.json").read_text())
+    model, train = ModelConfig.from_dict(expected["model"]), TrainConfig.from_dict(expected["train"])
+    folder = checkpoint_dir("resume-old-checkpoint")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURE.parent / "checkpoint_before_packages.pt", folder / "ckpt_0000010.pt")
+    metrics = Trainer(model, train, "resume-old-checkpoint", dataset=toy_dataset, progress=False).fit(resume=True).metrics
+    assert metrics["step"].tolist() == expected["steps"]
+    assert [float(v) for v in metrics["loss"]] == expected["loss"]  # bit-identical: weights, optimizer, biases, RNG, data
+    assert [float(v) for v in metrics["val_loss"].dropna()] == expected["val_loss"]

@@ -268,7 +268,7 @@ def test_fine_grained_experts_keep_the_expert_parameters(bias, router_noise):
         assert model.num_parameters() == {"total": counts["total"], "active": counts["active"]}
         tables[config.expert_granularity] = model.parameter_table()
     moe = Transformer(fine).blocks[0].moe
-    assert moe.experts.w1.shape == (16, 16, 6) and moe.gate.weight.shape == (16, 16) and moe.top_k == 8
+    assert moe.experts.w1.shape == (16, 16, 6) and moe.router.gate.weight.shape == (16, 16) and moe.top_k == 8
     assert moe.common.fc.weight.shape == (24, 16)  # the common expert keeps its width
     L, n, k, d, m = 2, 4, 2, 16, 4
     routed = tables[4].loc["routed experts"] - tables[1].loc["routed experts"]
@@ -326,7 +326,7 @@ def test_naive_seed_style_reference_computes_the_same_model(pos_encoding, bias):
         w2_grad = torch.zeros_like(experts.w2[e]) if unused else expert.proj.weight.grad.T
         torch.testing.assert_close(experts.w1.grad[e], w1_grad, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(experts.w2.grad[e], w2_grad, rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(model.blocks[1].moe.gate.weight.grad, naive.blocks[1].moe.gate.weight.grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(model.blocks[1].moe.router.gate.weight.grad, naive.blocks[1].moe.gate.weight.grad, rtol=1e-6, atol=1e-9)
 
 
 def test_checkpoint_of_the_previous_version_loads_and_gives_its_logits():
@@ -335,7 +335,7 @@ def test_checkpoint_of_the_previous_version_loads_and_gives_its_logits():
 
     path = FIXTURES / "checkpoint_6f3e1e7.pt"
     model, extra = load_model(path), load_checkpoint(path)["extra"]
-    assert model.config.balance == "aux_loss" and model.blocks[0].moe.balance_bias is None  # the routing of its time
+    assert model.config.balance == "aux_loss" and model.blocks[0].moe.router.balance_bias is None  # the routing of its time
     logits = model(torch.tensor(extra["idx"])).logits[:, -1]
     torch.testing.assert_close(logits, torch.tensor(extra["logits"]), rtol=1e-5, atol=1e-5)
     # it was built with torch.manual_seed(0): today's initialization rule draws the same weights

@@ -5,7 +5,8 @@ import torch
 
 from moelab import ModelConfig, load_balancing_loss, router_z_loss
 from moelab.nn.moe.experts import ExpertMLP, Experts, mlp
-from moelab.nn.moe.layer import MoE, capacity_keep, moe_losses
+from moelab.nn.moe.layer import MoE, capacity_keep
+from moelab.nn.moe.losses import moe_losses
 
 
 def small_config(**changes) -> ModelConfig:
@@ -17,8 +18,8 @@ def make_moe(**changes) -> MoE:
     with torch.no_grad():  # non-zero biases so a missing bias term is caught
         for p in moe.parameters():
             p.normal_(0, 0.3)
-        if moe.balance_bias is not None:  # a selection bias large enough to change choices
-            moe.balance_bias.normal_(0, 0.3)
+        if moe.router is not None and moe.router.balance_bias is not None:  # a selection bias large enough to change choices
+            moe.router.balance_bias.normal_(0, 0.3)
     return moe
 
 
@@ -52,9 +53,9 @@ def reference_moe(moe: MoE, x: torch.Tensor, config: ModelConfig) -> tuple[torch
                 if b2 is not None:
                     y = y + b2
             if n:
-                logits = moe.gate.weight @ xt
+                logits = moe.router.gate.weight @ xt
                 scores = torch.softmax(logits, dim=0) if config.gate == "softmax" else torch.sigmoid(logits)
-                bias = moe.balance_bias.tolist() if config.balance == "bias" else [0.0] * n
+                bias = moe.router.balance_bias.tolist() if config.balance == "bias" else [0.0] * n
                 selection = [scores[e].item() + bias[e] for e in range(n)]
                 ranked = sorted(range(n), key=lambda e: -selection[e])[:k]
                 gates = [scores[e] for e in ranked]
@@ -205,7 +206,7 @@ def test_aux_loss_averages_layers_where_hf_pools_them():
 
 
 def _router(logits, probs, experts, weights):
-    from moelab.nn.moe.layer import RouterOutput
+    from moelab.nn.moe.router import RouterOutput
 
     return RouterOutput(logits, probs, experts, weights, None)
 

@@ -338,10 +338,10 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     in_order = [n for n, _ in model.named_parameters() if n in {name for name, _, _ in muon}]
     assert [n for n, _, _ in hidden_matrices(model)] == in_order
     decayed, kept = optimizer.adamw.param_groups
-    assert [names[id(p)] for p in decayed["params"]] == ["tok_emb.weight", "pos_emb.weight", "blocks.0.moe.gate.weight",
+    assert [names[id(p)] for p in decayed["params"]] == ["tok_emb.weight", "pos_emb.weight", "blocks.0.moe.router.gate.weight",
                                                          "head.weight"]  # fmt: skip
     assert (decayed["weight_decay"], kept["weight_decay"]) == (0.1, 0.0)
-    assert "blocks.0.moe.noise.weight" in [names[id(p)] for p in kept["params"]]
+    assert "blocks.0.moe.router.noise.weight" in [names[id(p)] for p in kept["params"]]
     assert "blocks.0.attn.q_norm.weight" in [names[id(p)] for p in kept["params"]]
     every = [p for g in optimizer.param_groups for p in g["params"]]
     assert sorted(map(id, every)) == sorted(id(p) for p in model.parameters())  # each parameter exactly once

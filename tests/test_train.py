@@ -111,15 +111,16 @@ def test_resume_continues_exactly(toy_dataset):
 
 def test_the_balance_biases_move_by_the_loads_of_all_micro_batches(toy_dataset, monkeypatch):
     from moelab.nn.moe.layer import MoE
+    from moelab.nn.moe.router import Router
 
     model, train = tiny(max_steps=2, grad_accum_steps=2)
     forwards, updates = [], []  # (layer id, slots) per training forward; (layer id, slots, bias before, after)
-    forward, update = MoE.forward, MoE.update_balance_bias
+    forward, update = MoE.forward, Router.update_balance_bias
 
     def counting_forward(self, x, **kwargs):
         y, router = forward(self, x, **kwargs)
         if self.training:
-            forwards.append((id(self), torch.bincount(router.experts.flatten(), minlength=self.n_experts)))
+            forwards.append((id(self.router), torch.bincount(router.experts.flatten(), minlength=self.n_experts)))
         return y, router
 
     def recording_update(self, slots):
@@ -128,7 +129,7 @@ def test_the_balance_biases_move_by_the_loads_of_all_micro_batches(toy_dataset, 
         updates.append((id(self), slots.clone(), before, self.balance_bias.clone()))
 
     monkeypatch.setattr(MoE, "forward", counting_forward)
-    monkeypatch.setattr(MoE, "update_balance_bias", recording_update)
+    monkeypatch.setattr(Router, "update_balance_bias", recording_update)
     biased = model.replace(balance="bias", bias_update_rate=0.01)
     Trainer(biased, train, "bias-micro", dataset=toy_dataset, progress=False).fit()
     assert len(forwards) == 2 * 2 * 2 and len(updates) == 2 * 2  # steps × micro-batches × layers; steps × layers
@@ -149,7 +150,7 @@ def test_resume_restores_the_balance_biases(toy_dataset):
     resumed = Trainer(model, train, "bias-resumed", dataset=toy_dataset, progress=False)
     assert resumed.fit(resume=True).metrics["loss"].tolist() == full["loss"].tolist()
     for a, b in zip(straight.model.blocks, resumed.model.blocks):
-        assert torch.equal(a.moe.balance_bias, b.moe.balance_bias) and a.moe.balance_bias.abs().sum() > 0
+        assert torch.equal(a.moe.router.balance_bias, b.moe.router.balance_bias) and a.moe.router.balance_bias.abs().sum() > 0
 
 
 def test_sweeps_and_overrides_drive_the_routing_fields(toy_dataset):
@@ -159,7 +160,7 @@ def test_sweeps_and_overrides_drive_the_routing_fields(toy_dataset):
     trainer = Trainer(model, train, "routing-fields", dataset=toy_dataset, progress=False)
     metrics = trainer.fit().metrics
     assert model.routed_experts == 32 and {"load_l0_e31", "load_cv_l3", "maxvio_l3"} <= set(metrics.columns)
-    assert metrics["loss"].map(math.isfinite).all() and trainer.model.blocks[0].moe.balance_bias.abs().sum() > 0
+    assert metrics["loss"].map(math.isfinite).all() and trainer.model.blocks[0].moe.router.balance_bias.abs().sum() > 0
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(toy_dataset, monkeypatch):
@@ -194,7 +195,7 @@ def test_weight_decay_groups():
         "blocks.0.attn.proj.weight",
         "blocks.0.moe.common.fc.weight",
         "blocks.0.moe.common.proj.weight",
-        "blocks.0.moe.gate.weight",
+        "blocks.0.moe.router.gate.weight",
         "blocks.0.moe.experts.w1",
         "blocks.0.moe.experts.w2",
     ]
@@ -207,7 +208,7 @@ def test_weight_decay_groups():
         "blocks.0.ln2.bias",
         "blocks.0.moe.common.fc.bias",
         "blocks.0.moe.common.proj.bias",
-        "blocks.0.moe.noise.weight",
+        "blocks.0.moe.router.noise.weight",
         "blocks.0.moe.experts.b1",
         "blocks.0.moe.experts.b2",
         "ln_f.weight",

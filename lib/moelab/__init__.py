@@ -11,7 +11,8 @@ from moelab.config.model import ModelConfig
 from moelab.config.train import TrainConfig
 from moelab.generate.next_token import GenerationStep
 from moelab.nn.model import KVCache, ModelOutput, Transformer
-from moelab.nn.moe.layer import RouterOutput, RoutingRecord, load_balancing_loss, moe_losses, router_z_loss
+from moelab.nn.moe.losses import load_balancing_loss, moe_losses, router_z_loss
+from moelab.nn.moe.router import RouterOutput, RoutingRecord
 from moelab.config.presets import PRESETS, preset
 from moelab.runs.files import TrainResult, latest_checkpoint
 from moelab.evaluate.scoring import score_text

@@ -189,9 +189,9 @@ class NaiveTransformer(torch.nn.Module):
                     expert.fc.bias.copy_(moe.experts.b1[e])
                     expert.proj.bias.copy_(moe.experts.b2[e])
             if c.n_experts:
-                mine.moe.gate.weight.copy_(moe.gate.weight)
+                mine.moe.gate.weight.copy_(moe.router.gate.weight)
                 if mine.moe.noise is not None:
-                    mine.moe.noise.weight.copy_(moe.noise.weight)
+                    mine.moe.noise.weight.copy_(moe.router.noise.weight)
         self.ln_f.load_state_dict(model.ln_f.state_dict())
         self.head.weight.copy_(model.head.weight)
         if c.bias:

@@ -29,7 +29,7 @@ from torch import Tensor
 from moelab.nn.attention import KVCache, apply_rope
 from moelab.nn.moe.experts import ACTIVATIONS, affine
 from moelab.nn.model import soft_cap
-from moelab.nn.moe.layer import RoutingRecord
+from moelab.nn.moe.router import RoutingRecord
 
 
 def _xw(linear) -> tuple[Tensor, Tensor | None]:
@@ -91,8 +91,7 @@ class TokenDecoder:
             layer["qk_norm"] = None
         layer["common"] = None if moe.common is None else (_xw(moe.common.fc), _xw(moe.common.proj))
         if moe.n_experts:
-            bias = moe.balance_bias
-            layer["router"] = moe.gate.weight.detach().T.contiguous(), moe.score, None if bias is None else bias.clone()
+            layer["router"] = moe.router, _xw(moe.router.gate)[0]  # it chooses; the x·W weights give its logits
             # per expert (w1, b1, w2, b2), split once: no indexing per token
             parts = [p.detach().unbind(0) if p is not None else [None] * moe.n_experts
                      for p in (moe.experts.w1, moe.experts.b1, moe.experts.w2, moe.experts.b2)]  # fmt: skip
@@ -141,29 +140,13 @@ class TokenDecoder:
             out = affine(self.activation(affine(h, *fc)), *proj)
         if "router" not in layer:
             return out, None
-        router, score, balance_bias = layer["router"]
-        logits = h @ router
-        wide = torch.promote_types(logits.dtype, torch.float32)
-        if score == "softmax":
-            scores = torch.softmax(logits, dim=-1, dtype=wide)
-        else:
-            scores = torch.sigmoid(logits.to(wide))
-        k = self.config.routed_top_k
-        if balance_bias is None:
-            values, indices = scores.topk(k, dim=-1)
-        else:  # the bias steers the choice only; the gates are the raw scores
-            indices = (scores + balance_bias).topk(k, dim=-1).indices
-            values = scores.gather(-1, indices)
-        experts, gates = indices[0].tolist(), values[0].tolist()  # on the host: the loop below needs them there
-        if k > 1:
-            total = sum(gates)
-            gates = [g / total for g in gates]
+        router, gate_weight = layer["router"]
+        probs, indices, weights = router.select(h @ gate_weight)
+        experts, gates = indices[0].tolist(), weights[0].tolist()  # on the host: the loop below needs them there
         for e, gate in zip(experts, gates):
             w1, b1, w2, b2 = layer["experts"][e]
             y = affine(self.activation(affine(h, w1, b1)), w2, b2)
             out = y * gate if out is None else torch.add(out, y, alpha=gate)
         if not record_routing:
             return out, None
-        probs = scores if score == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
-        weights = torch.tensor([gates], dtype=wide)
         return out, RoutingRecord(indices, weights, probs, torch.zeros_like(indices, dtype=torch.bool))

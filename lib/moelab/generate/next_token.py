@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from moelab.nn.moe.layer import RoutingRecord
+from moelab.nn.moe.router import RoutingRecord
 
 
 WINDOW_MODES = ("slide", "crop")  # what generation does past the context window (Transformer.generate)

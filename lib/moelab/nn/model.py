@@ -19,7 +19,9 @@ from torch import Tensor, nn
 from moelab.nn.aligned import Linear
 from moelab.nn.attention import CausalSelfAttention, KVCache, rope_tables, sinusoidal_table
 from moelab.config.model import ModelConfig
-from moelab.nn.moe.layer import MoE, RouterOutput, RoutingRecord, moe_losses
+from moelab.nn.moe.layer import MoE
+from moelab.nn.moe.losses import moe_losses
+from moelab.nn.moe.router import RouterOutput, RoutingRecord
 
 @contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
@@ -265,14 +267,15 @@ class Transformer(nn.Module):
         Call it right after ``optimizer.step()``: each layer counted the routed slots of the
         step's training forwards (all micro-batches); ``reduce`` sums the (layers, N) counts
         over ranks under DDP (:func:`moelab.train.distributed.all_reduce`), so every rank applies
-        the same update. Then each layer applies :meth:`moelab.nn.moe.layer.MoE.update_balance_bias`
+        the same update. Then each layer applies :meth:`moelab.nn.moe.router.Router.update_balance_bias`
         and restarts its count. Nothing happens for the other balance choices.
         """
-        layers = [block.moe for block in self.blocks if block.moe.balance_bias is not None]
-        if not layers:
+        routers = [block.moe.router for block in self.blocks if block.moe.router is not None]
+        routers = [router for router in routers if router.balance_bias is not None]
+        if not routers:
             return
-        slots = torch.stack([moe.step_slots for moe in layers])
+        slots = torch.stack([router.step_slots for router in routers])
         if reduce is not None:
             slots = reduce(slots)
-        for moe, layer_slots in zip(layers, slots):
-            moe.update_balance_bias(layer_slots)
+        for router, layer_slots in zip(routers, slots):
+            router.update_balance_bias(layer_slots)

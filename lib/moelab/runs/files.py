@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 from moelab.runs.checkpoint import CheckpointError
-from moelab.nn.moe.layer import expert_load, load_imbalance
 from moelab.paths import atomic_write, data_dir, reports_dir
 
 RECORD_FILES = ("metrics.parquet", "routing.parquet")
@@ -136,37 +135,6 @@ def write_records(reports: Path, run_name: str, rows: list[dict], routing_rows: 
             f"could not write the metrics of {run_name} to {reports} ({err.strerror or err}); "
             "the files there are the previous complete versions. Free disk space and resume",
         ) from err
-
-
-def load_columns(routing, n_experts: int) -> dict[str, float]:
-    """Metric-row columns per layer: ``load_l{layer}_e{expert}``, the share of routed token slots
-    per expert, and the layer's balance ``load_cv_l{layer}``, ``maxvio_l{layer}`` (:func:`moelab.nn.moe.layer.load_imbalance`).
-
-    ``n_experts``: the routed experts as the router sees them (``ModelConfig.routed_experts``).
-    """
-    columns = {}
-    for layer, record in enumerate(routing):
-        load = expert_load(record.experts, n_experts).cpu()  # one copy to the host per layer
-        for expert, share in enumerate(load.tolist()):
-            columns[f"load_l{layer}_e{expert}"] = share
-        cv, maxvio = (v.item() for v in load_imbalance(load))
-        columns[f"load_cv_l{layer}"], columns[f"maxvio_l{layer}"] = cv, maxvio
-    return columns
-
-
-def routing_rows(step: int, routing, n_experts: int) -> list[dict]:
-    """Rows of routing.parquet: per layer and expert, its load and mean router probability (importance),
-    with the layer's ``load_cv`` and ``maxvio`` (:func:`moelab.nn.moe.layer.load_imbalance`) on each of its rows."""
-    rows = []
-    for layer, record in enumerate(routing):
-        shares = expert_load(record.experts, n_experts).cpu()  # one copy to the host per layer
-        load = shares.tolist()
-        importance = record.probs.reshape(-1, n_experts).mean(0).tolist()
-        cv, maxvio = (v.item() for v in load_imbalance(shares))
-        for expert in range(n_experts):
-            rows.append({"step": step, "layer": layer, "expert": expert, "load": load[expert],
-                         "importance": importance[expert], "load_cv": cv, "maxvio": maxvio})  # fmt: skip
-    return rows
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[str]:

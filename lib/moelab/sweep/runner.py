@@ -42,6 +42,7 @@ from moelab.paths import atomic_write, reports_dir
 from moelab.runs.registry import process_alive, read_status
 from moelab.runs.files import checkpoint_dir, latest_checkpoint, list_checkpoints, run_reports_dir
 from moelab.stats import conclusions, summarize
+from moelab.nn.moe.metrics import final_maxvio
 from moelab.sweep.spec import SweepSpec, SweepSpecError, builtin_studies, load_spec
 
 RESULT_COLUMNS = ["variant", "seed", "run", "val_bpb", "steps", "tokens", "wall_s", "tokens_per_s", "best_val_bpb", "maxvio"]
@@ -212,15 +213,6 @@ def collect(spec: SweepSpec, trained: list[str] | None = None) -> SweepResult:
     curve_table = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["step", "tokens", "val_bpb", "variant", "seed"])  # fmt: skip
     return SweepResult(spec, sweep_dir(spec.name), results, summary, curve_table, list(trained or []))
-
-
-def final_maxvio(metrics: pd.DataFrame, last: int = 10) -> float:
-    """The run's expert imbalance at the end: MaxVio averaged over layers and its last ``last`` logged
-    steps (NaN for a dense model or a run that logged no routing)."""
-    columns = [c for c in metrics.columns if c.startswith("maxvio_l")]
-    if not columns:
-        return float("nan")
-    return float(metrics[columns].dropna(how="all").tail(last).mean(axis=1).mean())
 
 
 def score_runs(spec: SweepSpec | dict | str | Path, path: str | Path, *, stride: int | None = None,

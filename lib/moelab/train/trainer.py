@@ -45,15 +45,14 @@ from moelab.train.precision import bf16_step_speedup, resolve_precision
 from moelab.device import device_name, resolve_device
 from moelab.train.progress import make_progress
 from moelab.runs.registry import TensorBoardLog, now, set_status, start_run, summary
+from moelab.nn.moe.metrics import load_columns, routing_rows
 from moelab.runs.files import (
     TrainResult,
     checkpoint_dir,
     clear_run,
     latest_checkpoint,
     list_checkpoints,
-    load_columns,
     prepare_folders,
-    routing_rows,
     run_reports_dir,
     write_records,
 )

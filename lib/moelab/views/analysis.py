@@ -2,7 +2,7 @@
 
 Collect the routing of a trained model over fixed windows of text
 (:func:`collect_routing`), then ask: how is the load spread over experts
-(:func:`expert_load`, :func:`balance_stats`), which experts are chosen together
+(:func:`expert_load_table`, :func:`balance_stats`), which experts are chosen together
 (:func:`coactivation`), and do some experts take certain kinds of tokens or genres
 (:func:`specialization`, with :func:`token_classes` or per-window labels)? Tokens are
 bytes, or BPE tokens of several bytes: pass the model's tokenizer
@@ -21,7 +21,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from moelab.nn.moe import layer as moe
+from moelab.nn.moe import metrics
 from moelab.data.batches import evenly_spaced_windows  # noqa: F401  (notebook 03 calls analysis.evenly_spaced_windows)
 from moelab.data import SEPARATOR, char_class
 from moelab.nn.model import Transformer, eval_mode
@@ -123,10 +123,10 @@ def category_windows(texts: pd.Series, length: int, per_category: int, tokenizer
 # ============================================================================ statistics
 
 
-def expert_load(routing: Routing) -> pd.DataFrame:
+def expert_load_table(routing: Routing) -> pd.DataFrame:
     """Share of routed token slots each expert receives: layers × experts, rows sum to 1."""
     experts = torch.from_numpy(np.asarray(routing.experts, dtype=np.int64))
-    shares = [moe.expert_load(experts[layer], routing.n_experts).double().numpy() for layer in range(routing.n_layers)]
+    shares = [metrics.expert_load(experts[layer], routing.n_experts).double().numpy() for layer in range(routing.n_layers)]
     return _layer_expert_frame(np.stack(shares))
 
 
@@ -140,15 +140,15 @@ def balance_stats(routing: Routing) -> pd.DataFrame:
     """Per layer: how balanced and how decisive the router is.
 
     load_cv: coefficient of variation of the expert load (0 = perfectly balanced); maxvio:
-    (max load − mean load) / mean load (0 = balanced), both from :func:`moelab.nn.moe.layer.load_imbalance`;
+    (max load − mean load) / mean load (0 = balanced), both from :func:`moelab.nn.moe.metrics.load_imbalance`;
     min_max_ratio: least over most loaded expert (1 = balanced); token_entropy: mean
     entropy of each token's router distribution; mean_entropy: entropy of the mean
     distribution (log N = every expert equally likely overall); top1_over_0_9: share
     of tokens whose best gate weight exceeds 0.9; dropped: share of slots dropped by
     a capacity limit.
     """
-    load = expert_load(routing).to_numpy()
-    load_cv, maxvio = (v.tolist() for v in moe.load_imbalance(torch.tensor(load)))
+    load = expert_load_table(routing).to_numpy()
+    load_cv, maxvio = (v.tolist() for v in metrics.load_imbalance(torch.tensor(load)))
     rows = []
     for layer in range(routing.n_layers):
         probs = routing.probs[layer]
