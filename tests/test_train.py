@@ -391,10 +391,10 @@ def test_bpe_run_reports_bits_per_byte_of_the_validation_text(bpe_dataset):
     trainer._build()  # the same fixed validation windows
     tokenizer = load_dataset("toy-bpe").tokenizer
     with torch.no_grad():
-        logits = trainer_model(trainer.val_x).logits
-        nats = torch.nn.functional.cross_entropy(logits.reshape(-1, 300).double(), trainer.val_y.reshape(-1), reduction="sum")
-    n_bytes = sum(len(tokenizer.to_bytes(row.tolist())) for row in trainer.val_y)
-    assert n_bytes > 1.3 * trainer.val_y.numel()  # BPE tokens hold several bytes
+        logits = trainer_model(trainer.data.val_x).logits
+        nats = torch.nn.functional.cross_entropy(logits.reshape(-1, 300).double(), trainer.data.val_y.reshape(-1), reduction="sum")
+    n_bytes = sum(len(tokenizer.to_bytes(row.tolist())) for row in trainer.data.val_y)
+    assert n_bytes > 1.3 * trainer.data.val_y.numel()  # BPE tokens hold several bytes
     assert result.val_bpb == pytest.approx(nats.item() / math.log(2) / n_bytes, rel=1e-4)
     assert result.metrics["val_bpb"].dropna().iloc[-1] == pytest.approx(result.val_bpb, rel=1e-9)
     from moelab.runs.files import result_from_files  # (what a torchrun launch reads back)

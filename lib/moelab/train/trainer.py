@@ -22,30 +22,22 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from moelab.train import distributed
-from moelab.data.batches import WindowSampler, fixed_windows, to_device
-from moelab.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from moelab.config.model import ModelConfig
-from moelab.config.train import TrainConfig, config_diff
-from moelab.train.state import TrainerState, restore_streams, rng_state
-from moelab.train.step import NonFiniteLoss, StepResult, TrainStep
-from moelab.train.cuda_graph import CaptureError, GraphedStep, graph_blocker
-from moelab.data import bytes_per_token, check_dataset_vocab, load_dataset, load_split
-from moelab.nn.model import Transformer, eval_mode
-from moelab.train.optim import load_optimizer_state, make_optimizer
-from moelab.paths import check_run_name
-from moelab.train.precision import bf16_step_speedup, resolve_precision
+from moelab.config.train import TrainConfig
+from moelab.data.batches import to_device
+from moelab.data.stats import LN2
+from moelab.data.tokenizer import tokenizer_record
 from moelab.device import device_name, resolve_device
-from moelab.train.progress import make_progress
-from moelab.runs.registry import TensorBoardLog, now, set_status, start_run, summary
-from moelab.nn.moe.metrics import load_columns, routing_rows
+from moelab.nn.model import Transformer, eval_mode
+from moelab.nn.moe.metrics import routing_rows
+from moelab.paths import check_run_name
+from moelab.runs.checkpoint import CheckpointError
 from moelab.runs.files import (
     TrainResult,
     checkpoint_dir,
@@ -56,27 +48,23 @@ from moelab.runs.files import (
     run_reports_dir,
     write_records,
 )
+from moelab.runs.registry import TensorBoardLog, now, set_status, start_run, summary
+from moelab.train import distributed
+from moelab.train.cuda_graph import CaptureError, GraphedStep, graph_blocker
+from moelab.train.metric_row import StepOutcome, metric_row
+from moelab.train.optim import load_optimizer_state, make_optimizer
+from moelab.train.precision import bf16_step_speedup, resolve_precision
+from moelab.train.progress import make_progress
+from moelab.train.resume import newest_resumable, save_keeping_last
+from moelab.train.run_data import RunData
 from moelab.train.schedule import Budget, LRSchedule, WindowSchedule
-from moelab.data.stats import LN2
+from moelab.train.state import TrainerState, restore_streams, rng_state
+from moelab.train.step import NonFiniteLoss, StepResult, TrainStep
 from moelab.train.validation import mean_loss
-from moelab.data.tokenizer import piece_lengths, tokenizer_from_record, tokenizer_record
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class StepOutcome:
-    """What one optimizer step did (the inputs of its metric row)."""
-
-    window: int
-    sequences: int
-    lr: float
-    parts: torch.Tensor  # loss, ce_loss, aux_loss, z_loss: means over micro-batches and ranks
-    grad_norm: float
-    routing: list | None  # the last micro-batch's routing records, on logged steps of an MoE
-    log_now: bool
 
 
 class Trainer:
@@ -232,17 +220,17 @@ class Trainer:
         self.state.elapsed_s = self.elapsed_before + time.perf_counter() - self.clock_start
         if self.dist.enabled:  # one clock for the budget, or ranks would stop at different steps
             self.state.elapsed_s = distributed.all_reduce(torch.tensor([self.state.elapsed_s]), "max").item()
-        routing = result.routing if log_now else None
-        return StepOutcome(window, sequences, lr, result.parts, result.grad_norm, routing, log_now)
+        result.routing = result.routing if log_now else None
+        return StepOutcome(window, sequences, lr, result, log_now)
 
     def _device_batch(self, sequences: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.sampler.batch(sequences, window)
+        x, y = self.data.sampler.batch(sequences, window)
         return to_device(x, self.device), to_device(y, self.device)
 
     def _graphed_step(self, sequences: int, window: int, lr: float) -> StepResult | None:
         """One CUDA graph replay; None (graphs off from now on, with a warning) if the capture failed."""
         try:
-            return self.graphed.step(*self.sampler.batch(sequences, window), lr)
+            return self.graphed.step(*self.data.sampler.batch(sequences, window), lr)
         except CaptureError as err:  # the eager step that follows draws a new batch
             warnings.warn(f"CUDA graphs off: the capture failed ({err}); training eagerly", stacklevel=3)
             self.graphed, self.graph_blocker = None, f"the capture failed: {err}"[:300]
@@ -250,39 +238,21 @@ class Trainer:
 
     def _val_bpb(self, nats_per_token: float) -> float:
         """Validation bits per byte of the text (nats / ln 2 / the bytes the validation targets stand for)."""
-        return nats_per_token / LN2 / self.val_bytes_per_token
+        return nats_per_token / LN2 / self.data.val_bytes_per_token
 
     def _log_row(self, outcome: StepOutcome) -> dict[str, Any]:
         """The metric row of the step just taken (validation columns NaN until ``_evaluate``)."""
-        parts, elapsed = outcome.parts, self.state.elapsed_s
-        row = {
-            "step": self.state.step,
-            "tokens": self.state.tokens,
-            "elapsed_s": elapsed,
-            "progress": self._progress(),
-            "window": outcome.window,
-            "batch_sequences": outcome.sequences,
-            "lr": outcome.lr,
-            "precision": self.precision,
-            "loss": parts[0].item(),
-            "ce_loss": parts[1].item(),
-            "aux_loss": parts[2].item(),
-            "z_loss": parts[3].item(),
-            "train_bpb": parts[1].item() / LN2 / self.train_bytes_per_token,  # (the split's mean bytes per token)
-            "grad_norm": outcome.grad_norm,
-            "tokens_per_s": (self.state.tokens - self.last_log_tokens) / max(elapsed - self.last_log_time, 1e-9),
-            "val_loss": math.nan,
-            "val_bpb": math.nan,
-        }
-        self.last_log_time, self.last_log_tokens = self.state.elapsed_s, self.state.tokens
-        if outcome.routing is not None and self.model_config.is_moe:
-            row.update(load_columns(outcome.routing, self.model_config.routed_experts))
-        return row
+        elapsed, tokens = self.state.elapsed_s, self.state.tokens
+        rate = (tokens - self.last_log_tokens) / max(elapsed - self.last_log_time, 1e-9)
+        self.last_log_time, self.last_log_tokens = elapsed, tokens
+        routed = self.model_config.routed_experts if self.model_config.is_moe else 0
+        return metric_row(self.state, outcome, progress=self._progress(), precision=self.precision, tokens_per_s=rate,
+                          train_bytes_per_token=self.data.train_bytes_per_token, routed_experts=routed)  # fmt: skip
 
     def _evaluate(self, row: dict[str, Any]) -> None:
         """Validation loss into the row, and a routing snapshot; its time is not training time."""
         eval_start = time.perf_counter()
-        self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
+        self.val_loss = mean_loss(self.model, self.data.val_x, self.data.val_y, self.train_config.batch_size, self.device)
         row["val_loss"], row["val_bpb"] = self.val_loss, self._val_bpb(self.val_loss)
         if self.dist.is_main:
             self._routing_snapshot()
@@ -314,7 +284,7 @@ class Trainer:
             self.last_checkpoint = latest_checkpoint(self.checkpoints)
         distributed.barrier()
         if math.isnan(self.val_loss):
-            self.val_loss = mean_loss(self.model, self.val_x, self.val_y, self.train_config.batch_size, self.device)
+            self.val_loss = mean_loss(self.model, self.data.val_x, self.data.val_y, self.train_config.batch_size, self.device)
         val_loss, metrics = self.val_loss, self.metrics()
         if self.dist.is_main:  # a session ended by stop_after_steps is resumable, not finished
             done = self._budget_spent()
@@ -324,23 +294,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
-        prepared = load_dataset(self.dataset)
-        check_dataset_vocab(prepared, self.model_config.vocab_size)
-        self.tokenizer = prepared.tokenizer
+        self.data = RunData.load(self.dataset, self.model_config, self.train_config, self.dist.rank, self.dist.world_size)
         torch.manual_seed(self.train_config.seed)  # the same initial weights on every rank
         self.model = Transformer(self.model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, self.train_config, self.device)
-        self.sampler = WindowSampler(
-            load_split(self.dataset, "train"), self.train_config.seed, self.dist.rank, self.dist.world_size
-        )
         if self.dist.enabled:  # each rank its own dropout and router-noise stream
             torch.manual_seed(self.train_config.seed * 7919 + self.dist.rank)
-        self.val_x, self.val_y = fixed_windows(
-            load_split(self.dataset, "val"), self.model_config.context_window, self.train_config.eval_windows
-        )
-        # bits per byte = nats / ln 2 / UTF-8 bytes, whatever a token holds (1 byte for the bytes tokenizer)
-        self.val_bytes_per_token = piece_lengths(self.tokenizer)[self.val_y].double().mean().item()
-        self.train_bytes_per_token = bytes_per_token(prepared.meta, "train")
         self.state = TrainerState()
 
     def _wrap(self) -> None:
@@ -366,28 +325,17 @@ class Trainer:
         self.graphed = None if self.graph_blocker else GraphedStep(self.train_step)
 
     def _restore(self) -> Path | None:
-        candidates = list_checkpoints(self.checkpoints)
-        for path in reversed(candidates):  # the newest readable one (a damaged file is skipped, not used)
-            try:
-                payload = load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
-            except CheckpointError as err:
-                warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
-                continue
-            diff = config_diff(ModelConfig.from_dict(payload["model_config"]), self.model_config)
-            if diff:
-                raise CheckpointError(f"cannot resume {self.run_name}: the model config differs in {', '.join(diff)}")
-            if tokenizer_record(tokenizer_from_record(payload["extra"].get("tokenizer"))) != tokenizer_record(self.tokenizer):
-                raise CheckpointError(
-                    f"cannot resume {self.run_name}: its checkpoint was trained with another tokenizer than the dataset "
-                    f"{self.dataset!r} now has (was it prepared again with another tokenizer or vocab_size?)"
-                )
-            self.model.load_state_dict(payload["model"])
-            load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
-            self.state = TrainerState.from_checkpoint(payload, self.reports)
-            reseed = self.train_config.seed * 7919 + self.dist.rank + 104729 * self.state.step
-            restore_streams(payload["extra"], self.sampler, self.dist.rank, self.dist.world_size, self.device, reseed)
-            return path
-        return None
+        """Model, optimizer and trainer state from the newest checkpoint that fits the run; its path."""
+        found = newest_resumable(self.checkpoints, self.run_name, self.model_config, self.data.tokenizer, self.dataset)
+        if found is None:
+            return None
+        path, payload = found
+        self.model.load_state_dict(payload["model"])
+        load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
+        self.state = TrainerState.from_checkpoint(payload, self.reports)
+        reseed = self.train_config.seed * 7919 + self.dist.rank + 104729 * self.state.step
+        restore_streams(payload["extra"], self.data.sampler, self.dist.rank, self.dist.world_size, self.device, reseed)
+        return path
 
     # ------------------------------------------------------------------ records
     def metrics(self) -> pd.DataFrame:
@@ -398,9 +346,9 @@ class Trainer:
         """Per-layer expert load and mean router probability on the first validation windows."""
         if not self.model_config.is_moe:
             return
-        n = min(len(self.val_x), self.train_config.batch_size)
+        n = min(len(self.data.val_x), self.train_config.batch_size)
         with eval_mode(self.model):
-            out = self.model(self.val_x[:n].to(self.device), record_routing=True)
+            out = self.model(self.data.val_x[:n].to(self.device), record_routing=True)
         self.state.routing_rows.extend(routing_rows(self.state.step, out.routing, self.model_config.routed_experts))
 
     def _write_metrics(self) -> None:
@@ -414,8 +362,8 @@ class Trainer:
         if not self.dist.is_main:
             distributed.barrier()
             return path
-        extra = self.state.checkpoint_extra(self.sampler, rng_ranks, run_name=self.run_name, dataset=self.dataset,
-                                            tokenizer=tokenizer_record(self.tokenizer))  # fmt: skip
+        extra = self.state.checkpoint_extra(self.data.sampler, rng_ranks, run_name=self.run_name, dataset=self.dataset,
+                                            tokenizer=tokenizer_record(self.data.tokenizer))  # fmt: skip
         try:
             self._save_files(path, extra)
         finally:
@@ -426,16 +374,7 @@ class Trainer:
         # metrics first: a kill between the two writes leaves metrics ahead of the latest
         # checkpoint (resume drops those rows and redoes the steps), never behind it
         self._write_metrics()
-        save_checkpoint(
-            path,
-            self.model,
-            train_config=self.train_config,
-            optimizer=self.optimizer,
-            step=self.state.step,
-            extra=extra,
-        )
-        for old in list_checkpoints(self.checkpoints)[: -self.train_config.keep_checkpoints]:
-            old.unlink(missing_ok=True)
+        save_keeping_last(path, self.model, self.optimizer, self.train_config, self.state.step, extra)
 
     def _run_info(self) -> dict[str, Any]:
         return {
