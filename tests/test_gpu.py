@@ -15,7 +15,7 @@ from moelab.bench.cli import parse_args
 from moelab.bench.configs import CONFIGS, GPU_TARGETS
 from moelab.bench.flops import mfu, rated_bf16_peak, train_flops_per_token
 from moelab.bench.table import apply_targets
-from moelab.nn.attention import CausalSelfAttention, attention, padded_head_dim
+from moelab.nn.attention import attention, padded_head_dim
 from moelab.device import device_name, resolve_device
 from moelab.config.presets import preset
 from moelab.generate.loop import generate
@@ -70,17 +70,14 @@ def test_model_with_forced_padding_matches_the_plain_model():
     idx = torch.randint(0, 256, (2, 8))
     results = []
     for pad in (False, True):
-        CausalSelfAttention.pad_head_dim = pad
-        try:
-            model.zero_grad()
-            out = model(idx, idx)
-            out.loss.backward()
-            results.append((out.logits.detach(), model.blocks[0].attn.qkv.weight.grad.clone()))
-            with torch.no_grad():
-                results[-1] += (generate(model.eval(), idx[:, :3], 4, temperature=0.0),)
-            model.train()
-        finally:
-            CausalSelfAttention.pad_head_dim = None
+        model.set_padding(head_dim=pad)
+        model.zero_grad()
+        out = model(idx, idx)
+        out.loss.backward()
+        results.append((out.logits.detach(), model.blocks[0].attn.qkv.weight.grad.clone()))
+        with torch.no_grad():
+            results[-1] += (generate(model.eval(), idx[:, :3], 4, temperature=0.0),)
+        model.train()
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-10)
     assert torch.equal(results[1][2], results[0][2])

@@ -5,6 +5,7 @@ import torch
 
 from moelab import ByteTokenizer, KVCache, ModelConfig, Transformer, preset
 from moelab.generate.next_token import sample_next_token
+from moelab.nn.aligned import Linear
 from moelab.nn.model import init_parameters
 from moelab.generate.loop import generate, iter_generate
 
@@ -364,3 +365,13 @@ def test_initialization_rule():
         model.blocks[0].ln1.weight.fill_(3.0)
     init_parameters(model, config.n_layers)  # the rule alone re-draws every parameter
     assert torch.equal(model.blocks[0].ln1.weight, torch.ones_like(model.blocks[0].ln1.weight))
+
+
+def test_set_padding_reaches_every_linear_layer_and_attention():
+    model = Transformer(ModelConfig(n_layers=2, n_heads=2, n_embd=16, context_window=8, n_experts=4, top_k=2))
+    model.set_padding(widths=False, head_dim=True)
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert len(linears) >= 2 * 3 + 1 and all(m.pad_on_cuda is False for m in linears)  # qkv, proj, router per layer; head
+    assert all(block.attn.pad_head_dim is True for block in model.blocks)
+    model.set_padding()
+    assert all(m.pad_on_cuda for m in linears) and all(block.attn.pad_head_dim is None for block in model.blocks)

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from moelab import KVCache, ModelConfig, TrainConfig, Transformer, load_model
-from moelab.nn.attention import CausalSelfAttention
 from moelab.nn.moe.experts import Experts
 from moelab.generate.next_token import sample_next_token
 from moelab.nn.model import decay_groups
@@ -174,14 +173,15 @@ def test_kv_cached_generation_equals_recomputation_with_every_model_option(pos_e
         assert torch.equal(cached, generate(model, prompt, 20, seed=7, use_cache=False, **sampling))
 
 
-def test_qk_norm_on_the_padded_head_path_computes_the_same(monkeypatch):
+def test_qk_norm_on_the_padded_head_path_computes_the_same():
     """Head size 10, padded to 16 for the fused CUDA kernels (forced on here, on the CPU)."""
     config = small_config(n_embd=20, n_heads=2, pos_encoding="rope", router_noise=False, **MODEL_RECIPE)
     model = Transformer(config).double()
     idx = torch.randint(0, 256, (2, 8))
     results = []
     for pad in (False, True):
-        monkeypatch.setattr(CausalSelfAttention, "pad_head_dim", pad)
+        model.set_padding(head_dim=pad)
+        assert all(block.attn.pad_head_dim is pad for block in model.blocks)
         model.zero_grad()
         out = model(idx, idx)
         out.loss.backward()

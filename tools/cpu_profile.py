@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from moelab.nn.attention import KVCache
+from moelab.nn.kv_cache import KVCache
 from moelab.bench.configs import CONFIGS
 from moelab.bench.training import build, random_batch, training_step
 from moelab.generate.decoder import TokenDecoder

@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from moelab.nn import aligned
 from moelab.bench.configs import CONFIGS
 from moelab.bench.training import build, random_batch, training_step
 from moelab.bench.flops import train_flops_per_token
@@ -99,9 +98,9 @@ def main(argv=None) -> int:
     rows, tops = [], {}
     batch = random_batch(bench, device)
     for kind in kinds:
-        aligned.PAD_ON_CUDA = not kind.endswith("unpadded")  # the same step with and without aligned widths
         try:
             model = build(kind.split()[0], bench, device)
+            model.set_padding(widths=not kind.endswith("unpadded"))  # the same step with and without aligned widths
             step = training_step(model, kind.removesuffix(" unpadded"), precision, device, batch)
             ms = _time_ms(step, device)
         except Exception as err:  # noqa: BLE001  (the other variants still run)

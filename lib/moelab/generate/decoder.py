@@ -10,7 +10,7 @@ casts for autocast. :class:`TokenDecoder` runs one position of a
   to the x·W layout, in which single-row products are faster (``make bench``'s GEMV rows),
   the routed experts split into one set of tensors each;
 - RoPE, a linear map, is one product with the position's rotation matrix for q and k together;
-  both are written in place into the same :class:`~moelab.nn.attention.KVCache` the model fills;
+  both are written in place into the same :class:`~moelab.nn.kv_cache.KVCache` the model fills;
 - the router's choice and gates are read to the host once, the chosen experts run by index,
   and each gate-weighted output is added in one call.
 
@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from moelab.nn.attention import KVCache, apply_rope
-from moelab.nn.moe.experts import ACTIVATIONS, affine
+from moelab.nn.kv_cache import KVCache
+from moelab.nn.positions import apply_rope
+from moelab.nn.moe.experts import ACTIVATION_FUNCTIONS, affine
 from moelab.nn.model import soft_cap
 from moelab.nn.moe.router import RoutingRecord
 
@@ -55,7 +56,7 @@ class TokenDecoder:
     def __init__(self, model) -> None:
         config = model.config
         self.config = config
-        self.activation = ACTIVATIONS[config.activation][0]
+        self.activation = ACTIVATION_FUNCTIONS[config.activation][0]
         self.tok_emb = model.tok_emb.weight.detach()
         self.positions = None  # a table of position rows added to the embedding (learned or sinusoidal)
         if model.pos_emb is not None:

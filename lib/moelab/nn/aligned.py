@@ -8,7 +8,8 @@ pads a width that is not a multiple of 8 with zero columns for the call (the inp
 the weight's inner width, the weight's and the bias's outer one) and slices the output
 back: zeros add nothing, the result and the gradients are the same. 16 bytes are 8 bf16
 values but 4 fp32 ones, so in fp32 n_embd 1028 needs no padding. On the CPU nothing is
-padded (MKL has no such cliff); ``align=N`` pads to multiples of N values anywhere (tests).
+padded (MKL has no such cliff); ``align=N`` pads to multiples of N values anywhere (tests), and
+``pad_on_cuda=False`` (a :class:`Linear`'s attribute, see ``Transformer.set_padding``) pads nothing.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ALIGN_BYTES = 16
-PAD_ON_CUDA = True  # False: no padding anywhere (tools/gpu_profile.py times the step both ways)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, align: int | None = None) -> Tensor:
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, align: int | None = None, pad_on_cuda: bool = True
+) -> Tensor:
     """``F.linear(x, weight, bias)`` (weight (out, in)); on CUDA with widths padded to 16-byte rows.
 
     ``align``: pad the widths to multiples of this many values (default: 16 bytes of the
-    compute dtype on CUDA, no padding on the CPU).
+    compute dtype on CUDA, no padding on the CPU); ``pad_on_cuda=False``: no padding on CUDA either.
     """
-    if align is None and not (x.is_cuda and PAD_ON_CUDA):  # nothing to pad: the plain call (decoding makes many)
+    if align is None and not (x.is_cuda and pad_on_cuda):  # nothing to pad: the plain call (decoding makes many)
         return F.linear(x, weight, bias)
     autocast = torch.is_autocast_enabled(x.device.type)
     dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
@@ -47,5 +49,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, align: int | N
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state dict) whose forward is :func:`linear`."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pad_on_cuda = True  # False: the plain call on CUDA too (to time both)
+
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, pad_on_cuda=self.pad_on_cuda)

@@ -1,8 +1,7 @@
-"""Causal self-attention with its positional encodings and KV cache.
+"""Causal self-attention: fused QKV, optional QK-norm, rotary positions, the KV cache, and
+``scaled_dot_product_attention`` with head sizes padded for the fused CUDA kernels.
 
-Positions (learned tables live in the model; here the fixed sinusoidal table and rotary
-embeddings), the preallocated KV cache of every layer, and attention: fused QKV and
-``scaled_dot_product_attention``, with head sizes padded for the fused CUDA kernels.
+The positional encodings are :mod:`moelab.nn.positions`, the cache :mod:`moelab.nn.kv_cache`.
 """
 
 from __future__ import annotations
@@ -13,67 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moelab.nn.aligned import Linear
 from moelab.config.model import ModelConfig
-
-# ---------------------------------------------------------------------------- positions
-
-
-def sinusoidal_table(length: int, dim: int) -> Tensor:
-    """The fixed sin/cos table of Vaswani et al. (2017), shape (length, dim)."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq)[:, : dim // 2]
-    return table
-
-
-def rope_tables(length: int, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
-    """cos and sin tables for rotary embeddings (Su et al. 2021), each (length, head_dim)."""
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (i, i + d/2) of x (..., T, d) by the angles of their positions (cos, sin: (T, d))."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
-# ---------------------------------------------------------------------------- attention
-
-
-class KVCache:
-    """Preallocated keys and values of every layer, for incremental decoding.
-
-    With a capacity limit it also carries, per layer, sequence and expert, how many
-    slots the cached positions chose (``expert_counts`` (L, B, N)), so the next
-    positions are dropped exactly as in a full recomputation (see :func:`moelab.nn.moe.layer.capacity_keep`).
-    """
-
-    def __init__(self, config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (config.n_layers, batch_size, config.n_heads, config.context_window, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.layers = [(self.keys[i], self.values[i]) for i in range(config.n_layers)]  # each (B, H, W, head size)
-        self.length = 0  # positions filled (same for every layer once a forward pass ends)
-        self.expert_counts = None
-        if config.is_moe and config.capacity_factor is not None:
-            self.expert_counts = torch.zeros(
-                config.n_layers, batch_size, config.routed_experts, device=device, dtype=torch.long
-            )
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, H, T, hd) after the cached positions; return all of the layer's (B, H, length + T, hd)."""
-        start, new = self.length, k.shape[2]
-        keys, values = self.layers[layer]  # narrow and copy_: the fewest operations a token
-        keys.narrow(2, start, new).copy_(k)
-        values.narrow(2, start, new).copy_(v)
-        return keys.narrow(2, 0, start + new), values.narrow(2, 0, start + new)
+from moelab.nn.aligned import Linear
+from moelab.nn.kv_cache import KVCache
+from moelab.nn.positions import apply_rope
 
 
 def rms_norm(x: Tensor, norm: nn.RMSNorm) -> Tensor:
@@ -110,7 +52,7 @@ class CausalSelfAttention(nn.Module):
 
     ``pad_head_dim``: None (the default) pads the head size to a multiple of 8 on CUDA
     when it is not one already (see :func:`attention`); True / False force it on or off
-    (the tests force it on the CPU).
+    (``Transformer.set_padding``; the tests force it on the CPU).
 
     With ``qk_norm``, each head's query and key are RMS-normalized over the head size
     before RoPE, so the attention logits cannot grow with the size of the projections
@@ -123,10 +65,9 @@ class CausalSelfAttention(nn.Module):
     path need nothing else.
     """
 
-    pad_head_dim: bool | None = None
-
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.pad_head_dim: bool | None = None
         self.n_heads = config.n_heads
         self.dropout = config.dropout
         self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moelab.nn.aligned import Linear
-from moelab.nn.attention import CausalSelfAttention, KVCache, rope_tables, sinusoidal_table
+from moelab.nn.attention import CausalSelfAttention
+from moelab.nn.kv_cache import KVCache
+from moelab.nn.positions import rope_tables, sinusoidal_table
 from moelab.config.model import ModelConfig
 from moelab.nn.moe.layer import MoE
 from moelab.nn.moe.losses import moe_losses
@@ -259,6 +261,20 @@ class Transformer(nn.Module):
             ce_loss = F.cross_entropy(wide.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             loss = ce_loss + self.config.aux_loss_weight * aux_loss + self.config.z_loss_coef * z_loss
         return ModelOutput(logits, loss, ce_loss, aux_loss, z_loss, routing)
+
+    def set_padding(self, *, widths: bool = True, head_dim: bool | None = None) -> Transformer:
+        """How the CUDA kernels' alignment padding applies (the results are the same either way).
+
+        ``widths``: pad linear layers' widths to 16-byte rows on CUDA (:mod:`moelab.nn.aligned`);
+        ``head_dim``: pad the head size to a multiple of 8 inside attention (None: on CUDA when
+        needed; True / False: always / never, also on the CPU).
+        """
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.pad_on_cuda = widths
+            elif isinstance(module, CausalSelfAttention):
+                module.pad_head_dim = head_dim
+        return self
 
     @torch.no_grad()
     def update_balance_biases(self, reduce: Callable[[Tensor], Tensor] | None = None) -> None:

@@ -1,7 +1,7 @@
 """The routed experts and their fast kernels.
 
 :class:`Experts` holds ``n`` MLPs with stacked weights, w1 (n, d, h) and w2 (n, h, d); their
-nonlinearity is ``activation``, GELU or ReLU² (relu(x)², :data:`ACTIVATIONS`).
+nonlinearity is ``activation``, GELU or ReLU² (relu(x)², :data:`ACTIVATION_FUNCTIONS`).
 The MoE layer (:mod:`moelab.nn.moe.layer`) sorts token slots by expert and calls
 ``experts(x_sorted, counts)`` once: expert ``e`` runs on its contiguous slice of
 ``counts[e]`` rows (``counts`` a tensor on the activations' device). Which kernel computes
@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moelab.config.model import ACTIVATIONS
+
 KERNELS = ("auto", "plain", "loop", "grouped")
 
 
@@ -47,12 +49,14 @@ def relu2_backward(grad: Tensor, pre: Tensor) -> Tensor:
     return grad * 2 * F.relu(pre)
 
 
-# the nonlinearities by ModelConfig.activation name: (function, backward(grad, pre-activation)),
-# the backward for the kernels with a hand-written backward (loop, grouped)
-ACTIVATIONS = {
+# the nonlinearities by ModelConfig.activation name (moelab.config.model.ACTIVATIONS, in its order):
+# (function, backward(grad, pre-activation)), the backward for the kernels with a hand-written
+# backward (loop, grouped)
+ACTIVATION_FUNCTIONS = {
     "gelu": (F.gelu, torch.ops.aten.gelu_backward),
     "relu2": (relu2, relu2_backward),
 }
+assert tuple(ACTIVATION_FUNCTIONS) == ACTIVATIONS, "every configurable activation needs its function here"
 
 
 def affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
@@ -62,7 +66,7 @@ def affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
 
 def mlp(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, activation: str) -> Tensor:
     """The feed-forward of one expert: act(x w1 + b1) w2 + b2, with w1 (d, h), w2 (h, d), act by name."""
-    act = ACTIVATIONS[activation][0]
+    act = ACTIVATION_FUNCTIONS[activation][0]
     return affine(act(affine(x, w1, b1)), w2, b2)
 
 
@@ -77,8 +81,8 @@ class Experts(nn.Module):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        if activation not in ACTIVATION_FUNCTIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATION_FUNCTIONS)}, got {activation!r}")
         self.kernel = kernel
         self.activation = activation
         self.w1 = nn.Parameter(torch.empty(n, n_embd, hidden))
@@ -157,7 +161,7 @@ class ExpertMLP(torch.autograd.Function):
     ``apply(x, w1, b1, w2, b2, counts, grouped, activation)``: one matmul per expert
     (``grouped=False``, ``counts`` a tuple of ints) or ``grouped_mm`` over all experts at
     once (``grouped=True``, ``counts`` an int tensor on x's device); ``activation`` names the
-    nonlinearity (:data:`ACTIVATIONS`).
+    nonlinearity (:data:`ACTIVATION_FUNCTIONS`).
     """
 
     @staticmethod
@@ -188,7 +192,7 @@ class ExpertMLP(torch.autograd.Function):
 def _loop_forward(x, w1, b1, w2, b2, counts, activation):
     """:func:`mlp` per expert, written into preallocated buffers (pre-activation and
     activation are kept for the backward)."""
-    act_fn = ACTIVATIONS[activation][0]
+    act_fn = ACTIVATION_FUNCTIONS[activation][0]
     pre = x.new_empty(x.shape[0], w1.shape[-1])
     act = torch.empty_like(pre)
     out = x.new_empty(x.shape[0], w2.shape[-1])
@@ -206,7 +210,7 @@ def _loop_forward(x, w1, b1, w2, b2, counts, activation):
 
 
 def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias, activation):
-    act_backward = ACTIVATIONS[activation][1]
+    act_backward = ACTIVATION_FUNCTIONS[activation][1]
     grad_x = torch.empty_like(x)
     grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
     grad_b1 = x.new_zeros(w1.shape[0], w1.shape[-1]) if has_bias[0] else None
@@ -282,7 +286,7 @@ def _grouped_forward(x, w1, b1, w2, b2, counts, activation):
     pre = F.grouped_mm(x_padded, w1, offs=offsets)
     if b1 is not None:
         pre += b1[padded_expert]
-    act = ACTIVATIONS[activation][0](pre)
+    act = ACTIVATION_FUNCTIONS[activation][0](pre)
     out = F.grouped_mm(act, w2, offs=offsets)
     if b2 is not None:
         out += b2[padded_expert]
@@ -295,7 +299,7 @@ def _grouped_backward(
     """Gradients of the true (unpadded) input, weights and biases; w1, w2 arrive padded."""
     grad_out = _scatter_rows(F.pad(grad_out, (0, w2.shape[2] - d)), position, x_padded.shape[0])  # 0 on padding
     g_act = F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets)
-    g_pre = ACTIVATIONS[activation][1](g_act, pre)
+    g_pre = ACTIVATION_FUNCTIONS[activation][1](g_act, pre)
     # weight gradients: (n, ·, ·) from row-partitioned 2D operands; zeros for an expert without rows
     grad_w2 = F.grouped_mm(act.t().contiguous(), grad_out, offs=offsets)[:, :h, :d]
     grad_w1 = F.grouped_mm(x_padded.t().contiguous(), g_pre, offs=offsets)[:, :d, :h]

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from moelab.nn.aligned import Linear
 from moelab.config.model import ModelConfig
-from moelab.nn.moe.experts import ACTIVATIONS, Experts
+from moelab.nn.moe.experts import ACTIVATION_FUNCTIONS, Experts
 from moelab.nn.moe.metrics import slot_counts
 from moelab.nn.moe.router import Router, RouterOutput
 
@@ -61,7 +61,7 @@ class FeedForward(nn.Module):
         return [self.proj.weight]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(ACTIVATIONS[self.activation][0](self.fc(x)))
+        return self.proj(ACTIVATION_FUNCTIONS[self.activation][0](self.fc(x)))
 
 
 def capacity_keep(
