@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 # torch's version comes from pyproject.toml (the one list of pins)
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 # CPU build by default; a CUDA build with e.g. `make setup TORCH_VARIANT=cu128`
-# (any variant the PyTorch wheel index serves for this torch version).
-TORCH_VARIANT ?= cpu
+# (any variant the PyTorch wheel index serves for this torch version). The environment
+# remembers the variant it was set up with, so a later plain `make run` or `make test` keeps it.
+TORCH_VARIANT ?= $(or $(shell cat $(VENV)/.torch-variant 2>/dev/null),cpu)
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/$(TORCH_VARIANT)
 KERNEL := moelab
 RUN ?=
@@ -37,6 +38,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (moelab)" >/dev/null
 	@rm -f $(VENV)/.setup-done-*
+	@echo $(TORCH_VARIANT) > $(VENV)/.torch-variant
 	@touch $@
 	@echo "environment ready: $(VENV) (kernel '$(KERNEL)')"
 

@@ -68,3 +68,24 @@ def test_readme_python_example_runs():
     exec(compile(block[1], "README.md", "exec"), namespace)
     assert namespace["out"].loss.ndim == 0
     assert namespace["ids"].shape == (1, len("A vida é ".encode()) + 50)
+
+
+def _dry_make(venv, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={venv}", *args], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def test_a_gpu_setup_stays_for_later_make_calls(tmp_path):
+    """`make setup TORCH_VARIANT=cu128` is remembered: a plain `make run` / `make test` reinstalls nothing."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".torch-variant").write_text("cu128\n")
+    (venv / ".setup-done-cu128").touch()  # newer than pyproject.toml and the Makefile
+    for target in ("run", "test"):
+        plan = _dry_make(venv, target)
+        assert "pip install" not in plan and "+cpu" not in plan, plan
+    assert "pip install" in _dry_make(venv, "test", "TORCH_VARIANT=cpu")  # asking for another build installs it
+    (venv / ".torch-variant").write_text("cpu\n")  # set up for the CPU, with no CPU stamp: set up again
+    assert 'torch==' in _dry_make(venv, "test") and "+cpu" in _dry_make(venv, "test")
