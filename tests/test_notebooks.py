@@ -114,6 +114,12 @@ def test_notebook_settings_fill_only_what_the_user_left_as_none(monkeypatch, tmp
     assert notebook_settings("01_data_prep", "tiny", **nones01, context=bpe)["dataset"] == "machado-tiny-bpe512"
     assert notebook_settings("01_data_prep", "default", **nones01)["dataset"] == "machado"
     assert notebook_settings("01_data_prep", "tiny", **{**nones01, "dataset": "mine"}, context=bpe)["dataset"] == "mine"
+    # your own text is named after its source: it never replaces the Machado dataset
+    own = {"source": "/home/me/mytexts/", "tokenizer": "bytes", "vocab_size": None}
+    assert notebook_settings("01_data_prep", "default", **nones01, context=own)["dataset"] == "mytexts"
+    assert notebook_settings("01_data_prep", "tiny", **nones01, context=own)["dataset"] == "mytexts-tiny"
+    table = {**own, "source": "letters.csv", "tokenizer": "bpe", "vocab_size": 512}
+    assert notebook_settings("01_data_prep", "default", **nones01, context=table)["dataset"] == "letters-bpe512"
 
 
 def test_notebook_settings_refuse_unknown_and_missing_names_and_profiles(monkeypatch):

@@ -33,13 +33,18 @@ def _compare_run_of(settings: dict[str, Any]) -> str | None:
         return None
 
 
-def _named_for_tokenizer(name: str):
-    """Notebook 01's dataset: ``name``, or ``<name>-bpe<vocab_size>`` for BPE (so it never replaces the bytes one)."""
+def _named_after_source(suffix: str = ""):
+    """Notebook 01's dataset: named after its ``source`` ("machado", or the folder's or file's name) plus
+    ``suffix``, and ``-bpe<vocab_size>`` for BPE, so preparing other text never replaces the Machado dataset."""
 
     def resolve(settings: dict[str, Any]) -> str:
+        from pathlib import Path
+
         from moelab.data import tokenized_name
 
-        return tokenized_name(name, settings.get("tokenizer", "bytes"), settings.get("vocab_size"))
+        source = str(settings.get("source", "machado"))
+        name = "machado" if source == "machado" else Path(source).stem
+        return tokenized_name(name + suffix, settings.get("tokenizer", "bytes"), settings.get("vocab_size"))
 
     return resolve
 
@@ -65,8 +70,8 @@ def _dataset_of_run(fallback: str):
 # computed from the other settings (so it follows a run name the user passed).
 PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "01_data_prep": {
-        "default": {"dataset": _named_for_tokenizer("machado"), "max_works_per_category": None},
-        "tiny": {"dataset": _named_for_tokenizer("machado-tiny"), "max_works_per_category": 2},
+        "default": {"dataset": _named_after_source(), "max_works_per_category": None},
+        "tiny": {"dataset": _named_after_source("-tiny"), "max_works_per_category": 2},
     },
     "02_train": {
         "default": {
