@@ -116,8 +116,9 @@ class MoE(nn.Module):
             if config.n_common_experts
             else None
         )
-        self.router = Router(config) if config.is_moe else None
+        self.router = None
         if config.is_moe:
+            self.router = Router(config)
             self.experts = Experts(
                 self.n_experts, config.n_embd, config.routed_hidden, config.bias, activation=config.activation
             )

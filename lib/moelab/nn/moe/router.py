@@ -107,9 +107,11 @@ class Router(nn.Module):
         else:
             scores = torch.sigmoid(logits.to(wide))
             probs = scores / scores.sum(dim=-1, keepdim=True)
-        selection = scores if self.balance_bias is None else scores + self.balance_bias  # 4. choice
-        experts = selection.topk(self.top_k, dim=-1).indices
-        weights = scores.gather(-1, experts)  # 5. gates: the raw scores
+        if self.balance_bias is None:  # 4. choice and 5. gates: the raw scores of the chosen
+            weights, experts = scores.topk(self.top_k, dim=-1)
+        else:  # the bias steers the choice only
+            experts = (scores + self.balance_bias).topk(self.top_k, dim=-1).indices
+            weights = scores.gather(-1, experts)
         if self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return probs, experts, weights
