@@ -1,18 +1,25 @@
+import dataclasses
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from moelab.paths import reports_dir
+from moelab.config.model import ModelConfig
+from moelab.config.presets import PRESETS
+from moelab.config.train import TrainConfig
+from moelab.paths import project_root, reports_dir
 from moelab.runs.files import run_reports_dir
-from moelab.stats import SUMMARY_COLUMNS, conclusions, summarize, t_interval
+from moelab.stats import SUMMARY_COLUMNS, conclusions, holm, summarize, t_interval
 from moelab.sweep.runner import SweepError, collect, main, plan, run_sweep, sweep_dir
 from moelab.sweep.spec import SweepSpecError, builtin_studies, load_spec
 from moelab.train.trainer import Trainer
+
+REFERENCE_EXPERIMENTS = project_root() / "reports" / "reference" / "experiments"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -43,6 +50,35 @@ def test_intervals_and_paired_differences_match_scipy():
     # lower is better: the mirror image of b is better
     flipped = summarize(pd.DataFrame(rows).assign(val_bpb=lambda t: np.where(t["variant"] == "b", 2 * a.repeat(1).mean() - t["val_bpb"], t["val_bpb"])))
     assert flipped.set_index("variant").loc["b", "verdict"] == "better"
+
+
+def test_holm_adjusts_a_family_of_comparisons_and_can_overturn_a_verdict():
+    # Holm's worked numbers: sorted 0.005·4, 0.01·3, 0.03·2, 0.04·1 -> 0.02, 0.03, 0.06, max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([math.nan, 0.02, 0.5])  # the reference's NaN is no test and does not count
+    assert math.isnan(adjusted[0]) and adjusted[1:].tolist() == pytest.approx([0.04, 0.5])
+    # five variants against one reference: 'clear' is worse beyond any correction; 'marginal' has
+    # a raw p just under 0.05 and loses its verdict after Holm over 5 comparisons
+    seeds = [1, 2, 3, 4]
+    ref = np.array([2.50, 2.52, 2.48, 2.51])
+    offsets = {"clear": [0.10, 0.11, 0.10, 0.12], "marginal": [0.02, 0.03, 0.01, 0.04],
+               "n1": [0.01, -0.01, 0.02, -0.02], "n2": [-0.01, 0.0, 0.01, 0.0], "n3": [0.0, 0.01, -0.01, 0.005]}
+    rows = [{"variant": "ref", "seed": s, "val_bpb": x} for s, x in zip(seeds, ref)]
+    rows += [{"variant": v, "seed": s, "val_bpb": x + d} for v, ds in offsets.items() for s, x, d in zip(seeds, ref, ds)]
+    summary = summarize(pd.DataFrame(rows)).set_index("variant")
+    raw = {v: scipy_stats.ttest_rel(ref + np.array(d), ref).pvalue for v, d in offsets.items()}
+    order = sorted(raw, key=raw.get)  # the step-down by hand
+    running = 0.0
+    for i, v in enumerate(order):
+        running = max(running, min(1.0, raw[v] * (len(order) - i)))
+        assert summary.loc[v, "p_holm"] == pytest.approx(running)
+    assert raw["marginal"] < 0.05 and summary.loc["marginal", "verdict"] == "worse"
+    assert summary.loc["marginal", "verdict_holm"] == "no detectable difference"
+    assert summary.loc["clear", ["verdict", "verdict_holm"]].tolist() == ["worse", "worse"]
+    assert summary.loc["ref", "verdict_holm"] == "reference" and math.isnan(summary.loc["ref", "p_holm"])
+    text = " ".join(conclusions(summary.reset_index()))
+    assert "'marginal'" in text and "not after Holm's correction over 5 comparisons" in text
+    assert "survives Holm's correction over 5 comparisons" in text
 
 
 def test_pairs_use_only_the_seeds_both_variants_have_and_a_control_is_no_difference():
@@ -162,6 +198,49 @@ def test_sweep_trains_seed_major_summarizes_and_never_retrains(toy_dataset):
     more = run_sweep({**spec, "seeds": [1, 2, 3]}, progress=False, figures=False)
     assert more.trained == [f"t-run-{v}-s3" for v in ("schedule", "fixed", "control")]
     assert json.loads((run_reports_dir("t-run-fixed-s3") / "config.json").read_text())["train"]["seed"] == 3
+
+
+def test_a_saved_spec_trains_the_same_configs_after_a_preset_changes(toy_dataset, monkeypatch):
+    spec = spec_dict(toy_dataset, name="t-saved", seeds=[1], variants={"a": {}, "wide": {"n_embd": 48}})
+    run_sweep(spec, progress=False, figures=False)
+    saved = sweep_dir("t-saved") / "spec.yaml"
+    assert saved.read_text().startswith("# Sweep t-saved, resolved at moelab")
+    recorded = {v: json.loads((run_reports_dir(f"t-saved-{v}-s1") / "config.json").read_text()) for v in ("a", "wide")}
+    # the tiny preset changes its learning rate and its model's width
+    changed = {**PRESETS["tiny"], "model": {**PRESETS["tiny"]["model"], "n_embd": 64},
+               "train": {**PRESETS["tiny"]["train"], "lr": 0.01}}
+    monkeypatch.setitem(PRESETS, "tiny", changed)
+    assert load_spec(spec_dict(toy_dataset)).configs("schedule", 1)[1].lr == 0.01  # an unresolved spec follows the preset
+    again = load_spec(saved)
+    for variant in ("a", "wide"):
+        model, train = again.configs(variant, 1)
+        assert model.to_dict() == recorded[variant]["model"] and train.to_dict() == recorded[variant]["train"]
+    # so re-running the saved spec finds its runs finished and trains nothing
+    assert plan(again)["state"].tolist() == ["finished", "finished"]
+    assert run_sweep(saved, progress=False, figures=False).trained == []
+
+
+@pytest.mark.parametrize("study", sorted(p.name for p in REFERENCE_EXPERIMENTS.iterdir() if p.is_dir()))
+def test_a_builtin_study_trains_what_its_reference_results_measured(study):
+    """A built-in study with committed results pins the recipe those results measured, so a
+    preset change that would alter it fails here (pin the changed fields in the study file)."""
+    builtin, reference = load_spec(study, check_dataset=False), load_spec(REFERENCE_EXPERIMENTS / study / "spec.yaml", check_dataset=False)
+    assert list(builtin.variants) == list(reference.variants) and builtin.seeds == reference.seeds
+    for variant in builtin.variants:
+        assert builtin.dataset_of(variant) == reference.dataset_of(variant)
+        assert builtin.configs(variant, 1) == reference.configs(variant, 1), variant
+
+
+def test_resolved_spec_lists_every_field_once_and_only_differences_per_variant():
+    spec = load_spec("design-tokenizer", check_dataset=False)
+    resolved = spec.resolved()
+    field_names = {f.name for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)} - {"seed"}
+    assert set(resolved["base"]) == field_names | {"preset", "dataset"}
+    assert resolved["variants"] == {"bytes": {}, "bpe-512": {"vocab_size": 512, "dataset": "machado-bpe512"},
+                                    "bpe-2048": {"vocab_size": 2048, "dataset": "machado-bpe2048"}}
+    again = load_spec(resolved, check_dataset=False)  # the same runs with the same configs
+    assert [again.run_name(v, s) for v in again.variants for s in again.seeds] == [spec.run_name(v, s) for v in spec.variants for s in spec.seeds]
+    assert all(again.configs(v, 2) == spec.configs(v, 2) and again.dataset_of(v) == spec.dataset_of(v) for v in spec.variants)
 
 
 def test_a_killed_sweep_resumes_its_run_from_the_checkpoint_exactly(toy_dataset):

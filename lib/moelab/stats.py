@@ -10,6 +10,11 @@ and the verdict says whether that interval excludes 0. Lower bits per byte is be
 an interval above 0 is ``worse``, below 0 ``better``, and one containing 0 is
 ``no detectable difference`` (so is a single seed: it has no interval). Each variant's
 own mean gets the same t-interval over its seeds.
+
+A summary compares several variants with one reference, and with k comparisons one of them
+crosses the 5% line by chance far more often than 5% of the time. Holm's step-down
+correction (``p_holm``, ``verdict_holm``) keeps the chance of any false verdict among the
+k at 5%: sort the p-values, multiply the i-th smallest by (k - i + 1), keep them monotone.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import math
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 BETTER, WORSE, NO_DIFFERENCE, REFERENCE = "better", "worse", "no detectable difference", "reference"
 SUMMARY_COLUMNS = [
     "variant", "n", "mean", "std", "ci_low", "ci_high",
-    "diff", "diff_ci_low", "diff_ci_high", "n_paired", "p_value", "verdict",
+    "diff", "diff_ci_low", "diff_ci_high", "n_paired", "p_value", "verdict", "p_holm", "verdict_holm",
 ]  # fmt: skip
 
 
@@ -61,6 +67,16 @@ def verdict(ci_low: float, ci_high: float) -> str:
     return NO_DIFFERENCE  # contains 0, or NaN (a single pair has no interval)
 
 
+def holm(p_values, alpha: float = 0.05) -> np.ndarray:
+    """Holm-adjusted p-values of one family of comparisons; NaN (no test) stays NaN and is not counted."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, math.nan)
+    tested = ~np.isnan(p)
+    if tested.any():
+        adjusted[tested] = multipletests(p[tested], alpha=alpha, method="holm")[1]
+    return adjusted
+
+
 def summarize(
     results: pd.DataFrame,
     metric: str = "val_bpb",
@@ -94,7 +110,13 @@ def summarize(
             row.update(diff=diff, diff_ci_low=d_low, diff_ci_high=d_high, n_paired=len(d),
                        p_value=paired_p_value(d), verdict=verdict(d_low, d_high))  # fmt: skip
         rows.append(row)
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    summary = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in ("p_holm", "verdict_holm")])
+    summary["p_holm"] = holm(summary["p_value"], alpha=1 - confidence)
+    summary["verdict_holm"] = [
+        REFERENCE if v == REFERENCE else (BETTER if d < 0 else WORSE) if p < 1 - confidence else NO_DIFFERENCE
+        for v, d, p in zip(summary["verdict"], summary["diff"], summary["p_holm"])
+    ]  # NaN < alpha is False: no test, no difference
+    return summary
 
 
 def conclusions(summary: pd.DataFrame, unit: str = "bits per byte", confidence: float = 0.95) -> list[str]:
@@ -118,8 +140,19 @@ def conclusions(summary: pd.DataFrame, unit: str = "bits per byte", confidence: 
                 BETTER: f"better than {ref['variant']!r} beyond seed-to-seed noise",
                 NO_DIFFERENCE: f"no detectable difference from {ref['variant']!r}",
             }[row["verdict"]]
-            lines.append(f"{head}; difference {row['diff']:+.3f} ({span}): {meaning}.")
+            lines.append(f"{head}; difference {row['diff']:+.3f} ({span}): {meaning}{_holm_text(row, len(summary) - 1)}.")
     return lines
+
+
+def _holm_text(row: pd.Series, comparisons: int) -> str:
+    """What Holm's correction over the summary's comparisons does to one verdict (nothing with one comparison)."""
+    if comparisons < 2 or math.isnan(row["p_holm"]):
+        return ""
+    if row["verdict"] == NO_DIFFERENCE:
+        return ""
+    if row["verdict_holm"] == row["verdict"]:
+        return f"; it survives Holm's correction over {comparisons} comparisons (adjusted p {row['p_holm']:.3g})"
+    return f"; not after Holm's correction over {comparisons} comparisons (adjusted p {row['p_holm']:.3g}): no detectable difference"
 
 
 def _mean_text(row: pd.Series, level: str) -> str:

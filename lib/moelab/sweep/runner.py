@@ -8,7 +8,7 @@ is never retrained, a run killed midway resumes from its last checkpoint. Runs a
 ordinary runs (``reports/<sweep>-<variant>-s<seed>/``, listed by ``python -m moelab runs``);
 the sweep's own outputs go to ``reports/sweeps/<name>/``:
 
-* ``spec.yaml``: the spec as run;
+* ``spec.yaml``: the spec as run, resolved (every config field written out: :func:`write_spec`);
 * ``results.csv``: one row per finished run (variant, seed, run, val_bpb, steps, tokens,
   wall_s, tokens_per_s, best_val_bpb, maxvio: the expert imbalance at the end);
 * ``summary.csv``: one row per variant, its mean and 95% t-interval over seeds and its
@@ -39,7 +39,7 @@ from moelab.config.model import ModelConfig
 from moelab.config.train import TrainConfig, config_diff
 from moelab.data import CorpusError
 from moelab.paths import atomic_write, reports_dir
-from moelab.runs.registry import process_alive, read_status
+from moelab.runs.registry import git_commit, process_alive, read_status
 from moelab.runs.files import checkpoint_dir, latest_checkpoint, list_checkpoints, run_reports_dir
 from moelab.stats import conclusions, summarize
 from moelab.nn.moe.metrics import final_maxvio
@@ -132,7 +132,7 @@ def run_sweep(
     trained = []
     log_lines = os.environ.get("MOELAB_PROGRESS", "").strip().lower() == "log"
     with _lock(folder):
-        atomic_write(folder / "spec.yaml", lambda f: f.write(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()))
+        write_spec(spec, folder / "spec.yaml")
         bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="run", disable=not progress or log_lines)
         for i, row in enumerate(todo.itertuples(), start=1):
             bar.set_postfix_str(row.run)
@@ -155,6 +155,15 @@ def run_sweep(
         write_figures(result)
     write_readme(result)
     return result
+
+
+def write_spec(spec: SweepSpec, path: Path) -> Path:
+    """The spec, resolved (every config field written out), with a header saying how to re-run it."""
+    header = (f"# Sweep {spec.name}, resolved at moelab {git_commit() or 'unknown'}: every config field is written\n"
+              "# out, so `moelab sweep <this file>` trains exactly these runs whatever the presets say later.\n")
+    text = header + yaml.safe_dump(spec.resolved(), sort_keys=False, allow_unicode=True)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return path
 
 
 def _check_plan(spec: SweepSpec, todo: pd.DataFrame, overwrite: bool) -> None:
@@ -289,8 +298,8 @@ def write_readme(result: SweepResult) -> Path:
     """README.md of the sweep: the question, the command, where and how long it ran, the summary,
     the per-seed values, the conclusions in words and the figures."""
     spec, lines = result.spec, [f"# Sweep `{result.spec.name}`", "", result.spec.description, ""]
-    lines += ["```bash", f"python -m moelab.sweep {spec.name}   # or: python -m moelab.sweep reports/sweeps/{spec.name}/spec.yaml",
-              "```", ""]  # fmt: skip
+    lines += ["Re-run exactly these runs (spec.yaml lists every config field, so later preset changes do not alter it):", "",
+              "```bash", f"moelab sweep reports/sweeps/{spec.name}/spec.yaml", "```", ""]  # fmt: skip
     if not result.results.empty:
         lines += [_where_and_how_long(result), "", "## Summary", "",
                   result.summary.to_markdown(index=False, floatfmt=".4f"), ""]  # fmt: skip

@@ -23,6 +23,11 @@ base and the variants may not set ``seed``.
 
 Built-in studies live in ``moelab/sweep/studies/<name>.yaml``; :func:`load_spec` accepts their
 names as well as paths.
+
+A sweep saves its spec *resolved* (:meth:`SweepSpec.resolved`): ``base`` lists every
+ModelConfig and TrainConfig field, each variant the fields where it differs. The preset is
+then only a label, so a saved spec trains exactly what it trained, whatever the presets
+say later.
 """
 
 from __future__ import annotations
@@ -76,6 +81,28 @@ class SweepSpec:
         return {"name": self.name, "description": self.description,
                 "base": {"preset": self.preset, "dataset": self.dataset, **self.base},
                 "seeds": list(self.seeds), "variants": self.variants}  # fmt: skip
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec with every config field written out: ``base`` holds all fields of the first
+        variant's configs (the seed aside), each variant the fields where it differs (and its
+        ``dataset``). Loading it gives the same configs whatever the presets say later."""
+        fields = {v: config_fields(*self.configs(v, self.seeds[0])) for v in self.variants}
+        base = fields[next(iter(self.variants))]
+        variants = {}
+        for variant, values in fields.items():
+            variants[variant] = {k: v for k, v in values.items() if v != base[k]}
+            if "dataset" in self.variants[variant]:
+                variants[variant]["dataset"] = self.dataset_of(variant)
+        return {"name": self.name, "description": self.description,
+                "base": {"preset": self.preset, "dataset": self.dataset, **base},
+                "seeds": list(self.seeds), "variants": variants}  # fmt: skip
+
+
+def config_fields(model: ModelConfig, train: TrainConfig) -> dict[str, Any]:
+    """Every field of a run's two configs in one mapping, the seed aside (a sweep's seeds list holds it)."""
+    values = {**model.to_dict(), **train.to_dict()}
+    values.pop("seed")
+    return values
 
 
 def builtin_studies() -> list[str]:
