@@ -15,12 +15,13 @@ KERNEL := moelab
 RUN ?=
 PROFILE ?=
 PARAMS ?=
+STAGES ?=
 STAMP := $(VENV)/.setup-done-$(TORCH_VARIANT)
 
 .PHONY: setup run test lab bench tensorboard notebook-outputs help
 
 help:
-	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PROFILE=tiny, PARAMS=file.yaml, FORCE=1)"
+	@echo "make run    the main job: the notebooks into reports/RUN/ (RUN=name, PROFILE=tiny, PARAMS=file.yaml, STAGES=\"01 02\", FORCE=1)"
 	@echo "make test   the whole test suite (sets up .venv first)"
 	@echo "make lab    JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
 	@echo "make bench  the performance benchmark into reports/benchmarks/ (BENCH_ARGS=...)"
@@ -43,15 +44,15 @@ $(STAMP): pyproject.toml Makefile
 	@echo "environment ready: $(VENV) (kernel '$(KERNEL)')"
 
 # The notebook pipeline, executed into reports/$(RUN)/ (default: the profile's run name, default or tiny),
-# then the run's report (lib/moelab/pipeline.py). Stages whose inputs are unchanged are skipped; an
+# then the run's report (lib/moelab/views/pipeline.py). STAGES="01 02 03 04" runs only those. Stages whose inputs are unchanged are skipped; an
 # interrupted training resumes from its last checkpoint; FORCE=1 re-runs everything from scratch.
 run: setup
-	$(BIN)/python -m moelab.views.pipeline $(RUN) $(if $(PROFILE),--profile $(PROFILE)) $(if $(PARAMS),-f $(PARAMS)) $(if $(FORCE),--force)
+	$(BIN)/python -m moelab.views.pipeline $(RUN) $(if $(PROFILE),--profile $(PROFILE)) $(if $(PARAMS),-f $(PARAMS)) $(if $(FORCE),--force) $(if $(STAGES),--stages "$(STAGES)")
 
 test: setup
 	$(BIN)/python -m pytest
 
-# Side-by-side timings (see lib/moelab/bench.py); e.g. BENCH_ARGS="--configs A --repeats 3".
+# Side-by-side timings (see lib/moelab/bench/); e.g. BENCH_ARGS="--configs A --repeats 3".
 bench: setup
 	$(BIN)/python -m moelab.bench $(BENCH_ARGS)
 

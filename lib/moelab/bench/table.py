@@ -34,8 +34,10 @@ def write_table(table: pd.DataFrame, out: Path) -> None:
     shown = table.assign(value=table["value"].map(_fmt))
     (out / "bench.md").write_text(shown.to_markdown(index=False) + "\n")
     from moelab.bench.plots import plot_benchmark  # matplotlib only when the figure is drawn
+    from moelab.runs.registry import hardware
 
-    plot_benchmark(table, out / "bench.png")
+    machine = hardware()
+    plot_benchmark(table, out / "bench.png", cpu=machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads")
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_colwidth", 60):
         print("\n" + shown.to_string(index=False))
     print(f"\nwritten: {out / 'bench.csv'}, bench.md, bench.png")

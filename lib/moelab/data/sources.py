@@ -130,7 +130,7 @@ def _copy_from_mirror(todo: pd.DataFrame, mirror: Path, root: Path, progress: bo
     if not mirror.is_dir():
         raise CorpusError(
             f"corpus mirror {mirror} is not a folder. Point {MIRROR_ENV} (or `mirror=`) at a folder laid out "
-            "as txt/<category>/<work>.txt, like ../shared/data/machado, or unset it to download."
+            "as txt/<category>/<work>.txt (a copy of the upstream corpus), or unset it to download."
         )
     in_mirror = todo["path"].map(lambda p: (mirror / p).is_file())
     missing = list(todo.loc[~in_mirror, "path"])
@@ -172,8 +172,7 @@ def _download(todo: pd.DataFrame, root: Path, base_url: str, retries: int, progr
             except requests.exceptions.ConnectionError as err:
                 raise CorpusError(
                     f"could not reach {base_url} to download {row.path} (offline?). Give a local copy of the corpus: "
-                    f"set {MIRROR_ENV}=/path/to/machado (a folder with txt/<category>/<work>.txt, e.g. "
-                    "../shared/data/machado) or pass mirror=... ."
+                    f"set {MIRROR_ENV}=/path/to/machado (a folder with txt/<category>/<work>.txt) or pass mirror=... ."
                 ) from err
             except requests.exceptions.HTTPError as err:
                 if err.response is not None and err.response.status_code == 404:

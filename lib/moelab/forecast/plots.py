@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from moelab.forecast.forecaster import ForecastEvaluation
-from moelab.forecast.series import mean_scale, scaled_windows, sliding_windows
+from moelab.forecast.series import axis_labels, mean_scale, scaled_windows, sliding_windows
 
 
 def plot_series(evaluations: list[ForecastEvaluation]) -> plt.Figure:
@@ -16,7 +16,8 @@ def plot_series(evaluations: list[ForecastEvaluation]) -> plt.Figure:
         ax.plot(ev.series.index, ev.series.to_numpy(), lw=1, color="C0")
         ax.axvspan(ev.series.index[ev.origins[0]], ev.series.index[-1], color="C1", alpha=0.15,
                    label=f"evaluated: {len(ev.origins)} origins × {ev.config.horizon} points")  # fmt: skip
-        ax.set(title=ev.name, ylabel="value")
+        xlabel, ylabel = axis_labels(ev.name, ev.series)
+        ax.set(title=ev.name, xlabel=xlabel, ylabel=ylabel)
         ax.legend(loc="upper left")
     fig.tight_layout()
     return fig
@@ -41,7 +42,7 @@ def plot_tokenization(ev: ForecastEvaluation) -> plt.Figure:
     right.plot(window, color="C0", lw=1.5, label="values")
     right.step(np.arange(len(window)), q.decode(tokens, scale), where="mid", color="C1", lw=1, label="bin centers × scale")
     right.set(title=f"the last context before the first origin: {len(set(tokens.tolist()))} distinct tokens of {q.n_bins}",
-              xlabel="position in the context", ylabel="value")  # fmt: skip
+              xlabel="position in the context", ylabel=axis_labels(ev.name, ev.series)[1])  # fmt: skip
     right.title.set_fontsize(9)
     right.legend()
     fig.tight_layout()
@@ -85,8 +86,9 @@ def plot_forecasts(evaluations: list[ForecastEvaluation]) -> plt.Figure:
                 ax.plot(when, ev.forecasts[(method, origin)].point, color=color, lw=1, ls="--",
                         label=method if k == 0 else None)  # fmt: skip
             ax.axvline(index[origin], color="grey", lw=0.5)
+        xlabel, ylabel = axis_labels(ev.name, ev.series)
         ax.set(title=f"{ev.name}: forecasts from {len(ev.origins)} origins (grey lines), {c.horizon} points each",
-               ylabel="value")  # fmt: skip
+               xlabel=xlabel, ylabel=ylabel)  # fmt: skip
         ax.legend(loc="upper left", fontsize=8, ncol=5)
     fig.tight_layout()
     return fig

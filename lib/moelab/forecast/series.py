@@ -31,6 +31,7 @@ class BuiltinSeries:
     season: int  # the seasonal period used by seasonal naive, ETS and MASE
     horizon: int  # a natural forecast horizon: one season
     load: Callable[[], pd.Series]
+    unit: str  # the values' quantity and unit, for axis labels
 
 
 def _co2() -> pd.Series:
@@ -56,14 +57,24 @@ BUILTIN: dict[str, BuiltinSeries] = {
         season=12,
         horizon=12,
         load=_co2,
+        unit="CO₂ (ppm)",
     ),
     "sunspots": BuiltinSeries(
         "Yearly mean sunspot numbers, 1700–2008 (309 years); the ~11-year solar cycle as the season",
         season=11,
         horizon=11,
         load=_sunspots,
+        unit="sunspot number (yearly mean)",
     ),
 }
+
+
+def axis_labels(name: str, series: pd.Series) -> tuple[str, str]:
+    """(x label, y label) of a series' plot: dates or time steps, and the built-in series' unit
+    or a CSV column's name (its units are the CSV's)."""
+    x = "date" if isinstance(series.index, pd.DatetimeIndex) else "time step"
+    y = BUILTIN[name].unit if name in BUILTIN else f"{series.name or name} (the CSV's units)"
+    return x, y
 
 
 def load_series(source: str | Path, value_column: str | None = None, date_column: str | None = None) -> pd.Series:

@@ -19,13 +19,17 @@ def plot_sweep_summary(summary: pd.DataFrame, title: str, metric: str = "validat
         left.annotate(f"{row.mean:.3f} (n={row.n})", (row.mean, i), xytext=(0, 8), textcoords="offset points",
                       ha="center", fontsize=8)  # fmt: skip
         if row.verdict != "reference":
-            right.annotate(f"{row.diff:+.3f}: {row.verdict}", (row.diff, i), xytext=(0, 8), textcoords="offset points",
+            said = row.verdict if row.n_paired >= 2 else "one seed: no interval, no verdict"
+            if getattr(row, "verdict_holm", row.verdict) != row.verdict:
+                said += f" (after Holm: {row.verdict_holm})"
+            right.annotate(f"{row.diff:+.3f}: {said}", (row.diff, i), xytext=(0, 8), textcoords="offset points",
                            ha="center", fontsize=8)  # fmt: skip
     right.axvline(0, color="black", lw=1)
     left.set_yticks(y, summary["variant"])
     left.set_ylim(len(summary) - 0.4, -0.6)
-    left.set(title=f"{title}: mean over seeds, 95% CI", xlabel=metric)
-    right.set(title=f"difference from {summary['variant'].iloc[0]!r}, paired by seed, 95% CI",
+    seeds = "one seed each: values only" if summary["n"].max() < 2 else "mean over seeds, 95% CI"
+    left.set(title=f"{title}: {seeds}", xlabel=metric)
+    right.set(title=f"difference from {summary['variant'].iloc[0]!r}, paired by seed" + (", 95% CI" if summary["n"].max() >= 2 else ""),
               xlabel=f"{metric} (positive = worse)")  # fmt: skip
     fig.tight_layout()
     return fig

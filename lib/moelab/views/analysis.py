@@ -355,7 +355,7 @@ def plot_balance(stats: pd.DataFrame, title: str) -> plt.Figure:
     axes[0].plot(layers, stats["maxvio"], "s-", color="tab:red", label="MaxVio: (max − mean) / mean load")
     axes[0].plot(layers, stats["min_max_ratio"], "o-", color="tab:orange", label="min / max load (1 = balanced)")
     top = max(1.0, stats["load_cv"].max(), stats["maxvio"].max()) * 1.35
-    axes[0].set(title="Balance", xlabel="layer", ylabel="value", ylim=(0, top))
+    axes[0].set(title="Balance of the expert load", xlabel="layer", ylabel="ratio of loads (no unit)", ylim=(0, top))
     axes[0].legend(fontsize=8)
     axes[1].plot(layers, stats["token_entropy"], "o-", label="per token (mean)")
     axes[1].plot(layers, stats["mean_entropy"], "s-", label="of the mean distribution")

@@ -151,14 +151,17 @@ def run_pipeline(
     notebooks_dir: Path | None = None,
     log=print,
     echo: bool = True,
+    stages: list[str] | None = None,
 ) -> list[StageResult]:
     """Run the stages that are not up to date into ``reports/<run>/``, then write the report.
 
     ``profile`` None: ``$MOELAB_PROFILE``, else ``default``. ``echo``: stream the cells'
-    printed output to this process's stdout/stderr while they run.
+    printed output to this process's stdout/stderr while they run. ``stages``: only these
+    (names or their numbers, e.g. ``["01", "02", "03", "04"]``); the others are left as they are.
     """
     import papermill
 
+    selected = select_stages(stages)
     params = dict(params or {})
     profile = resolve_profile(profile if profile is not None else params.pop("profile", None))
     run = run if run is not None else default_run_name(profile)
@@ -179,6 +182,10 @@ def run_pipeline(
             fingerprint = stage_fingerprint(previous, source, values, code, profile)
             previous = fingerprint
             recorded = state.get(stage, {})
+            if stage not in selected:
+                log(f"{stage}: not selected, left as it is")
+                results.append(StageResult(stage, "not selected", 0.0, output))
+                continue
             if not force and recorded.get("fingerprint") == fingerprint and "finished" in recorded and output.is_file():
                 log(f"{stage}: up to date, skipped (ran {recorded['finished']}; --force / FORCE=1 re-runs it)")
                 results.append(StageResult(stage, "skipped", 0.0, output))
@@ -196,6 +203,18 @@ def run_pipeline(
     index = write_report(folder)
     log(f"report: {index}")
     return results
+
+
+def select_stages(stages: list[str] | None) -> tuple[str, ...]:
+    """The stages named by ``stages`` (full names or their two-digit numbers), in pipeline order; None: all."""
+    if not stages:
+        return STAGES
+    by_number = {stage[:2]: stage for stage in STAGES}
+    unknown = [s for s in stages if s not in STAGES and s not in by_number]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the stages: {', '.join(STAGES)} (or their numbers, 00 to 06)")
+    chosen = {by_number.get(s, s) for s in stages}
+    return tuple(stage for stage in STAGES if stage in chosen)
 
 
 def _run_reason(
@@ -260,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--parameters", type=Path, help="a YAML file of notebook parameters (papermill -f)")
     parser.add_argument("--profile", help="default or tiny (default: $MOELAB_PROFILE, else default)")
     parser.add_argument("--force", action="store_true", help="re-run every stage, up to date or not")
+    parser.add_argument("--stages", help="only these stages, by number or name, e.g. 01,02,03,04 (default: all)")
     args = parser.parse_args(argv)
     params: dict[str, Any] = {}
     if args.parameters is not None:
@@ -271,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(params, dict):
             parser.error(f"{args.parameters} must hold a mapping of parameter: value")
     try:
-        results = run_pipeline(args.run, params, profile=args.profile, force=args.force)
+        stages = args.stages.replace(",", " ").split() if args.stages else None
+        results = run_pipeline(args.run, params, profile=args.profile, force=args.force, stages=stages)
     except (StageFailed, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -281,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(r.seconds for r in results)
     print(
         "stages: "
-        + ", ".join(f"{r.stage} {r.status}" + (f" {duration(r.seconds)}" if r.status == "ran" else "") for r in results)
+        + ", ".join(f"{r.stage} {r.status}" + (f" {duration(r.seconds)}" if r.status == "ran" else "") for r in results
+                    if r.status != "not selected")
     )
     print(f"total {duration(total)}")
     return 0

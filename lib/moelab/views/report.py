@@ -20,7 +20,8 @@ import pandas as pd
 FIGURES = [
     ("training_curves.png", "Bits per byte while training, with the context window"),
     ("balance_training.png", "Expert balance (MaxVio per layer) while training"),
-    ("comparison.png", "Window schedule vs fixed window vs dense, same budget"),
+    ("comparison.png", "Window schedule vs fixed window vs dense at one budget: values (and intervals with several seeds)"),
+    ("comparison_curves.png", "The comparison's validation curves"),
     ("expert_load.png", "Expert load per layer"),
     ("load_over_time.png", "Expert load during training"),
     ("balance.png", "Router balance per layer"),
@@ -51,7 +52,8 @@ def summary(folder: Path) -> dict:
     facts: dict = {"run": folder.name}
     if (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
-        facts.update(run=config["run_name"], model=config["model"], train=config["train"], params=config["params"])
+        facts.update(run=config["run_name"], model=config["model"], train=config["train"], params=config["params"],
+                     stamp=stamp(folder))  # fmt: skip
     if (folder / "metrics.parquet").is_file():
         metrics = pd.read_parquet(folder / "metrics.parquet")
         last = metrics.iloc[-1]
@@ -67,7 +69,7 @@ def summary(folder: Path) -> dict:
         stages = json.loads((folder / "pipeline.json").read_text())
         facts["stages"] = {name: info["seconds"] for name, info in stages.items() if "seconds" in info}
     if (folder / "comparison.csv").is_file():
-        facts["comparison"] = pd.read_csv(folder / "comparison.csv", index_col=0)
+        facts["comparison"] = comparison_table(pd.read_csv(folder / "comparison.csv", index_col=0))
     if (folder / "balance.parquet").is_file():
         facts["balance"] = pd.read_parquet(folder / "balance.parquet")
     if (folder / "forecast.csv").is_file():  # notebook 06
@@ -79,8 +81,32 @@ def summary(folder: Path) -> dict:
     return facts
 
 
+def comparison_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """A sweep summary as shown: columns that are empty for every variant dropped; with one seed
+    a variant has a value but no interval and no verdict, which the table says."""
+    shown = summary.dropna(axis=1, how="all")
+    if "n" in shown and shown["n"].max() < 2:
+        keep = [c for c in ("n", "mean", "diff") if c in shown]
+        shown = shown[keep].assign(verdict="one seed: no interval, no verdict")
+    return shown
+
+
+def stamp(folder: Path) -> str | None:
+    """Which code, preset and machine made the run: commit, closest preset, CPU (or GPU), torch, end time."""
+    from moelab.runs.registry import run_row
+
+    row = run_row(folder)
+    if row is None:
+        return None
+    config = json.loads((folder / "config.json").read_text())
+    preset = f"preset `{row['preset']}`" + (f" with {row['changes']}" if row["changes"] else "")
+    machine = row["gpu"] or (f"{row['cpu']} ({row['threads']} threads)" if row["cpu"] else "an unrecorded machine")
+    commit = (row["git_commit"] or "unknown")[:7]
+    return f"Made with moelab {commit}, {preset}, on {machine}, torch {config.get('torch')}; finished {row['ended'] or '-'}."
+
+
 def _headline(facts: dict) -> list[str]:
-    lines = []
+    lines = [facts["stamp"]] if facts.get("stamp") else []
     if "params" in facts:
         m = facts["model"]
         lines.append(
