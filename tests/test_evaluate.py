@@ -82,7 +82,7 @@ def test_command_lines_run_without_the_sys_modules_warning():
     for module in ("moelab.train", "moelab.evaluate"):
         for flags in ([], ["-W", "error"]):
             done = subprocess.run([sys.executable, *flags, "-m", module, "--help"], capture_output=True, text=True)
-            assert done.returncode == 0 and "usage: python -m" in done.stdout, done.stderr
+            assert done.returncode == 0 and f"usage: moelab {module.split('.')[1]}" in done.stdout, done.stderr
             assert "found in sys.modules" not in done.stderr and "RuntimeWarning" not in done.stderr, done.stderr
 
 

@@ -51,7 +51,7 @@ from moelab.train.precision import bf16_support
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m moelab.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="moelab bench", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS),
         help="A B C (the default); seed: the seed preset's model (for GPUs)")

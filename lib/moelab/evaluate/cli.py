@@ -22,7 +22,7 @@ from moelab.evaluate.scoring import score_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moelab.evaluate", description="Bits per byte of text files.")
+    parser = argparse.ArgumentParser(prog="moelab evaluate", description="Bits per byte of text files.")
     parser.add_argument("--checkpoint", required=True, type=Path, help="a moelab checkpoint (.pt)")
     parser.add_argument("files", nargs="+", type=Path, help="text files to score")
     parser.add_argument("--stride", type=int, default=None, help="window stride (default: half the context window)")

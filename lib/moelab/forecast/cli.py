@@ -16,7 +16,7 @@ from moelab.forecast.series import BUILTIN, load_series
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m moelab.forecast",
+        prog="moelab forecast",
         description="Train moelab's Transformer on one series (Chronos tokenization) and score its forecasts "
         "against naive, seasonal naive and ETS over a rolling-origin evaluation.",
     )

@@ -353,7 +353,7 @@ def _where_and_how_long(result: SweepResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m moelab.sweep",
+        prog="moelab sweep",
         description="Train a sweep (variants × seeds, one run at a time, resumable) and summarize it with "
         "95%% confidence intervals into reports/sweeps/<name>/.",
     )

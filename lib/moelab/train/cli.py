@@ -35,7 +35,7 @@ def parse_value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moelab.train", description="Train a moelab model.")
+    parser = argparse.ArgumentParser(prog="moelab train", description="Train a moelab model.")
     parser.add_argument("--preset", default="cpu", help="seed, cpu, long or tiny (default: cpu, 10 minutes)")
     parser.add_argument("--run-name", required=True, help="names data/checkpoints/<run>/ and reports/<run>/")
     parser.add_argument("--dataset", default="machado", help="a prepared dataset under data/processed/")

@@ -274,7 +274,7 @@ def _now() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moelab.views.pipeline", description="Run the notebooks and the report.")
+    parser = argparse.ArgumentParser(prog="moelab run", description="Run the notebooks and the report.")
     parser.add_argument("run", nargs="?", help="run name: reports/<run>/ (default: the profile's, default or tiny)")
     parser.add_argument("-f", "--parameters", type=Path, help="a YAML file of notebook parameters (papermill -f)")
     parser.add_argument("--profile", help="default or tiny (default: $MOELAB_PROFILE, else default)")
