@@ -16,8 +16,10 @@ from moelab.data import CorpusError, load_works, prepare_dataset
 from moelab.generate.sampling import prepare_prompt
 from moelab.data.batches import WindowSampler, fixed_windows
 from moelab.train.trainer import Trainer
+from moelab.views.notebook import PROFILE_SETTINGS
+from moelab.views.setup import data_prep_settings, forecasting_setup, resolve_layer, training_setup, utilization_setup
 
-from .test_notebooks import run_notebook
+from .test_notebooks import notebook_defaults, run_notebook
 
 CONFIGS = [
     ("n_embd=0", lambda: ModelConfig(n_embd=0), "n_embd: must be a positive integer"),
@@ -150,3 +152,50 @@ NOTEBOOK_PARAMETERS = [
 def test_bad_notebook_parameters_stop_at_the_check(name, parameters, match, tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match=match):
         run_notebook(name, tmp_path, **parameters)
+
+
+# The notebooks' setup calls (moelab.views.setup), with each notebook's defaults and one bad value: the message the
+# notebook stops with. The dataset-free ones never reach the dataset: the checks come first.
+SETUPS = [
+    ("01_data_prep.ipynb", data_prep_settings, {"decode_errors": "ignore"}, "parameter decode_errors='ignore' is not one of"),
+    ("01_data_prep.ipynb", data_prep_settings, {"val_fraction": 0.9}, r"parameter val_fraction=0\.9 must be a number between 0 and 0\.5"),
+    ("01_data_prep.ipynb", data_prep_settings, {"test_fraction": "0.1"}, "parameter test_fraction='0.1' must be a number"),
+    ("01_data_prep.ipynb", data_prep_settings, {"tokenizer": "bpe", "vocab_size": 100}, r"vocab_size.*>= 257"),
+    ("02_train.ipynb", training_setup, {"if_exists": "maybe"}, "parameter if_exists='maybe' is not one of 'error', 'resume', 'overwrite'"),
+    ("02_train.ipynb", training_setup, {"nproc": 0}, r"parameter nproc=0 must be a positive integer \(processes for torchrun\)"),
+    ("02_train.ipynb", training_setup, {"profile": "huge"}, "parameter profile='huge' is not one of 'default', 'tiny'"),
+    ("02_train.ipynb", training_setup, {"dataset": "no-such-dataset"}, "no prepared dataset at .*no-such-dataset; run notebooks/01"),
+    ("03_expert_utilization.ipynb", utilization_setup, {"run_name": "no-such-run"}, "no checkpoints in .*no-such-run"),
+    ("06_forecasting.ipynb", forecasting_setup, {"n_origins": 100}, r"'co2' has \d+ points.*need at least"),
+    ("06_forecasting.ipynb", forecasting_setup, {"value_column": "ppm"}, "'co2' is a built-in series: it takes no value_column"),
+]
+
+
+@pytest.mark.parametrize(
+    "name,setup,bad,match", SETUPS, ids=[f"{n.split('_')[0]}-{'-'.join(bad)}" for n, _, bad, _ in SETUPS]
+)
+def test_bad_notebook_parameters_stop_in_the_setup_call(name, setup, bad, match, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOELAB_REPORTS_DIR", str(tmp_path))
+    parameters = {**notebook_defaults(name, setup), **bad}
+    with pytest.raises((ValueError, CheckpointError, CorpusError), match=match):
+        setup(parameters.pop("profile", "tiny"), **parameters)
+    assert not any(tmp_path.iterdir()), "a bad parameter stops before anything is written"
+
+
+def test_a_comparison_without_a_budget(toy_dataset, tmp_path, monkeypatch):
+    """A profile whose comparison has no budget: compare=True is refused, compare=False is not."""
+    monkeypatch.setenv("MOELAB_REPORTS_DIR", str(tmp_path))
+    monkeypatch.setitem(PROFILE_SETTINGS["02_train"]["tiny"], "compare_steps", None)
+    parameters = {**notebook_defaults("02_train.ipynb", training_setup), "dataset": toy_dataset}
+    message = r"compare=True needs a budget per run: compare_tokens, compare_steps or compare_minutes \(or compare=False\)"
+    with pytest.raises(ValueError, match=message):
+        training_setup("tiny", **parameters)
+    unset = training_setup("tiny", **{**parameters, "compare": False}).compare_budget
+    assert unset == dict.fromkeys(("max_tokens", "max_steps", "max_minutes"))
+
+
+def test_layer_out_of_the_model():
+    assert [resolve_layer(layer, 4) for layer in (None, -1, 1, -4)] == [3, 3, 1, 0]  # None: the last
+    for layer in (4, -5):
+        with pytest.raises(ValueError, match=rf"parameter layer={layer}: the model has 4 layers \(0 to 3, or negative from the end\)"):
+            resolve_layer(layer, 4)

@@ -1,5 +1,7 @@
 """The notebooks as users run them: papermill with parameters, and their committed form."""
 
+import ast
+import inspect
 import json
 import os
 import re
@@ -17,6 +19,7 @@ from moelab.sweep.compare import comparison_spec
 from moelab.views.notebook import PROFILE_SETTINGS, notebook_settings, resolve_profile
 from moelab.config.presets import preset
 from moelab.views.pipeline import STAGES, LocalKernelManager, StageFailed, run_pipeline, training_mode
+from moelab.views.setup import training_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -56,6 +59,46 @@ def test_committed_notebooks_have_one_parameters_cell_first_and_only_checked_out
     assert all(c.execution_count is None for c in unchecked) and all(c.execution_count for c in checked)
     assert not any("execution" in c.metadata for c in nb.cells)  # no run timestamps
     assert "widgets" not in nb.metadata
+
+
+MAX_CELL_LINES = 15
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_fit_on_a_screen(path):
+    """Every code cell but the parameters cell (the notebook's interface, one line a parameter) has at most
+    15 lines: a notebook's checks and setup are one call to moelab.views.setup, a long demonstration two cells."""
+    nb = nbformat.read(path, as_version=4)
+    sizes = {i: len(c.source.splitlines()) for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    long = {i: n for i, n in sizes.items() if n > MAX_CELL_LINES and "parameters" not in nb.cells[i].metadata.get("tags", [])}
+    assert not long, f"{path.name}: code cells longer than {MAX_CELL_LINES} lines (cell index: lines): {long}"
+
+
+def notebook_defaults(name: str, function=None) -> dict:
+    """The defaults of a notebook's parameters cell, as values; only those ``function`` takes, if given."""
+    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / name))
+    defaults = {key: ast.literal_eval(value["default"]) for key, value in declared.items()}
+    if function is None:
+        return defaults
+    takes = inspect.signature(function).parameters
+    return {key: value for key, value in defaults.items() if key in takes and key != "profile"}
+
+
+def test_training_setup_keeps_what_the_user_passed_and_builds_the_run(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOELAB_REPORTS_DIR", str(tmp_path))
+    parameters = {**notebook_defaults("02_train.ipynb", training_setup), "dataset": toy_dataset}
+    setup = training_setup("tiny", **{**parameters, "run_name": "X", "learning_rate": 0.002, "overrides": {"n_layers": 1}})
+    assert (setup.preset, setup.run_name, setup.dataset) == ("tiny", "X", toy_dataset)
+    assert list(setup.settings) == list(PROFILE_SETTINGS["02_train"]["tiny"])  # unpacked in this order by the notebook
+    assert setup.settings["max_steps"] == 30 and setup.train_config.max_steps == 30 and setup.train_config.lr == 0.002
+    assert setup.model_config.n_layers == 1 and setup.model_config.vocab_size == 256  # the dataset's vocabulary
+    assert setup.run_overrides == {"lr": 0.002, "max_steps": 30, "seed": 1337, "n_layers": 1, "vocab_size": 256}
+    assert setup.compare_budget == {"max_tokens": None, "max_steps": 10, "max_minutes": None}
+    assert setup.compare_label == "10 steps per run"
+    assert setup.figures == tmp_path / "X" / "figures" and setup.figures.is_dir()
+    assert "given: run_name='X'" in setup.summary() and "bytes tokenizer, 256 tokens" in setup.summary()
+    default = training_setup("default", **{**parameters, "preset": "tiny", "compare_minutes": 2.5})
+    assert default.compare_label == "1.5e+06 tokens or 2.5 min per run" and default.run_name == "default"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -245,9 +288,9 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     assert len(genre) == 8
     assert "expert 0" in (run / "routing_passage.html").read_text()
     assert {p.name for p in (run / "figures").iterdir()} == {
-        "training_curves.png", "balance_training.png", "comparison.png", "expert_load.png", "load_over_time.png", "balance.png",
-        "coactivation.png", "specialization_tokens.png", "specialization_genre.png", "expert_load_compare.png",
-        "forecast.png",
+        "training_curves.png", "balance_training.png", "comparison.png", "comparison_curves.png", "expert_load.png",
+        "load_over_time.png", "balance.png", "coactivation.png", "specialization_tokens.png", "specialization_genre.png",
+        "expert_load_compare.png", "forecast.png",
     }
     forecast = pd.read_csv(run / "forecast.csv", index_col=[0, 1])  # notebook 06: every method on both series
     assert forecast.index.tolist() == [(s, m) for s in ("co2", "sunspots") for m in ("moelab", "naive", "seasonal naive", "ETS")]

@@ -182,13 +182,10 @@ def run_pipeline(
             fingerprint = stage_fingerprint(previous, source, values, code, profile)
             previous = fingerprint
             recorded = state.get(stage, {})
-            if stage not in selected:
-                log(f"{stage}: not selected, left as it is")
-                results.append(StageResult(stage, "not selected", 0.0, output))
-                continue
-            if not force and recorded.get("fingerprint") == fingerprint and "finished" in recorded and output.is_file():
-                log(f"{stage}: up to date, skipped (ran {recorded['finished']}; --force / FORCE=1 re-runs it)")
-                results.append(StageResult(stage, "skipped", 0.0, output))
+            skip = _skip_reason(stage in selected, force, recorded, fingerprint, output)
+            if skip:
+                log(f"{stage}: {skip}")
+                results.append(StageResult(stage, "skipped" if skip.startswith("up to date") else "not selected", 0.0, output))
                 continue
             why = _run_reason(stage, recorded, fingerprint, force, params, declared[stage], values)
             log(f"{stage}: running ({why}) → {output}")
@@ -203,6 +200,15 @@ def run_pipeline(
     index = write_report(folder)
     log(f"report: {index}")
     return results
+
+
+def _skip_reason(selected: bool, force: bool, recorded: dict, fingerprint: str, output: Path) -> str | None:
+    """Why a stage does not run (not selected, or up to date), or None when it runs."""
+    if not selected:
+        return "not selected, left as it is"
+    if not force and recorded.get("fingerprint") == fingerprint and "finished" in recorded and output.is_file():
+        return f"up to date, skipped (ran {recorded['finished']}; --force / FORCE=1 re-runs it)"
+    return None
 
 
 def select_stages(stages: list[str] | None) -> tuple[str, ...]:

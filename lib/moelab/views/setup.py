@@ -1,0 +1,210 @@
+"""One call per notebook: its profile's settings, every check of its parameters, and what it loads.
+
+A notebook's first cell after its imports hands its parameters to one of these functions
+and takes back, under the parameters' own names, what the later cells use::
+
+    setup = training_setup(profile, preset=preset, run_name=run_name, ...)
+    preset, run_name, dataset, ... = setup.settings.values()
+
+Every check runs before anything is trained or written, with a message that names the
+parameter. The parameters' defaults live in the notebooks' ``parameters`` cells, so
+these functions take every one of them by name, without defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moelab.config.model import ModelConfig
+from moelab.config.train import TrainConfig
+from moelab.config.presets import build_configs
+from moelab.data import DECODE_POLICIES, PreparedDataset, check_tokenizer_choice, load_dataset, with_dataset_vocab
+from moelab.forecast.forecaster import ForecastConfig, series_config
+from moelab.forecast.series import load_series
+from moelab.nn.model import Transformer
+from moelab.paths import reports_dir
+from moelab.runs.checkpoint import load_model, load_tokenizer
+from moelab.runs.files import latest_checkpoint
+from moelab.views.notebook import Settings, check_choice, check_range, notebook_settings
+
+IF_EXISTS = ("error", "resume", "overwrite")
+
+# Notebook 02's parameters that set a config field (None: the preset's value), by the field they set.
+RUN_FIELDS = {
+    "lr": "learning_rate",
+    "batch_size": "batch_size",
+    "current_context_window": "current_context_window",
+    "context_window_step": "context_window_step",
+    "window_warmup_fraction": "window_warmup_fraction",
+    "n_experts": "n_experts",
+    "top_k": "top_k",
+    "max_minutes": "max_minutes",
+    "max_steps": "max_steps",
+    "seed": "seed",
+}
+
+
+def data_prep_settings(
+    profile: str | None, *, source: str, dataset: str | None, max_works_per_category: int | None, tokenizer: str,
+    vocab_size: int | None, decode_errors: str, val_fraction: float, test_fraction: float,
+) -> Settings:  # fmt: skip
+    """Notebook 01's settings (``dataset``, ``max_works_per_category``), after checking its parameters."""
+    check_tokenizer_choice(tokenizer, vocab_size)
+    settings = notebook_settings(
+        "01_data_prep", profile, dataset=dataset, max_works_per_category=max_works_per_category,
+        context={"source": source, "tokenizer": tokenizer, "vocab_size": vocab_size},  # named after its source
+    )  # fmt: skip
+    check_choice("decode_errors", decode_errors, DECODE_POLICIES)
+    check_range("val_fraction", val_fraction, 0, 0.5)
+    check_range("test_fraction", test_fraction, 0, 0.5)
+    return settings
+
+
+@dataclass
+class TrainingSetup:
+    """What notebook 02 trains: its settings, the dataset, both configs, and the comparison's budget."""
+
+    settings: Settings  # preset, run_name, dataset, max_minutes, max_steps, compare_tokens, compare_steps, compare_minutes
+    preset: str
+    run_name: str
+    dataset: str
+    prepared: PreparedDataset
+    model_config: ModelConfig
+    train_config: TrainConfig
+    run_overrides: dict[str, Any]  # every field the run sets, the dataset's vocab_size included
+    compare_budget: dict[str, Any]  # max_tokens, max_steps, max_minutes of each comparison run (None: unset)
+    compare_label: str  # the budget in words, e.g. "10 steps per run"
+    figures: Path  # reports/<run_name>/figures/, created
+
+    def summary(self) -> str:
+        """Two lines: the settings and where they came from; the preset, run, dataset and budget."""
+        tokenizer, train = self.prepared.tokenizer, self.train_config
+        return (
+            f"{self.settings.summary()}\npreset {self.preset!r}, run {self.run_name!r}, dataset {self.dataset!r} "
+            f"({tokenizer.name} tokenizer, {tokenizer.vocab_size} tokens), "
+            f"budget: {train.max_steps or '-'} steps / {train.max_minutes or '-'} min"
+        )
+
+
+def budget_label(budget: dict[str, Any]) -> str:
+    """A comparison run's budget in words: ``{"max_steps": 10}`` is "10 steps per run"."""
+    units = (("max_tokens", "tokens"), ("max_steps", "steps"), ("max_minutes", "min"))
+    return " or ".join(f"{budget[key]:,g} {unit}" for key, unit in units if budget.get(key) is not None) + " per run"
+
+
+def training_setup(
+    profile: str | None, *, preset: str | None, run_name: str | None, dataset: str | None, max_minutes: float | None,
+    max_steps: int | None, learning_rate: float | None, batch_size: int | None, current_context_window: int | None,
+    context_window_step: int | None, window_warmup_fraction: float | None, n_experts: int | None, top_k: int | None,
+    overrides: dict, seed: int, if_exists: str, nproc: int, compare: bool, compare_tokens: int | None,
+    compare_steps: int | None, compare_minutes: float | None,
+) -> TrainingSetup:  # fmt: skip
+    """Notebook 02's parameters checked, filled from the profile and turned into the run's configs.
+
+    Checks the profile, ``if_exists``, ``nproc`` and that ``compare=True`` has a budget before
+    it opens the dataset (whose vocabulary the model takes) and builds the configs (which check
+    every field); creates ``reports/<run_name>/figures/``.
+    """
+    settings = notebook_settings(
+        "02_train", profile, preset=preset, run_name=run_name, dataset=dataset, max_minutes=max_minutes,
+        max_steps=max_steps, compare_tokens=compare_tokens, compare_steps=compare_steps, compare_minutes=compare_minutes,
+    )  # fmt: skip
+    check_choice("if_exists", if_exists, IF_EXISTS)
+    if not (isinstance(nproc, int) and nproc >= 1):
+        raise ValueError(f"parameter nproc={nproc!r} must be a positive integer (processes for torchrun)")
+    budget = {"max_tokens": settings["compare_tokens"], "max_steps": settings["compare_steps"],
+              "max_minutes": settings["compare_minutes"]}  # fmt: skip
+    if compare and all(v is None for v in budget.values()):
+        raise ValueError("compare=True needs a budget per run: compare_tokens, compare_steps or compare_minutes (or compare=False)")
+    given = {"learning_rate": learning_rate, "batch_size": batch_size, "current_context_window": current_context_window,
+             "context_window_step": context_window_step, "window_warmup_fraction": window_warmup_fraction,
+             "n_experts": n_experts, "top_k": top_k, "seed": seed, **settings}  # fmt: skip
+    chosen = {field: given[name] for field, name in RUN_FIELDS.items() if given[name] is not None}
+    run_overrides = with_dataset_vocab({**chosen, **overrides}, settings["dataset"])  # bytes: 256
+    prepared = load_dataset(settings["dataset"])
+    model_config, train_config = build_configs(settings["preset"], run_overrides)
+    figures = reports_dir() / settings["run_name"] / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    return TrainingSetup(
+        settings, settings["preset"], settings["run_name"], settings["dataset"], prepared, model_config, train_config,
+        run_overrides, budget, budget_label(budget), figures,
+    )  # fmt: skip
+
+
+def resolve_layer(layer: int | None, n_layers: int) -> int:
+    """Notebook 03's ``layer`` as an index 0..n_layers-1: None is the last, a negative one counts from the end."""
+    if layer is None:
+        return n_layers - 1
+    if not -n_layers <= layer < n_layers:
+        raise ValueError(f"parameter layer={layer!r}: the model has {n_layers} layers (0 to {n_layers - 1}, or negative from the end)")
+    return layer % n_layers
+
+
+@dataclass
+class UtilizationSetup:
+    """What notebook 03 looks at: its settings, the run's latest checkpoint, model and tokenizer, one layer."""
+
+    settings: Settings  # run_name, compare_run_name, dataset, n_windows, per_category
+    checkpoint: Path
+    model: Transformer
+    tokenizer: Any  # the run's own (bytes or BPE)
+    layer: int  # 0..n_layers-1
+    out: Path  # reports/<run_name>/, with figures/ created
+
+    def summary(self) -> str:
+        """Two lines: the settings; the checkpoint, the tokenizer and the model's shape."""
+        config, tokenizer = self.model.config, self.tokenizer
+        return (
+            f"{self.settings.summary()}\n{self.checkpoint} · {tokenizer.name} tokenizer ({tokenizer.vocab_size} tokens) · "
+            f"{config.n_layers} layers × {config.n_experts} experts, top-{config.top_k}, {config.n_common_experts} common"
+        )
+
+
+def utilization_setup(
+    profile: str | None, *, run_name: str | None, compare_run_name: str | None, dataset: str | None,
+    n_windows: int | None, per_category: int | None, layer: int | None,
+) -> UtilizationSetup:  # fmt: skip
+    """Notebook 03's settings, the run's model and tokenizer (from its latest checkpoint) and ``layer`` resolved."""
+    settings = notebook_settings(
+        "03_expert_utilization", profile, run_name=run_name, compare_run_name=compare_run_name, dataset=dataset,
+        n_windows=n_windows, per_category=per_category,
+    )  # fmt: skip
+    checkpoint = latest_checkpoint(settings["run_name"])
+    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
+    layer = resolve_layer(layer, model.config.n_layers)
+    out = reports_dir() / settings["run_name"]
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    return UtilizationSetup(settings, checkpoint, model, tokenizer, layer, out)
+
+
+@dataclass
+class ForecastingSetup:
+    """What notebook 06 forecasts: its settings, every series loaded and its checked config."""
+
+    settings: Settings  # forecast_steps, forecast_seeds, run_name
+    loaded: dict[str, Any]  # each series (a pandas Series of floats) by the name it was given as
+    configs: dict[str, ForecastConfig]  # each series' config, checked against the series
+    figures: Path  # reports/<run_name>/figures/, created
+
+
+def forecasting_setup(
+    profile: str | None, *, series: list, value_column: str | None, date_column: str | None, horizon: int | None,
+    season: int | None, context: int, n_origins: int, forecast_steps: int | None, forecast_seeds: list | None,
+    run_name: str | None,
+) -> ForecastingSetup:  # fmt: skip
+    """Notebook 06's settings; every series read and every config checked against its series, before any training."""
+    settings = notebook_settings(
+        "06_forecasting", profile, forecast_steps=forecast_steps, forecast_seeds=forecast_seeds, run_name=run_name
+    )
+    loaded = {name: load_series(name, value_column, date_column) for name in series}
+    configs = {
+        name: series_config(name, horizon, season, context=context, n_origins=n_origins, max_steps=settings["forecast_steps"])
+        for name in series
+    }
+    for name, values in loaded.items():
+        configs[name].check_series(values.to_numpy(dtype=float), repr(name))
+    figures = reports_dir() / settings["run_name"] / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    return ForecastingSetup(settings, loaded, configs, figures)
