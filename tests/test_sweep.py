@@ -2,7 +2,6 @@ import dataclasses
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
