@@ -317,6 +317,10 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
         assert (run / f"{name}.html").is_file() and f'href="{name}.html"' in page
     assert "figures/expert_load.png" in page and "bits per byte" in page
     assert "Pipeline (make run): 00_moe_by_hand" in page  # stage times from pipeline.json
+    assert "Made with moelab" in page and "preset `tiny`" in page  # the stamp: commit, preset, machine
+    split = json.loads((run / "val_split.json").read_text())  # notebook 02 scored the whole validation split
+    assert split["bytes"] == meta["splits"]["val"]["bytes"] and f"{split['bits_per_byte']:.4f} bits per byte" in page
+    assert "one seed: no interval, no verdict" in page  # the one-seed comparison gives values, no verdict
     assert "# moelab run `nb`" in (run / "README.md").read_text()
 
     # unchanged inputs: every stage is skipped

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,10 @@ class EvalResult:
     @property
     def bits_per_byte(self) -> float:
         return self.nats / LN2 / self.bytes if self.bytes else math.nan
+
+    def to_dict(self) -> dict:
+        """The fields and bits per byte, for a JSON file (a run's ``val_split.json``)."""
+        return {**asdict(self), "bits_per_byte": self.bits_per_byte}
 
 
 @torch.no_grad()

@@ -65,6 +65,8 @@ def summary(folder: Path) -> dict:
             tokens_per_s=float(last["tokens"] / max(last["elapsed_s"], 1e-9)),
             val_bpb=float(evaluated["val_bpb"].iloc[-1]) if len(evaluated) else math.nan,
         )
+    if (folder / "val_split.json").is_file():  # notebook 02: the whole validation split, every byte scored once
+        facts["val_split"] = json.loads((folder / "val_split.json").read_text())
     if (folder / "pipeline.json").is_file():  # stage times recorded by moelab.views.pipeline (make run)
         stages = json.loads((folder / "pipeline.json").read_text())
         facts["stages"] = {name: info["seconds"] for name, info in stages.items() if "seconds" in info}
@@ -117,8 +119,13 @@ def _headline(facts: dict) -> list[str]:
     if "steps" in facts:
         lines.append(
             f"Training: {facts['steps']:,} steps, {facts['tokens'] / 1e6:.2f} M tokens in {facts['minutes']:.1f} min "
-            f"({facts['tokens_per_s']:,.0f} tokens/s); validation {facts['val_bpb']:.3f} bits per byte."
+            f"({facts['tokens_per_s']:,.0f} tokens/s); validation {facts['val_bpb']:.3f} bits per byte "
+            f"on {facts['train']['eval_windows'] if 'train' in facts else 'the'} fixed validation windows."
         )
+    if "val_split" in facts:
+        split = facts["val_split"]
+        lines.append(f"The whole validation split ({split['bytes']:,} bytes, every byte scored once, stride {split['stride']}): "
+                     f"{split['bits_per_byte']:.4f} bits per byte.")  # fmt: skip
     if facts.get("stages"):
         times = " · ".join(f"{name} {duration(seconds)}" for name, seconds in facts["stages"].items())
         lines.append(f"Pipeline (make run): {times}; total {duration(sum(facts['stages'].values()))}.")
