@@ -89,3 +89,19 @@ def test_a_gpu_setup_stays_for_later_make_calls(tmp_path):
     assert "pip install" in _dry_make(venv, "test", "TORCH_VARIANT=cpu")  # asking for another build installs it
     (venv / ".torch-variant").write_text("cpu\n")  # set up for the CPU, with no CPU stamp: set up again
     assert 'torch==' in _dry_make(venv, "test") and "+cpu" in _dry_make(venv, "test")
+
+
+def test_the_readme_is_a_front_page_and_every_link_in_it_and_docs_resolves():
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250, "README.md is the front page: move details to docs/"
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) >= 10
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r"\b[Ii]ssues? #?\d", text), f"{page.name} names an issue number: speak to users"
+        assert "../shared" not in text, f"{page.name} points outside the repository"
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):  # relative links: the file must exist
+            if not re.match(r"[a-z]+:", target):
+                resolved = (page.parent / target).resolve()
+                assert resolved.exists(), f"{page.name} links {target}, which does not exist"
+                assert ROOT in resolved.parents or resolved == ROOT, f"{page.name} links {target}, outside the repository"

@@ -98,7 +98,7 @@ def test_training_setup_keeps_what_the_user_passed_and_builds_the_run(toy_datase
     assert setup.figures == tmp_path / "X" / "figures" and setup.figures.is_dir()
     assert "given: run_name='X'" in setup.summary() and "bytes tokenizer, 256 tokens" in setup.summary()
     default = training_setup("default", **{**parameters, "preset": "tiny", "compare_minutes": 2.5})
-    assert default.compare_label == "1.5e+06 tokens or 2.5 min per run" and default.run_name == "default"
+    assert default.compare_label == "1.5 M tokens or 2.5 min per run" and default.run_name == "default"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

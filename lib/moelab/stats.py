@@ -119,6 +119,16 @@ def summarize(
     return summary
 
 
+def shown_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """A summary as a table to read: columns empty for every variant dropped; with one seed a
+    variant has a value but no interval and no verdict, which the table says."""
+    shown = summary.dropna(axis=1, how="all")
+    if "n" in shown and len(shown) and shown["n"].max() < 2:
+        keep = [c for c in ("variant", "n", "mean", "diff") if c in shown]
+        shown = shown[keep].assign(verdict="one seed: no interval, no verdict")
+    return shown
+
+
 def conclusions(summary: pd.DataFrame, unit: str = "bits per byte", confidence: float = 0.95) -> list[str]:
     """Sentences that say what the summary supports, and no more (one per compared variant)."""
     if summary.empty:

@@ -41,7 +41,7 @@ from moelab.data import CorpusError
 from moelab.paths import atomic_write, reports_dir
 from moelab.runs.registry import git_commit, process_alive, read_status
 from moelab.runs.files import checkpoint_dir, latest_checkpoint, list_checkpoints, run_reports_dir
-from moelab.stats import conclusions, summarize
+from moelab.stats import conclusions, shown_summary, summarize
 from moelab.nn.moe.metrics import final_maxvio
 from moelab.sweep.spec import SweepSpec, SweepSpecError, builtin_studies, load_spec
 
@@ -302,7 +302,7 @@ def write_readme(result: SweepResult) -> Path:
               "```bash", f"moelab sweep reports/sweeps/{spec.name}/spec.yaml", "```", ""]  # fmt: skip
     if not result.results.empty:
         lines += [_where_and_how_long(result), "", "## Summary", "",
-                  result.summary.to_markdown(index=False, floatfmt=".4f"), ""]  # fmt: skip
+                  shown_summary(result.summary).to_markdown(index=False, floatfmt=".4f"), ""]  # fmt: skip
         for column, what in (("val_bpb", "validation bits per byte"), ("maxvio", "MaxVio at the end"),
                              ("tokens", "training tokens (they differ: a time budget)")):  # fmt: skip
             per_seed = result.results.pivot(index="seed", columns="variant", values=column)

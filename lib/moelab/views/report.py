@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from moelab.stats import shown_summary
+
 FIGURES = [
     ("training_curves.png", "Bits per byte while training, with the context window"),
     ("balance_training.png", "Expert balance (MaxVio per layer) while training"),
@@ -71,7 +73,7 @@ def summary(folder: Path) -> dict:
         stages = json.loads((folder / "pipeline.json").read_text())
         facts["stages"] = {name: info["seconds"] for name, info in stages.items() if "seconds" in info}
     if (folder / "comparison.csv").is_file():
-        facts["comparison"] = comparison_table(pd.read_csv(folder / "comparison.csv", index_col=0))
+        facts["comparison"] = shown_summary(pd.read_csv(folder / "comparison.csv", index_col=0))
     if (folder / "balance.parquet").is_file():
         facts["balance"] = pd.read_parquet(folder / "balance.parquet")
     if (folder / "forecast.csv").is_file():  # notebook 06
@@ -81,16 +83,6 @@ def summary(folder: Path) -> dict:
         blocks = text.split("```text\n")
         facts["sample"] = blocks[1].split("```")[0].strip() if len(blocks) > 1 else ""
     return facts
-
-
-def comparison_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """A sweep summary as shown: columns that are empty for every variant dropped; with one seed
-    a variant has a value but no interval and no verdict, which the table says."""
-    shown = summary.dropna(axis=1, how="all")
-    if "n" in shown and shown["n"].max() < 2:
-        keep = [c for c in ("n", "mean", "diff") if c in shown]
-        shown = shown[keep].assign(verdict="one seed: no interval, no verdict")
-    return shown
 
 
 def stamp(folder: Path) -> str | None:
@@ -164,6 +156,9 @@ def write_report(folder: str | Path) -> Path:
             "Table: [bench.md](benchmarks/bench.md).",
             "",
         ]
+    more = sorted(folder.glob("*/README.md")) + sorted(folder.glob("sweeps/*/README.md"))
+    if more:  # sweeps, reference experiments, benchmarks kept beside the run
+        md += ["## More in this folder", ""] + [f"- [{_title(p)}]({p.relative_to(folder).as_posix()})" for p in more] + [""]
     (folder / "README.md").write_text("\n".join(md), encoding="utf-8")
 
     body = [f"<h1>moelab run <code>{html.escape(facts['run'])}</code></h1>"]
@@ -182,6 +177,9 @@ def write_report(folder: str | Path) -> Path:
             "<h2>Benchmark</h2><img src='benchmarks/bench.png' style='max-width:100%'>"
             "<p>Table: <a href='benchmarks/bench.md'>bench.md</a>, <a href='benchmarks/bench.csv'>bench.csv</a></p>"
         )
+    if more:
+        body.append("<h2>More in this folder</h2><ul>" + "".join(
+            f"<li><a href='{p.relative_to(folder).as_posix()}'>{html.escape(_title(p))}</a></li>" for p in more) + "</ul>")
     page = (
         "<!doctype html><meta charset='utf-8'><title>moelab run</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -191,6 +189,14 @@ def write_report(folder: str | Path) -> Path:
     index = folder / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def _title(readme: Path) -> str:
+    """A README's first heading, without its #s (else the folder's name)."""
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip().replace("`", "")
+    return readme.parent.name
 
 
 def main(argv: list[str] | None = None) -> int:

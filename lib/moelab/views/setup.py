@@ -89,9 +89,11 @@ class TrainingSetup:
 
 
 def budget_label(budget: dict[str, Any]) -> str:
-    """A comparison run's budget in words: ``{"max_steps": 10}`` is "10 steps per run"."""
+    """A comparison run's budget in words: ``{"max_steps": 10}`` is "10 steps per run",
+    ``{"max_tokens": 1_500_000}`` "1.5 M tokens per run"."""
     units = (("max_tokens", "tokens"), ("max_steps", "steps"), ("max_minutes", "min"))
-    return " or ".join(f"{budget[key]:,g} {unit}" for key, unit in units if budget.get(key) is not None) + " per run"
+    amount = lambda v: f"{v / 1e6:g} M" if v >= 1e6 else f"{v:,g}"  # noqa: E731
+    return " or ".join(f"{amount(budget[key])} {unit}" for key, unit in units if budget.get(key) is not None) + " per run"
 
 
 def training_setup(
