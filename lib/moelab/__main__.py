@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command, rest = (argv[0], argv[1:]) if argv else ("info", [])
     if command in ("-h", "--help", "help"):
-        print(__doc__)
+        print(__doc__.replace("``", "`"))
         return 0
     if command == "--version":
         print(f"moelab {__version__}")
