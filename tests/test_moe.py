@@ -296,9 +296,10 @@ def test_bf16_autocast_keeps_experts_in_bf16_and_stays_close_to_fp32():
     assert (approx.float() - exact).abs().max() < 0.05 * exact.abs().max()
 
 
-def _run_kernel(kernel, bias, x, counts, dtype=torch.float32, device="cpu", hidden=16):
+def _run_kernel(kernel, bias, x, counts, dtype=torch.float32, device="cpu", hidden=16, row_bucket=None):
     torch.manual_seed(0)
     experts = Experts(4, x.shape[1], hidden, bias, kernel=kernel).to(device)
+    experts.row_bucket = row_bucket
     with torch.no_grad():
         for p in experts.parameters():
             p.normal_(0, 0.3)
@@ -324,6 +325,41 @@ def test_each_kernel_matches_the_plain_path(kernel, bias, widths, device):
     for got, want in zip(fast, plain):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert fast[2].abs().sum() > 0 and fast[2][1].abs().sum() == 0  # the empty expert's w1 gradient
+
+
+@pytest.mark.on_device
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bucket", [8, 64])
+def test_expert_rows_padded_to_buckets_change_nothing(bias, bucket, device):
+    """The loop kernel with each expert's rows padded by zero rows to a multiple of ``bucket`` equals
+    the plain path to 1e-6 in fp32 (outputs, input and weight gradients), the padded rows
+    dropped, an empty expert untouched; in bf16 (where it pads by default) it stays as close to
+    the plain bf16 path as the unpadded loop does."""
+    x = torch.randn(150, 8)
+    counts = [70, 0, 1, 79]  # blocks just under, at and over a bucket, and an empty expert
+    plain = _run_kernel("plain", bias, x, counts, device=device)
+    padded = _run_kernel("loop", bias, x, counts, device=device, row_bucket=bucket)
+    assert padded[0].shape == (150, 8)
+    for got, want in zip(padded, plain):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert padded[2][1].abs().sum() == 0  # the empty expert's w1 gradient
+    plain16 = _run_kernel("plain", bias, x, counts, torch.bfloat16, device)
+    for name, bucket16 in (("padded", None), ("unpadded", 1)):
+        fast = _run_kernel("loop", bias, x, counts, torch.bfloat16, device, row_bucket=bucket16)
+        for got, want in zip(fast, plain16):
+            torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2, msg=name)
+
+
+def test_the_loop_kernel_pads_bf16_blocks_and_leaves_fp32_blocks_as_they_come(monkeypatch):
+    from moelab.nn.moe import experts as experts_module
+
+    seen = []
+    real = experts_module.ExpertMLP.apply
+    monkeypatch.setattr(experts_module.ExpertMLP, "apply", lambda *a: seen.append(a[5]) or real(*a))
+    experts = Experts(4, 8, 16, True, kernel="loop")
+    for dtype in (torch.float32, torch.bfloat16):
+        experts(torch.randn(150, 8, dtype=dtype), torch.tensor([70, 0, 1, 79]))
+    assert seen == [(70, 0, 1, 79), (128, 0, 64, 128)]
 
 
 @pytest.mark.on_device

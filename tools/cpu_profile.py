@@ -32,7 +32,7 @@ from torch.profiler import profile
 
 from moelab.nn.kv_cache import KVCache
 from moelab.bench.configs import CONFIGS
-from moelab.bench.training import build, random_batch, training_step
+from moelab.bench.training import build, random_batches, training_step
 from moelab.generate.decoder import TokenDecoder
 from moelab.bench.flops import train_flops_per_token
 from moelab.nn.model import Transformer
@@ -78,7 +78,7 @@ def training(configs: list[str], repeats: int, peaks: dict[str, float]) -> list[
     text, rows = ["## 1. A training step, by kind of operation", ""], []
     for name in configs:
         bench = CONFIGS[name]
-        batch = random_batch(bench, torch.device("cpu"))
+        batch = random_batches(bench, torch.device("cpu"))
         tokens = bench.batch * bench.window
         for kind in ("moelab", "dense"):
             for precision in peaks:

@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from moelab.bench.configs import CONFIGS
-from moelab.bench.training import build, random_batch, training_step
+from moelab.bench.training import build, random_batches, training_step
 from moelab.bench.flops import train_flops_per_token
 
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     kinds = ["moelab", "dense"] + ([] if args.smoke else ["moelab graphed", "dense graphed", "moelab graphed unpadded",
                                                           "dense graphed unpadded"])
     rows, tops = [], {}
-    batch = random_batch(bench, device)
+    batch = random_batches(bench, device)
     for kind in kinds:
         try:
             model = build(kind.split()[0], bench, device)

@@ -18,18 +18,25 @@ class BenchConfig:
     n_experts: int = 8
     top_k: int = 2
     n_common_experts: int = 0
+    expert_hidden: int | None = None  # None: 4 × n_embd
+    pos_encoding: str = "learned"
 
     def model_config(self, context_window: int | None = None) -> ModelConfig:
         shape = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_embd=self.n_embd)
-        experts = dict(n_experts=self.n_experts, top_k=self.top_k, n_common_experts=self.n_common_experts)
+        experts = dict(n_experts=self.n_experts, top_k=self.top_k, n_common_experts=self.n_common_experts,
+                       expert_hidden=self.expert_hidden)  # fmt: skip
         window = context_window or self.window
-        return ModelConfig(vocab_size=256, context_window=window, pos_encoding="learned", dropout=0.0, **shape, **experts)
+        return ModelConfig(vocab_size=256, context_window=window, pos_encoding=self.pos_encoding, dropout=0.0,
+                           **shape, **experts)  # fmt: skip
 
 
 CONFIGS = {
     "A": BenchConfig("A", n_embd=128, n_layers=4, n_heads=4, window=64, batch=32),
     "B": BenchConfig("B", n_embd=256, n_layers=6, n_heads=4, window=128, batch=16),
     "C": BenchConfig("C", n_embd=128, n_layers=4, n_heads=4, window=64, batch=32, n_common_experts=2),
+    # the cpu preset's model (the default run's) at its full window
+    "cpu": BenchConfig("cpu", n_embd=128, n_layers=4, n_heads=4, window=64, batch=32, n_common_experts=1,
+                       expert_hidden=256, pos_encoding="rope"),
     # the seed preset's model at its full window (dropout off, as in every config here); for GPUs
     "seed": BenchConfig("seed", n_embd=1028, n_layers=6, n_heads=4, window=32, batch=64, n_common_experts=2),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import statistics
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from moelab.bench.configs import CONFIGS, BenchConfig
 from moelab.bench.flops import mfu, train_flops_per_token
 from moelab.bench.table import table_row
 from moelab.nn.model import Transformer
+from moelab.nn.moe.experts import Experts
 from moelab.timing import interleaved, paired_ratio
 from moelab.train.cuda_graph import GraphedStep
 from moelab.train.step import TrainStep
@@ -22,7 +24,9 @@ from moelab.train.step import TrainStep
 
 
 def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) -> torch.nn.Module:
-    """``moelab``, ``naive`` (same weights as ``moelab``) or ``dense`` (same active parameters)."""
+    """``moelab``, ``moelab unbucketed`` (the expert blocks as they come in every dtype, not
+    padded as :data:`moelab.nn.moe.experts.ROW_BUCKETS` says), ``naive`` (same weights as ``moelab``) or
+    ``dense`` (same active parameters)."""
     torch.manual_seed(seed)
     config = bench.model_config()
     if kind == "dense":
@@ -30,40 +34,47 @@ def build(kind: str, bench: BenchConfig, device: torch.device, seed: int = 0) ->
     model = Transformer(config).to(device)
     if kind == "naive":
         return NaiveTransformer.from_model(model)
+    if kind == "moelab unbucketed":
+        for experts in (m for m in model.modules() if isinstance(m, Experts)):
+            experts.row_bucket = 1
     return model
 
 
 def training_step(
-    model: torch.nn.Module, kind: str, precision: str, device: torch.device, batch
+    model: torch.nn.Module, kind: str, precision: str, device: torch.device, batch: list
 ) -> Callable[[], float]:
-    """One optimizer step as the Trainer takes it (:class:`moelab.train.step.TrainStep`, fused AdamW,
+    """``batch``: a list of (x, y) batches, each step takes the next (``… graphed``: the first only).
+
+    One optimizer step as the Trainer takes it (:class:`moelab.train.step.TrainStep`, fused AdamW,
     clipping at 1.0); naive: the seed's loop with default AdamW; ``… graphed``: replayed from a CUDA
     graph, :mod:`moelab.train.cuda_graph`, after one eager step."""
     if kind.endswith("graphed"):
-        eager = training_step(model, kind.split()[0], precision, device, batch)
+        eager = training_step(model, kind.split()[0], precision, device, batch[:1])
         eager()  # creates the optimizer state the graph updates
         graphed = GraphedStep(eager.train_step)
-        x, y = (t.cpu() for t in batch)
+        x, y = (t.cpu() for t in batch[0])
         return lambda: graphed.step(x, y, 1e-4).parts[0]
     model.train()
     if kind == "naive":
         return naive_training_step(model, batch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     train_step = TrainStep(model, optimizer, grad_clip=1.0, precision=precision)
+    taken = itertools.count()
 
-    def step() -> torch.Tensor:
-        return train_step([batch]).parts[0]
+    def step() -> torch.Tensor:  # a new batch each step, as in training: the experts' loads change
+        return train_step([batch[next(taken) % len(batch)]]).parts[0]
 
     step.train_step = train_step
     return step
 
 
-def naive_training_step(model: torch.nn.Module, batch) -> Callable[[], torch.Tensor]:
+def naive_training_step(model: torch.nn.Module, batches) -> Callable[[], torch.Tensor]:
     """The seed repository's step: default AdamW, the loss its model returns, clipping at 1.0, fp32."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = batch
+    taken = itertools.count()
 
     def step() -> torch.Tensor:
+        x, y = batches[next(taken) % len(batches)]
         loss = model(x, y)[1]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -80,18 +91,26 @@ def random_batch(bench: BenchConfig, device: torch.device, seed: int = 1) -> tup
     return data[:, :-1], data[:, 1:]
 
 
+BATCHES = 8  # a step takes the next of these: every step routes other tokens, as in training
+
+
+def random_batches(bench: BenchConfig, device: torch.device, n: int = BATCHES) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [random_batch(bench, device, seed=1 + i) for i in range(n)]
+
+
 # ============================================================================ measures
 
 
 def bench_training(
     bench: BenchConfig, device: torch.device, precisions: list[str], repeats: int, inner: int
 ) -> list[dict]:
-    batch = random_batch(bench, device)
-    variants = [("naive", "fp32")] + [(kind, p) for p in precisions for kind in ("moelab", "dense")]
+    batch = random_batches(bench, device)
+    kinds = ("moelab", "moelab unbucketed", "dense") if device.type == "cpu" else ("moelab", "dense")
+    variants = [("naive", "fp32")] + [(kind, p) for p in precisions for kind in kinds]
     if device.type == "cuda" and "bf16" in precisions:
         variants += [("moelab graphed", "bf16"), ("dense graphed", "bf16")]
     steps = {
-        f"{kind} {p}": training_step(build(kind.split()[0], bench, device), kind, p, device, batch)
+        f"{kind} {p}": training_step(build(kind.removesuffix(" graphed"), bench, device), kind, p, device, batch)
         for kind, p in variants
     }
     times = interleaved(steps, repeats, inner, device)
@@ -108,8 +127,14 @@ def bench_training(
         speedup = paired_ratio(times["naive fp32"], times[f"moelab {p}"])
         rows.append(table_row(bench, f"train speedup {p} vs naive" + (" fp32" if p != "fp32" else ""), speedup, "×"))
         rows.append(table_row(bench, f"MoE overhead {p}", paired_ratio(times[f"moelab {p}"], times[f"dense {p}"]), "×"))
+        if f"moelab unbucketed {p}" in times:  # expert rows padded by ROW_BUCKETS against as they come
+            ratio = paired_ratio(times[f"moelab unbucketed {p}"], times[f"moelab {p}"])
+            rows.append(table_row(bench, f"train speedup {p}, expert rows bucketed vs not", ratio, "×"))
     if "moelab bf16" in times:  # the precision's own gain, moelab against itself
         rows.append(table_row(bench, "train speedup bf16 vs fp32", paired_ratio(times["moelab fp32"], times["moelab bf16"]), "×"))
+    if "moelab unbucketed bf16" in times:
+        ratio = paired_ratio(times["moelab unbucketed fp32"], times["moelab unbucketed bf16"])
+        rows.append(table_row(bench, "train speedup bf16 vs fp32, expert rows not bucketed", ratio, "×"))
     if "moelab graphed bf16" in times:
         ratio = paired_ratio(times["moelab graphed bf16"], times["dense graphed bf16"])
         rows.append(table_row(bench, "MoE overhead bf16, CUDA graphs", ratio, "×"))
@@ -137,7 +162,7 @@ def _step_memory(config_name: str, kind: str, precision: str, device_name: str) 
     device = torch.device(device_name)
     bench = CONFIGS[config_name]
     model = build(kind, bench, device)
-    step = training_step(model, kind, precision, device, random_batch(bench, device))
+    step = training_step(model, kind, precision, device, random_batches(bench, device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -90,6 +90,10 @@ def bf16_step_speedup(model_config, sequences: int, device: torch.device | str, 
     """fp32 time / bf16 time of a forward + backward pass of ``model_config`` on ``sequences`` random
     windows of its full context (> 1: bf16 is faster), the median of ``repeats`` interleaved pairs.
 
+    Each pass draws new windows: with one fixed batch the router would send the same number
+    of tokens to each expert every time, and shapes that never change flatter bf16 on a CPU
+    (a new matmul shape costs oneDNN a new kernel; training changes them every step).
+
     Measured once per (config, batch, device, threads) in a process. The RNG state is restored
     afterwards, so measuring does not change the run that follows.
     """
@@ -101,9 +105,10 @@ def bf16_step_speedup(model_config, sequences: int, device: torch.device | str, 
     if key not in _SPEEDUPS:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             model = Transformer(model_config).to(device)
-            x = torch.randint(0, model_config.vocab_size, (sequences, model_config.context_window + 1), device=device)
+            shape = (sequences, model_config.context_window + 1)
 
-            def step(precision: str) -> None:
+            def step(precision: str) -> None:  # a new batch each time: the experts' loads change, as in training
+                x = torch.randint(0, model_config.vocab_size, shape, device=device)
                 with autocast(precision, device):
                     loss = model(x[:, :-1], targets=x[:, 1:]).loss
                 loss.backward()
