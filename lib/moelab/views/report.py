@@ -135,9 +135,22 @@ def write_report(folder: str | Path) -> Path:
         raise FileNotFoundError(f"no report folder {folder}; run `make run` (or the notebooks) first")
     pages = render_notebooks(folder)
     facts = summary(folder)
-    figures = [(name, caption) for name, caption in FIGURES if (folder / "figures" / name).is_file()]
-    tables = {k: facts[k] for k in ("comparison", "balance", "forecast") if k in facts}
+    parts = {
+        "pages": pages,
+        "tables": {k: facts[k] for k in ("comparison", "balance", "forecast") if k in facts},
+        "figures": [(name, caption) for name, caption in FIGURES if (folder / "figures" / name).is_file()],
+        "bench": (folder / "benchmarks" / "bench.png").is_file(),  # moelab bench --out <run>/benchmarks
+        # sweeps, reference experiments, benchmarks kept beside the run
+        "more": [(p.relative_to(folder).as_posix(), _title(p))
+                 for p in sorted(folder.glob("*/README.md")) + sorted(folder.glob("sweeps/*/README.md"))],
+    }  # fmt: skip
+    (folder / "README.md").write_text(_markdown(facts, **parts), encoding="utf-8")
+    index = folder / "index.html"
+    index.write_text(_html(facts, **parts), encoding="utf-8")
+    return index
 
+
+def _markdown(facts: dict, pages: list[Path], tables: dict, figures: list, bench: bool, more: list) -> str:
     md = [f"# moelab run `{facts['run']}`", ""] + [f"- {line}" for line in _headline(facts)] + [""]
     md += ["Notebooks: " + ", ".join(f"[{p.stem}]({p.name})" for p in pages), ""]
     for name, table in tables.items():
@@ -146,21 +159,14 @@ def write_report(folder: str | Path) -> Path:
         md += ["## A sample", "", "```text", facts["sample"], "```", "", "More in [samples.md](samples.md).", ""]
     for name, caption in figures:
         md += [f"## {caption}", "", f"![{caption}](figures/{name})", ""]
-    bench = (folder / "benchmarks" / "bench.png").is_file()  # python -m moelab.bench --out <run>/benchmarks
     if bench:
-        md += [
-            "## Benchmark",
-            "",
-            "![benchmark](benchmarks/bench.png)",
-            "",
-            "Table: [bench.md](benchmarks/bench.md).",
-            "",
-        ]
-    more = sorted(folder.glob("*/README.md")) + sorted(folder.glob("sweeps/*/README.md"))
-    if more:  # sweeps, reference experiments, benchmarks kept beside the run
-        md += ["## More in this folder", ""] + [f"- [{_title(p)}]({p.relative_to(folder).as_posix()})" for p in more] + [""]
-    (folder / "README.md").write_text("\n".join(md), encoding="utf-8")
+        md += ["## Benchmark", "", "![benchmark](benchmarks/bench.png)", "", "Table: [bench.md](benchmarks/bench.md).", ""]
+    if more:
+        md += ["## More in this folder", ""] + [f"- [{title}]({link})" for link, title in more] + [""]
+    return "\n".join(md)
 
+
+def _html(facts: dict, pages: list[Path], tables: dict, figures: list, bench: bool, more: list) -> str:
     body = [f"<h1>moelab run <code>{html.escape(facts['run'])}</code></h1>"]
     body += [f"<p>{html.escape(line)}</p>" for line in _headline(facts)]
     body.append("<p>Notebooks: " + " · ".join(f'<a href="{p.name}">{p.stem}</a>' for p in pages) + "</p>")
@@ -179,16 +185,13 @@ def write_report(folder: str | Path) -> Path:
         )
     if more:
         body.append("<h2>More in this folder</h2><ul>" + "".join(
-            f"<li><a href='{p.relative_to(folder).as_posix()}'>{html.escape(_title(p))}</a></li>" for p in more) + "</ul>")
-    page = (
+            f"<li><a href='{link}'>{html.escape(title)}</a></li>" for link, title in more) + "</ul>")  # fmt: skip
+    return (
         "<!doctype html><meta charset='utf-8'><title>moelab run</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
         "pre{white-space:pre-wrap}</style>" + "\n".join(body)
     )
-    index = folder / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
 
 
 def _title(readme: Path) -> str:
