@@ -182,10 +182,10 @@ def run_pipeline(
             fingerprint = stage_fingerprint(previous, source, values, code, profile)
             previous = fingerprint
             recorded = state.get(stage, {})
-            skip = _skip_reason(stage in selected, force, recorded, fingerprint, output)
+            skip = _skip(stage in selected, force, recorded, fingerprint, output)
             if skip:
-                log(f"{stage}: {skip}")
-                results.append(StageResult(stage, "skipped" if skip.startswith("up to date") else "not selected", 0.0, output))
+                log(f"{stage}: {skip[1]}")
+                results.append(StageResult(stage, skip[0], 0.0, output))
                 continue
             why = _run_reason(stage, recorded, fingerprint, force, params, declared[stage], values)
             log(f"{stage}: running ({why}) → {output}")
@@ -202,12 +202,12 @@ def run_pipeline(
     return results
 
 
-def _skip_reason(selected: bool, force: bool, recorded: dict, fingerprint: str, output: Path) -> str | None:
-    """Why a stage does not run (not selected, or up to date), or None when it runs."""
+def _skip(selected: bool, force: bool, recorded: dict, fingerprint: str, output: Path) -> tuple[str, str] | None:
+    """(status, message) of a stage that does not run (not selected, or up to date); None when it runs."""
     if not selected:
-        return "not selected, left as it is"
+        return "not selected", "not selected, left as it is"
     if not force and recorded.get("fingerprint") == fingerprint and "finished" in recorded and output.is_file():
-        return f"up to date, skipped (ran {recorded['finished']}; --force / FORCE=1 re-runs it)"
+        return "skipped", f"up to date, skipped (ran {recorded['finished']}; --force / FORCE=1 re-runs it)"
     return None
 
 

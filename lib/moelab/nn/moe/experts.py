@@ -34,6 +34,7 @@ by index. All paths compute the same function; tests check each against ``plain`
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import torch
@@ -165,8 +166,8 @@ def bucketed_loop(x, w1, b1, w2, b2, counts: Tensor, bucket: int, activation: st
     if bucket <= 1:
         return ExpertMLP.apply(x, w1, b1, w2, b2, tuple(sizes), False, activation)
     padded = [-(-c // bucket) * bucket for c in sizes]
-    shift = torch.tensor(padded).cumsum(0) - torch.tensor(padded) - (torch.tensor(sizes).cumsum(0) - torch.tensor(sizes))
-    position = (torch.arange(x.shape[0]) + torch.repeat_interleave(shift, torch.tensor(sizes))).to(x.device)
+    starts = itertools.accumulate(padded[:-1], initial=0)  # each padded block's first row
+    position = torch.cat([torch.arange(start, start + c) for start, c in zip(starts, sizes)]).to(x.device)
     x_padded = x.new_zeros(sum(padded), x.shape[1]).index_copy(0, position, x)
     return ExpertMLP.apply(x_padded, w1, b1, w2, b2, tuple(padded), False, activation).index_select(0, position)
 
