@@ -131,12 +131,20 @@ def test_short_benchmark_run_writes_its_table(tmp_path, capsys):
         "GEMV weight bandwidth GB/s (x·W, 64 MiB fp32)",
         "decode bandwidth bound tok/s window 256 batch 1",
         "decode share of bandwidth bound window 128 batch 1",
+        "generation tok/s (compiled step) window 256 batch 1",
+        "generation tok/s (compiled step, compile included) window 128 batch 1",
+        "compiled step compile seconds window 256 batch 1",
+        "compiled step break-even tokens window 128 batch 1",
+        "sampling B/s past the window (slide, compiled step) cpu model, 100 bytes",
+        "compiled step speedup (slide) cpu model, 100 bytes",
     ):
         assert expected in measures
     measured_on = table.set_index("measure")["threads"]  # generation and sampling: --generation-threads (1)
     assert measured_on["sampling B/s past the window (slide) cpu model, 100 bytes"] == 1
     assert measured_on["decode bandwidth bound tok/s window 256 batch 1"] == 1
-    assert (table.loc[table["measure"].str.startswith("generation exact"), "value"] == 1.0).all()
+    exact = table["measure"].str.startswith("generation exact") | table["measure"].str.startswith("compiled step exact")
+    assert exact.sum() == 4 + 3 and (table.loc[exact, "value"] == 1.0).all()  # 2 windows x 2 batches; 2 + 1 compiled
+    assert not table["measure"].str.contains("compiled").loc[table["measure"].str.endswith("batch 8")].any()
     assert (table["value"] > 0).all()
     assert (tmp_path / "bench.png").stat().st_size > 0 and "MoE overhead" in (tmp_path / "bench.md").read_text()
     assert "train speedup fp32 vs naive" in capsys.readouterr().out

@@ -62,15 +62,20 @@ class Target:
         return value >= self.value if self.op == ">=" else value <= self.value
 
 
-# The CPU issue's targets (issue 17), and issue 8's speedup over the naive model; checked on a CPU.
+# The CPU targets: issue 30's (bf16 that pays on AMX, MoE near dense, decoding), issue 17's MFU and
+# issue 8's speedup over the naive model; checked on a CPU. A target applies to every row whose
+# measure starts with its own: the old path's rows beside the new show whether it met the goal.
 TARGETS = (
     Target("train speedup fp32 vs naive", ">=", 1.3),
-    Target("MoE overhead fp32", "<=", 1.10, ("A", "B")),
+    Target("MoE overhead fp32", "<=", 1.15, ("A", "B")),
+    Target("MoE overhead bf16", "<=", 1.3, ("B",), amx_only=True),
     Target("MFU fp32", ">=", 0.60, ("A",)),
     Target("MFU fp32", ">=", 0.75, ("B",)),
-    Target("train speedup bf16 vs fp32", ">=", 2.5, ("B",), amx_only=True),
+    Target("train speedup bf16 vs fp32", ">=", 1.4, ("B", "cpu"), amx_only=True),
     Target("generation tok/s (KV cache) window 256 batch 1", ">=", 400.0, ("B",)),
+    Target("generation tok/s (compiled step) window 256 batch 1", ">=", 400.0, ("B",)),
     Target("sampling B/s past the window (slide)", ">=", 1500.0),
+    Target("sampling B/s past the window (slide, compiled step)", ">=", 1500.0),
 )
 
 # The GPU issue's targets (issue 18), checked on CUDA only.

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import statistics
+import tempfile
+import time
 
 import torch
+from torch import Tensor
 
 from moelab.bench.configs import BenchConfig
 from moelab.bench.table import table_row
+from moelab.generate.compiled import break_even_tokens
 from moelab.generate.loop import generate
 from moelab.nn.model import Transformer
 from moelab.timing import interleaved, paired_ratio
@@ -41,29 +48,82 @@ def bench_generation(
         count = new_tokens or window - 16
         for batch in batches:
             prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(2)).to(device)
+            compiles = device.type == "cpu" and batch == 1  # the compiled one-token step: CPU, batch 1
+            compile_s = first_compile_seconds(model, prompt) if compiles else None
             generate(model, prompt, 4, temperature=0.0)  # warm up
             outputs = {}
 
-            def run(use_cache: bool, model=model, prompt=prompt, count=count, outputs=outputs) -> None:
-                outputs[use_cache] = generate(model, prompt, count, temperature=0.0, use_cache=use_cache)
+            def run(variant: str, model=model, prompt=prompt, count=count, outputs=outputs) -> None:
+                options = {"cache": {}, "recompute": {"use_cache": False}, "compiled": {"compile_step": True}}[variant]
+                outputs[variant] = generate(model, prompt, count, temperature=0.0, **options)
 
-            variants = {"cache": lambda run=run: run(True), "recompute": lambda run=run: run(False)}
-            times = interleaved(variants, repeats, 1, device, warmup=0)
+            names = ["cache", "recompute"] + (["compiled"] if compiles else [])
+            times = interleaved({name: lambda name=name, run=run: run(name) for name in names}, repeats, 1, device, warmup=0)
+            seconds = {name: statistics.median(t) for name, t in times.items()}
             label = f"window {window} batch {batch}"
-            cache_s, full_s = statistics.median(times["cache"]), statistics.median(times["recompute"])
-            rows.append(table_row(bench, f"generation tok/s (KV cache) {label}", batch * count / cache_s, "tok/s"))
+            rows.append(table_row(bench, f"generation tok/s (KV cache) {label}", batch * count / seconds["cache"], "tok/s"))
+            if compiles:
+                pair = {"compiled": times["compiled"], "uncompiled": times["cache"]}
+                exact = torch.equal(outputs["compiled"], outputs["cache"])
+                rows += compiled_rows(bench, f"generation tok/s ({{}}) {label}", "tok/s", label, count, pair, compile_s, exact)
             if batch == 1 and bandwidth:  # the weight-read bound of batch-1 decoding
                 bound = bandwidth / decode_bytes_per_token(model)
+                fastest = min(seconds["cache"], seconds.get("compiled", math.inf))
                 rows.append(table_row(bench, f"decode bandwidth bound tok/s {label}", bound, "tok/s"))
-                rows.append(table_row(bench, f"decode share of bandwidth bound {label}", count / cache_s / bound, "fraction"))
-            rows.append(table_row(bench, f"generation tok/s (recompute) {label}", batch * count / full_s, "tok/s"))
+                rows.append(table_row(bench, f"decode share of bandwidth bound {label}", count / fastest / bound, "fraction"))
+            rows.append(table_row(bench, f"generation tok/s (recompute) {label}", batch * count / seconds["recompute"], "tok/s"))
             rows.append(
                 table_row(bench, f"generation cache speedup {label}", paired_ratio(times["recompute"], times["cache"]), "×")
             )
             rows.append(
-                table_row(bench, f"generation exact {label}", float(torch.equal(outputs[True], outputs[False])), "bool")
+                table_row(bench, f"generation exact {label}", float(torch.equal(outputs["cache"], outputs["recompute"])), "bool")
             )
     return rows
+
+
+def first_compile_seconds(model: Transformer, prompt: Tensor) -> float:
+    """Seconds the first compiled one-token step of ``model``'s configuration takes beyond an
+    uncompiled step, compiled from an empty Inductor cache (what a first use costs; later
+    processes load the compiled code from the cache). 0 if this process compiled it already."""
+    with tempfile.TemporaryDirectory() as cache_dir, _environment("TORCHINDUCTOR_CACHE_DIR", cache_dir):
+        start = time.perf_counter()
+        generate(model, prompt, 2, temperature=0.0, compile_step=True)  # the prompt's forward, then one step
+        first = time.perf_counter() - start
+    start = time.perf_counter()
+    generate(model, prompt, 2, temperature=0.0)
+    return max(0.0, first - (time.perf_counter() - start))
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = before
+
+
+def compiled_rows(
+    bench: BenchConfig | None, speed: str, unit: str, label: str, count: int, times: dict, compile_s: float, exact: bool
+) -> list[dict]:
+    """The compiled step (``times["compiled"]``) beside the uncompiled one (``times["uncompiled"]``)
+    of the same run: its speed (``speed`` names it, "{}" standing for the variant) with the
+    compile time excluded and included over ``count`` tokens, the speedup, the compile time,
+    the tokens after which compiling has paid, and whether it wrote the same tokens."""
+    compiled_s, uncompiled_s = statistics.median(times["compiled"]), statistics.median(times["uncompiled"])
+    even = break_even_tokens(compile_s, count / compiled_s, count / uncompiled_s)
+    return [
+        table_row(bench, speed.format("compiled step"), count / compiled_s, unit),
+        table_row(bench, speed.format("compiled step, compile included"), count / (compiled_s + compile_s), unit),
+        table_row(bench, f"compiled step speedup {label}", paired_ratio(times["uncompiled"], times["compiled"]), "×"),
+        table_row(bench, f"compiled step compile seconds {label}", compile_s, "s"),
+        table_row(bench, f"compiled step break-even tokens {label}", even, "tokens"),
+        table_row(bench, f"compiled step exact {label}", float(exact), "bool"),
+    ]
 
 
 def decode_bytes_per_token(model: Transformer) -> int:
@@ -108,13 +168,26 @@ def bench_sampling(device: torch.device, repeats: int, new_bytes: int = 300) -> 
     torch.manual_seed(0)
     model = Transformer(preset("cpu").model).to(device).eval()
     prompt = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2)).to(device)
+    compile_s = first_compile_seconds(model, prompt) if device.type == "cpu" else None
     generate(model, prompt, 80, temperature=0.0)  # warm up, past the window
-    variants = {mode: lambda mode=mode: generate(model, prompt, new_bytes, temperature=0.0, window=mode)
-                for mode in ("slide", "crop")}  # fmt: skip
-    times = interleaved(variants, repeats, 1, device, warmup=0)
+    options = {"slide": {"window": "slide"}, "crop": {"window": "crop"}}
+    if compile_s is not None:
+        options["compiled"] = {"window": "slide", "compile_step": True}
+    outputs = {}
+
+    def run(variant: str) -> None:
+        outputs[variant] = generate(model, prompt, new_bytes, temperature=0.0, **options[variant])
+
+    times = interleaved({name: lambda name=name: run(name) for name in options}, repeats, 1, device, warmup=0)
     label = f"cpu model, {new_bytes} bytes"
-    return [
+    rows = [
         table_row(None, f"sampling B/s past the window (slide) {label}", new_bytes / statistics.median(times["slide"]), "B/s"),
         table_row(None, f"sampling B/s past the window (crop) {label}", new_bytes / statistics.median(times["crop"]), "B/s"),
         table_row(None, f"sampling slide speedup over crop {label}", paired_ratio(times["crop"], times["slide"]), "×"),
     ]
+    if compile_s is not None:
+        pair = {"compiled": times["compiled"], "uncompiled": times["slide"]}
+        exact = torch.equal(outputs["compiled"], outputs["slide"])
+        speed = f"sampling B/s past the window (slide, {{}}) {label}"
+        rows += compiled_rows(None, speed, "B/s", f"(slide) {label}", new_bytes, pair, compile_s, exact)
+    return rows

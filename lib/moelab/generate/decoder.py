@@ -30,7 +30,7 @@ from moelab.nn.kv_cache import KVCache
 from moelab.nn.positions import apply_rope
 from moelab.nn.moe.experts import ACTIVATION_FUNCTIONS, affine
 from moelab.nn.model import soft_cap
-from moelab.nn.moe.router import RoutingRecord
+from moelab.nn.moe.router import RoutingRecord, select_experts
 
 
 def _xw(linear) -> tuple[Tensor, Tensor | None]:
@@ -57,6 +57,7 @@ class TokenDecoder:
         config = model.config
         self.config = config
         self.activation = ACTIVATION_FUNCTIONS[config.activation][0]
+        self.routing = config.gate, config.routed_top_k  # select_experts' score and k
         self.tok_emb = model.tok_emb.weight.detach()
         self.positions = None  # a table of position rows added to the embedding (learned or sinusoidal)
         if model.pos_emb is not None:
@@ -92,10 +93,12 @@ class TokenDecoder:
             layer["qk_norm"] = None
         layer["common"] = None if moe.common is None else (_xw(moe.common.fc), _xw(moe.common.proj))
         if moe.n_experts:
-            layer["router"] = moe.router, _xw(moe.router.gate)[0]  # it chooses; the x·W weights give its logits
-            # per expert (w1, b1, w2, b2), split once: no indexing per token
-            parts = [p.detach().unbind(0) if p is not None else [None] * moe.n_experts
-                     for p in (moe.experts.w1, moe.experts.b1, moe.experts.w2, moe.experts.b2)]  # fmt: skip
+            router = moe.router  # the x·W weights give its logits; select_experts chooses
+            layer["router"] = _xw(router.gate)[0], router.balance_bias
+            # (w1, b1, w2, b2) stacked over the experts, and split once per expert: no indexing per token
+            layer["stacked"] = tuple(None if p is None else p.detach()
+                                     for p in (moe.experts.w1, moe.experts.b1, moe.experts.w2, moe.experts.b2))  # fmt: skip
+            parts = [p.unbind(0) if p is not None else [None] * moe.n_experts for p in layer["stacked"]]
             layer["experts"] = list(zip(*parts))
         return layer
 
@@ -141,8 +144,8 @@ class TokenDecoder:
             out = affine(self.activation(affine(h, *fc)), *proj)
         if "router" not in layer:
             return out, None
-        router, gate_weight = layer["router"]
-        probs, indices, weights = router.select(h @ gate_weight)
+        gate_weight, balance_bias = layer["router"]
+        probs, indices, weights = select_experts(h @ gate_weight, *self.routing, balance_bias)
         experts, gates = indices[0].tolist(), weights[0].tolist()  # on the host: the loop below needs them there
         for e, gate in zip(experts, gates):
             w1, b1, w2, b2 = layer["experts"][e]

@@ -3,7 +3,9 @@
 :func:`iter_generate` yields one :class:`~moelab.generate.next_token.GenerationStep` per new
 position; :func:`generate` returns the continued sequences. On a CPU at batch 1 the cached
 steps go through :class:`~moelab.generate.decoder.TokenDecoder` (the same arithmetic with
-fewer operations); everywhere else through the model's own cached forward.
+fewer operations), or with ``compile_step=True`` through its compiled form
+(:class:`~moelab.generate.compiled.CompiledDecoder`); everywhere else through the model's own
+cached forward.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from moelab.generate.compiled import CompiledDecoder
 from moelab.generate.decoder import TokenDecoder
 from moelab.generate.next_token import WINDOW_MODES, GenerationStep, check_sampling_args, last_position, sample_next_token
 from moelab.nn.model import KVCache, Transformer, eval_mode
@@ -31,6 +34,7 @@ def iter_generate(
     use_cache: bool = True,
     record_routing: bool = False,
     window: str = "slide",
+    compile_step: bool = False,
 ) -> Iterator[GenerationStep]:
     """Yield one GenerationStep per new position (see :func:`generate`)."""
     check_sampling_args(temperature, top_k, top_p, model.config.vocab_size)
@@ -49,7 +53,9 @@ def iter_generate(
     W = model.config.context_window
     keep = max(1, W // 2)  # what "slide" keeps of a full window
     with eval_mode(model):
-        decoder = TokenDecoder(model) if use_cache and TokenDecoder.applies(model, idx) else None
+        decoder = None
+        if use_cache and TokenDecoder.applies(model, idx):
+            decoder = CompiledDecoder(model) if compile_step else TokenDecoder(model)
         seq = idx
         start = max(0, seq.shape[1] - W)  # the context of the next prediction is seq[:, start:]
         cache: KVCache | None = None
@@ -85,6 +91,7 @@ def generate(
     seed: int | None = None,
     use_cache: bool = True,
     window: str = "slide",
+    compile_step: bool = False,
 ) -> Tensor:
     """Continue each row of idx (B, T) by max_new_tokens bytes; returns (B, T + max_new_tokens).
 
@@ -100,12 +107,14 @@ def generate(
     - ``window="crop"``: every step recomputes the last W tokens, exactly what full
       recomputation gives, at the cost of a W-token forward per token.
 
-    ``use_cache=False`` recomputes the same contexts without the cache.
+    ``use_cache=False`` recomputes the same contexts without the cache. ``compile_step=True``
+    runs the one-token steps compiled (CPU, batch 1): the same tokens, faster once the
+    first step has compiled (seconds; see :mod:`moelab.generate.compiled`).
     """
     new = [
         step.tokens
         for step in iter_generate(
-        model,
+            model,
             idx,
             max_new_tokens,
             temperature=temperature,
@@ -114,6 +123,7 @@ def generate(
             seed=seed,
             use_cache=use_cache,
             window=window,
+            compile_step=compile_step,
         )
     ]
     idx = idx.unsqueeze(0) if idx.ndim == 1 else idx

@@ -4,7 +4,8 @@ For the rows x of a layer's input, :class:`Router` computes the logits ``x W_g``
 routed experts (1), adds noise in training (2), turns the logits into scores (3), chooses
 each row's k experts (4: by score, plus the balance bias when ``balance="bias"``) and their
 gates (5: the raw scores of the chosen experts, renormalized when k > 1). The MoE layer and
-the one-token decoder (:mod:`moelab.generate.decoder`) both route through :meth:`Router.select`.
+the one-token decoders (:mod:`moelab.generate.decoder`, :mod:`moelab.generate.compiled`) all route
+through :func:`select_experts`.
 With ``balance="bias"`` the router also counts the slots each expert got during the
 optimizer step; :meth:`Router.update_balance_bias` moves the bias after the optimizer step.
 """
@@ -61,6 +62,30 @@ class RoutingRecord:
     dropped: Tensor
 
 
+def select_experts(
+    logits: Tensor, score: str, top_k: int, balance_bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Steps 3-5 of routing on logits (rows, N): (probs (rows, N), experts (rows, k), gates (rows, k)).
+
+    A function of tensors and plain values (not of the module), so that the compiled one-token
+    step (:mod:`moelab.generate.compiled`) routes with it for any model of a configuration.
+    """
+    wide = torch.promote_types(logits.dtype, torch.float32)  # 3. scores (also under bf16 autocast)
+    if score == "softmax":
+        scores = probs = torch.softmax(logits, dim=-1, dtype=wide)
+    else:
+        scores = torch.sigmoid(logits.to(wide))
+        probs = scores / scores.sum(dim=-1, keepdim=True)
+    if balance_bias is None:  # 4. choice and 5. gates: the raw scores of the chosen
+        weights, experts = scores.topk(top_k, dim=-1)
+    else:  # the bias steers the choice only
+        experts = (scores + balance_bias).topk(top_k, dim=-1).indices
+        weights = scores.gather(-1, experts)
+    if top_k > 1:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return probs, experts, weights
+
+
 class Router(nn.Module):
     """Top-k routing over ``config.routed_experts`` experts (see the module's docstring)."""
 
@@ -101,20 +126,7 @@ class Router(nn.Module):
 
     def select(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Steps 3-5 on logits (rows, N): (probs (rows, N), experts (rows, k), gates (rows, k))."""
-        wide = torch.promote_types(logits.dtype, torch.float32)  # 3. scores (also under bf16 autocast)
-        if self.score == "softmax":
-            scores = probs = torch.softmax(logits, dim=-1, dtype=wide)
-        else:
-            scores = torch.sigmoid(logits.to(wide))
-            probs = scores / scores.sum(dim=-1, keepdim=True)
-        if self.balance_bias is None:  # 4. choice and 5. gates: the raw scores of the chosen
-            weights, experts = scores.topk(self.top_k, dim=-1)
-        else:  # the bias steers the choice only
-            experts = (scores + self.balance_bias).topk(self.top_k, dim=-1).indices
-            weights = scores.gather(-1, experts)
-        if self.top_k > 1:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
-        return probs, experts, weights
+        return select_experts(logits, self.score, self.top_k, self.balance_bias)
 
     @torch.no_grad()
     def update_balance_bias(self, slots: Tensor) -> None:
