@@ -199,3 +199,18 @@ def test_widget_samples_a_bpe_checkpoint_with_its_own_tokenizer(bpe, tmp_path, m
     want = generate_texts(model, "Capitu", ui.settings(), bpe)[0][0]
     shown = html.unescape(re.sub(r"<[^>]+>", "", ui.output.value))  # the text without its markup
     assert len(want) >= 12 and shown == "Sample 1Capitu" + want
+
+
+def test_widget_samples_with_the_compiled_step_when_ticked(runs, monkeypatch):
+    from moelab.generate.compiled import CompiledDecoder
+
+    steps = []
+    step = CompiledDecoder.__call__
+    monkeypatch.setattr(CompiledDecoder, "__call__", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    ui = SamplerUI(default_run="good", threaded=False)
+    ui.prompt.value, ui.max_new_tokens.value, ui.seed.value = "Capitu", 30, 3
+    ui.generate_button.click()
+    uncompiled = ui.output.value
+    ui.compile_step.value = True
+    ui.generate_button.click()
+    assert ui.output.value == uncompiled and len(steps) > 0  # the same text, through the compiled step

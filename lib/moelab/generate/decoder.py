@@ -95,10 +95,9 @@ class TokenDecoder:
         if moe.n_experts:
             router = moe.router  # the x·W weights give its logits; select_experts chooses
             layer["router"] = _xw(router.gate)[0], router.balance_bias
-            # (w1, b1, w2, b2) stacked over the experts, and split once per expert: no indexing per token
-            layer["stacked"] = tuple(None if p is None else p.detach()
-                                     for p in (moe.experts.w1, moe.experts.b1, moe.experts.w2, moe.experts.b2))  # fmt: skip
-            parts = [p.unbind(0) if p is not None else [None] * moe.n_experts for p in layer["stacked"]]
+            # per expert (w1, b1, w2, b2), split once: no indexing per token
+            parts = [p.detach().unbind(0) if p is not None else [None] * moe.n_experts
+                     for p in (moe.experts.w1, moe.experts.b1, moe.experts.w2, moe.experts.b2)]  # fmt: skip
             layer["experts"] = list(zip(*parts))
         return layer
 

@@ -39,6 +39,7 @@ class SampleSettings:
     top_p: float | None = 0.95
     seed: int | None = 0
     num_samples: int = 1
+    compile_step: bool = False  # one sample on a CPU: the compiled one-token step (seconds to compile, once)
 
     def check(self, vocab_size: int = 256) -> None:
         """Raise ValueError with a message a person can act on."""
@@ -131,7 +132,8 @@ def stream(
     ids = prompt.ids.to(device).repeat(settings.num_samples, 1)
     decoders = [tokenizer.stream_decoder() for _ in range(settings.num_samples)]
     start, produced = time.perf_counter(), 0
-    steps = iter_generate(model, 
+    steps = iter_generate(
+        model,
         ids,
         settings.max_new_tokens,
         temperature=settings.temperature,
@@ -139,6 +141,7 @@ def stream(
         top_p=settings.top_p,
         seed=settings.seed,
         record_routing=record,
+        compile_step=settings.compile_step,
     )
     for step in steps:
         produced += 1

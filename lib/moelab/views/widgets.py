@@ -52,6 +52,8 @@ class SamplerUI:
         self.num_samples = w.IntSlider(value=1, min=1, max=4, description="samples", style=style)
         self.color = w.Checkbox(value=False, description="color bytes by top-1 expert", indent=False)
         self.layer = w.IntSlider(value=0, min=0, max=0, description="layer", style=style)
+        self.compile_step = w.Checkbox(value=False, indent=False,
+                                       description="compiled decoding (1 sample on a CPU; compiles once, seconds)")  # fmt: skip
         self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.status = w.HTML(value="")
@@ -73,6 +75,7 @@ class SamplerUI:
                 self.prompt,
                 w.HBox([w.VBox([self.max_new_tokens, self.temperature, self.top_k]), w.VBox([self.top_p, self.seed, self.num_samples])]),
                 w.HBox([self.color, self.layer]),
+                self.compile_step,
                 w.HBox([self.generate_button, self.stop_button]),
                 self.status,
                 self.output,
@@ -94,6 +97,7 @@ class SamplerUI:
             top_p=None if self.top_p.value >= 1 else self.top_p.value,
             seed=self.seed.value,
             num_samples=self.num_samples.value,
+            compile_step=self.compile_step.value,
         )
 
     def model(self) -> Transformer:
