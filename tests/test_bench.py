@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+import torch
 
 from moelab import Transformer
 from moelab.bench.cli import main
@@ -9,6 +10,7 @@ from moelab.bench.configs import CONFIGS, DEFAULT_CONFIGS, TARGETS
 from moelab.bench.flops import matmul_params_per_token, train_flops_per_token
 from moelab.bench.table import apply_targets
 from moelab.bench.training import _step_memory
+from moelab.generate.compiled import CompiledDecoder
 from moelab.timing import paired_ratio
 
 
@@ -131,20 +133,43 @@ def test_short_benchmark_run_writes_its_table(tmp_path, capsys):
         "GEMV weight bandwidth GB/s (x·W, 64 MiB fp32)",
         "decode bandwidth bound tok/s window 256 batch 1",
         "decode share of bandwidth bound window 128 batch 1",
+    ):
+        assert expected in measures
+    compiled = {
         "generation tok/s (compiled step) window 256 batch 1",
         "generation tok/s (compiled step, compile included) window 128 batch 1",
         "compiled step compile seconds window 256 batch 1",
         "compiled step break-even tokens window 128 batch 1",
         "sampling B/s past the window (slide, compiled step) cpu model, 100 bytes",
         "compiled step speedup (slide) cpu model, 100 bytes",
-    ):
-        assert expected in measures
+    }
+    assert compiled <= measures if CompiledDecoder.available() else not compiled & measures  # no compiler: no rows
     measured_on = table.set_index("measure")["threads"]  # generation and sampling: --generation-threads (1)
     assert measured_on["sampling B/s past the window (slide) cpu model, 100 bytes"] == 1
     assert measured_on["decode bandwidth bound tok/s window 256 batch 1"] == 1
     exact = table["measure"].str.startswith("generation exact") | table["measure"].str.startswith("compiled step exact")
-    assert exact.sum() == 4 + 3 and (table.loc[exact, "value"] == 1.0).all()  # 2 windows x 2 batches; 2 + 1 compiled
+    # 2 windows x 2 batches; 2 + 1 compiled, where Inductor compiles
+    assert exact.sum() == 4 + 3 * CompiledDecoder.available() and (table.loc[exact, "value"] == 1.0).all()
     assert not table["measure"].str.contains("compiled").loc[table["measure"].str.endswith("batch 8")].any()
     assert (table["value"] > 0).all()
     assert (tmp_path / "bench.png").stat().st_size > 0 and "MoE overhead" in (tmp_path / "bench.md").read_text()
     assert "train speedup fp32 vs naive" in capsys.readouterr().out
+
+
+def test_where_nothing_compiles_the_benchmark_leaves_the_compiled_rows_out(monkeypatch):
+    import moelab.generate.compiled as compiled
+    from moelab.bench.generation import bench_sampling
+
+    def no_compiler():
+        def step(*args):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return step
+
+    monkeypatch.setattr(compiled, "_compiled_step", no_compiler)
+    monkeypatch.setattr(compiled, "_compile_failure", None)
+    with pytest.warns(RuntimeWarning, match="could not compile"):
+        rows = bench_sampling(torch.device("cpu"), repeats=1, new_bytes=40)
+    measures = [row["measure"] for row in rows]
+    assert "sampling B/s past the window (slide) cpu model, 40 bytes" in measures
+    assert not [m for m in measures if "compiled" in m]  # the uncompiled speed is not shown as the compiled one

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from moelab.bench.configs import BenchConfig
 from moelab.bench.table import table_row
-from moelab.generate.compiled import break_even_tokens
+from moelab.generate.compiled import CompiledDecoder, break_even_tokens
 from moelab.generate.loop import generate
 from moelab.nn.model import Transformer
 from moelab.timing import interleaved, paired_ratio
@@ -48,8 +48,8 @@ def bench_generation(
         count = new_tokens or window - 16
         for batch in batches:
             prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(2)).to(device)
-            compiles = device.type == "cpu" and batch == 1  # the compiled one-token step: CPU, batch 1
-            compile_s = first_compile_seconds(model, prompt) if compiles else None
+            compile_s = first_compile_seconds(model, prompt) if device.type == "cpu" and batch == 1 else None
+            compiles = compile_s is not None  # the compiled one-token step: CPU, batch 1, where it compiles
             generate(model, prompt, 4, temperature=0.0)  # warm up
             outputs = {}
 
@@ -81,14 +81,17 @@ def bench_generation(
     return rows
 
 
-def first_compile_seconds(model: Transformer, prompt: Tensor) -> float:
+def first_compile_seconds(model: Transformer, prompt: Tensor) -> float | None:
     """Seconds the first compiled one-token step of ``model``'s configuration takes beyond an
     uncompiled step, compiled from an empty Inductor cache (what a first use costs; later
-    processes load the compiled code from the cache). 0 if this process compiled it already."""
+    processes load the compiled code from the cache). 0 if this process compiled it already;
+    None where it cannot compile (the step then runs uncompiled: nothing to measure)."""
     with tempfile.TemporaryDirectory() as cache_dir, _environment("TORCHINDUCTOR_CACHE_DIR", cache_dir):
         start = time.perf_counter()
         generate(model, prompt, 2, temperature=0.0, compile_step=True)  # the prompt's forward, then one step
         first = time.perf_counter() - start
+    if not CompiledDecoder.available():
+        return None
     start = time.perf_counter()
     generate(model, prompt, 2, temperature=0.0)
     return max(0.0, first - (time.perf_counter() - start))
@@ -168,7 +171,7 @@ def bench_sampling(device: torch.device, repeats: int, new_bytes: int = 300) -> 
     torch.manual_seed(0)
     model = Transformer(preset("cpu").model).to(device).eval()
     prompt = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2)).to(device)
-    compile_s = first_compile_seconds(model, prompt) if device.type == "cpu" else None
+    compile_s = first_compile_seconds(model, prompt) if device.type == "cpu" else None  # None: not compiled
     generate(model, prompt, 80, temperature=0.0)  # warm up, past the window
     options = {"slide": {"window": "slide"}, "crop": {"window": "crop"}}
     if compile_s is not None:

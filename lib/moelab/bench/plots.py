@@ -28,7 +28,7 @@ def plot_benchmark(table: pd.DataFrame, path, cpu: str | None = None) -> None:
     import torch
 
     train, gen = (_variants(table, prefix) for prefix in ("train tok/s ", "generation tok/s "))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(17, 5.5), gridspec_kw={"width_ratios": [3, 2]})
     if not train.empty:
         order = list(dict.fromkeys(train["variant"]))  # as measured: naive first
         by_config = train.pivot(index="config", columns="variant", values="value")[order]
@@ -38,7 +38,8 @@ def plot_benchmark(table: pd.DataFrame, path, cpu: str | None = None) -> None:
         axes[0].tick_params(axis="x", labelsize=8)
     axes[0].set(title="Training step throughput (higher is better)", xlabel="", ylabel="tokens / s")
     if not gen.empty:
-        colors = ["tab:green" if "cache" in v else "tab:gray" for v in gen["variant"]]
+        colors = ["tab:green" if "KV cache" in v else "tab:blue" if v.startswith("(compiled") else "tab:gray"
+                  for v in gen["variant"]]  # fmt: skip
         gen.set_index("variant")["value"].plot.barh(ax=axes[1], color=colors)
         axes[1].set_xscale("log")
         axes[1].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))

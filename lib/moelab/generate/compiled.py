@@ -11,7 +11,10 @@ constants baked into it: another model of the same configuration, or the same mo
 more training, reuses the compiled code (and Inductor's on-disk cache serves later processes).
 
 Compiling costs seconds; ``make bench`` reports how long, and after how many tokens the
-faster steps have paid it back. Where Inductor cannot compile (no C++ compiler, an
+faster steps have paid it back. It pays for small models, whose tokens cost their operations
+(the ``cpu`` preset's), and not for wider ones: Inductor's fused gather-and-reduce reads the
+experts' weights at about half the rate of BLAS's single-row products, which the uncompiled
+decoder uses (``docs/performance.md``). Where Inductor cannot compile (no C++ compiler, an
 unsupported platform), the first step warns once and the decoder hands every step to the
 :class:`TokenDecoder` it wraps: the same result, at the uncompiled speed.
 """
@@ -29,6 +32,7 @@ from torch import Tensor
 from moelab.generate.decoder import TokenDecoder
 from moelab.nn.kv_cache import KVCache
 from moelab.nn.model import soft_cap
+from moelab.nn.moe.experts import affine
 from moelab.nn.moe.router import RoutingRecord, select_experts
 
 _compile_failure: str | None = None  # why Inductor could not compile in this process, once it failed
@@ -53,7 +57,7 @@ def static_step(settings: tuple, weights: dict, token: Tensor, pos: Tensor, keys
     routing = []
     for i, layer in enumerate(weights["layers"]):
         h = F.layer_norm(x, *layer["ln1"])
-        qkv = _affine(h, *layer["qkv"]).view(3, 1, n_heads, 1, -1)  # (q k v, B=1, H, T=1, head size)
+        qkv = affine(h, *layer["qkv"]).view(3, 1, n_heads, 1, -1)  # (q k v, B=1, H, T=1, head size)
         qk, v = qkv[:2], qkv[2]
         if layer["qk_norm"] is not None:
             q_norm, k_norm = layer["qk_norm"]
@@ -63,16 +67,12 @@ def static_step(settings: tuple, weights: dict, token: Tensor, pos: Tensor, keys
         keys[i].index_copy_(2, pos, qk[1])  # each layer's cache its own input: updated in place
         values[i].index_copy_(2, pos, v)
         y = F.scaled_dot_product_attention(qk[0], keys[i], values[i], attn_mask=filled)
-        x = x + _affine(y.reshape(1, -1), *layer["proj"])
+        x = x + affine(y.reshape(1, -1), *layer["proj"])
         y, route = _feed_forward(F.layer_norm(x, *layer["ln2"]), layer, activation, score, top_k)
         x = x + y
         routing.append(route)
-    logits = _affine(F.layer_norm(x, *weights["ln_f"]), *weights["head"])
+    logits = affine(F.layer_norm(x, *weights["ln_f"]), *weights["head"])
     return (logits if softcap is None else soft_cap(logits, softcap)), routing
-
-
-def _affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    return x @ w if b is None else torch.addmm(b, x, w)
 
 
 def _feed_forward(h: Tensor, layer: dict, activation, score: str, top_k: int) -> tuple[Tensor, tuple | None]:
@@ -80,7 +80,7 @@ def _feed_forward(h: Tensor, layer: dict, activation, score: str, top_k: int) ->
     out = torch.zeros_like(h)
     if layer["common"] is not None:
         fc, proj = layer["common"]
-        out = _affine(activation(_affine(h, *fc)), *proj)
+        out = affine(activation(affine(h, *fc)), *proj)
     if "router" not in layer:
         return out, None
     gate_weight, balance_bias = layer["router"]
