@@ -127,13 +127,17 @@ def test_gpu_targets_fill_the_table():
 
     table = pd.DataFrame(
         [
-            {"config": "B", "measure": "MoE overhead bf16", "value": 1.2, "target": "", "meets": ""},
-            {"config": "B", "measure": "MFU bf16 vs rated peak (H100 SXM)", "value": 0.41, "target": "", "meets": ""},
-            {"config": "B", "measure": "train tok/s moelab bf16", "value": 5.0, "target": "", "meets": ""},
+            {"config": "seed", "measure": "MoE overhead bf16", "value": 2.09, "target": "", "meets": ""},
+            {"config": "seed-64k", "measure": "MoE overhead bf16", "value": 1.2, "target": "", "meets": ""},
+            {"config": "seed", "measure": "MFU bf16 vs rated peak (H100 SXM)", "value": 0.13, "target": "", "meets": ""},
+            {"config": "seed-64k", "measure": "MFU bf16 vs rated peak (H100 SXM)", "value": 0.25, "target": "", "meets": ""},
+            {"config": "seed-32k", "measure": "MFU bf16 vs rated peak (H100 SXM)", "value": 0.2, "target": "", "meets": ""},
+            {"config": "seed", "measure": "train tok/s moelab bf16", "value": 5.0, "target": "", "meets": ""},
         ]
     )
     out = apply_targets(table, GPU_TARGETS)
-    assert list(out["meets"]) == ["no", "yes", ""] and list(out["target"]) == ["<= 1.15", ">= 0.4", ""]
+    assert list(out["meets"]) == ["no", "yes", "yes", "no", "", ""]
+    assert list(out["target"]) == ["<= 1.3", "<= 1.3", ">= 0.12", ">= 0.3", "", ""]
 
 
 def test_bench_arguments():

@@ -376,7 +376,7 @@ def test_auto_kernel_on_cuda_bf16_matches_the_plain_path(widths):
 
 
 def test_grouped_layout_aligns_every_expert_block():
-    from moelab.nn.moe.experts import _aligned_layout, padded_rows
+    from moelab.nn.moe.grouped import aligned_layout as _aligned_layout, padded_rows
 
     counts = [3, 0, 9, 8]  # 20 rows: blocks of 8, 0, 16, 8 rows, then the spare rows
     assert padded_rows(20, 4) == 48  # 20 + 4 experts × 7, rounded up to 8: fixed by the shapes alone
@@ -411,3 +411,61 @@ def test_mlp_is_linear_activation_linear():
     want = torch.relu(x @ w1 + b1) ** 2 @ w2 + b2
     torch.testing.assert_close(mlp(x, w1, b1, w2, b2, "relu2"), want)
 
+
+
+def _layer_run(moe, kernel, x, dtype, device):
+    """Output and gradients (input, every parameter) of the layer with its experts on ``kernel``."""
+    moe.experts.kernel = kernel
+    xg = x.to(device).clone().requires_grad_()
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out = moe(xg)[0]
+    (out.float() * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
+    grads = [xg.grad] + [p.grad.clone() for p in moe.parameters() if p.grad is not None]
+    moe.zero_grad(set_to_none=True)
+    return [out] + grads
+
+
+LAYOUTS = [
+    {"top_k": 2},
+    {"top_k": 1, "bias": False, "activation": "relu2"},
+    {"top_k": 3, "n_embd": 10, "expert_hidden": 20, "n_common_experts": 1},  # widths padded to 16 and 24
+    {"top_k": 2, "gate": "sigmoid", "balance": "bias", "expert_granularity": 2},
+]
+
+
+@pytest.mark.on_device
+@pytest.mark.parametrize("changes", LAYOUTS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_dispatch_straight_into_the_grouped_layout_equals_the_sorted_path(changes, device, monkeypatch):
+    """The layer's grouped dispatch (tokens gathered into the aligned layout, gate-weighted outputs
+    scatter-added back) against the sorted path with autograd per expert: output, input gradient
+    and every parameter's gradient, the router's included (through the gates); on CUDA in bf16."""
+    import moelab.nn.moe.experts as experts_module
+
+    if device.type == "cpu" and not hasattr(torch.nn.functional, "grouped_mm"):
+        pytest.skip("this torch has no grouped_mm")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    moe = make_moe(n_experts=6, **changes).float().train().to(device)
+    moe.router.noise = None  # the same routing in both runs
+    x = torch.randn(3, 13, moe.router.gate.in_features)
+    calls = []
+    real = experts_module.dispatch_grouped
+    monkeypatch.setattr(experts_module, "dispatch_grouped", lambda *a: calls.append(1) or real(*a))
+    direct = _layer_run(moe, "grouped", x, dtype, device)
+    assert calls == [1]  # the grouped kernel took the direct dispatch
+    sorted_path = _layer_run(moe, "plain", x, dtype, device)
+    tol = {"rtol": 3e-2, "atol": 3e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
+    assert len(direct) == len(sorted_path)
+    for got, want in zip(direct, sorted_path):
+        torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+def test_capacity_keeps_the_sorted_path_on_the_grouped_kernel(monkeypatch):
+    import moelab.nn.moe.experts as experts_module
+
+    monkeypatch.setattr(experts_module, "dispatch_grouped", lambda *a: pytest.fail("dropped slots need the sorted path"))
+    moe = make_moe(top_k=2, capacity_factor=0.5).float()
+    moe.experts.kernel = "grouped"
+    x = torch.randn(2, 12, 16)
+    want = reference_moe(moe.double(), x.double(), small_config(top_k=2, capacity_factor=0.5))[0]
+    torch.testing.assert_close(moe.float()(x)[0], want.float(), rtol=1e-4, atol=1e-5)

@@ -288,8 +288,8 @@ def test_a_second_process_on_the_same_sweep_is_refused(toy_dataset):
 
 
 def test_variants_on_other_tokenizers_train_on_their_datasets_and_are_scored_on_the_same_bytes(toy_dataset, bpe_dataset, tmp_path, capsys):
+    from moelab.data import CorpusError, load_dataset
     from moelab.runs.checkpoint import load_model
-    from moelab.data import load_dataset
     from moelab.runs.files import latest_checkpoint
     from moelab.evaluate.scoring import score_bytes
     from moelab.sweep.runner import score_runs
@@ -300,8 +300,6 @@ def test_variants_on_other_tokenizers_train_on_their_datasets_and_are_scored_on_
     with pytest.raises(SweepSpecError, match=r"variant 'bpe'.*no prepared dataset.*"
                        r'prepare_dataset\(<its source>, dataset="toy-bpe512", tokenizer="bpe", vocab_size=512\)'):
         load_spec(spec_dict(toy_dataset, name="t-tok", variants={"bpe": {"dataset": "toy-bpe512", "vocab_size": 512}}))
-    from moelab.data import CorpusError, load_dataset
-
     with pytest.raises(CorpusError, match=r'prepare_dataset\("machado", tokenizer="bpe", vocab_size=999\)'):
         load_dataset("machado-bpe999")
     spec = spec_dict(toy_dataset, name="t-tok", seeds=[1, 2], variants=variants)

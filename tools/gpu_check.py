@@ -8,7 +8,8 @@ Steps, each in its own subprocess with a time limit; a failure is logged and the
               tests/test_gpu.py (no host sync in a MoE step, graphed = eager training) -> tests.txt
   c. profile  tools/gpu_profile.py: matmul rate at n_embd 1028 vs 1024, ms per step eager and
               graphed, the share of it the GPU is busy, the top kernels       -> profile.md
-  d. bench    python -m moelab.bench --device cuda, configs A B C seed, short -> bench.md, bench.csv
+  d. bench    python -m moelab.bench --device cuda, configs A B C seed seed-32k seed-64k, short
+              (the seed model at its own 2,048 tokens a step and fed 32K and 64K) -> bench.md, bench.csv
   e. seed     the seed preset's full 2000 steps, bf16, CUDA graphs: time, tokens/s, MFU -> seed_train.json
   f. compare  the first 10 losses of one tiny config in fp32 on CPU and CUDA (and bf16 on CUDA)
                                                                               -> fp32_compare.md
@@ -148,7 +149,7 @@ class Check:
         else:
             short = ["--repeats", "3", "--steps", "5"]
             parts = [["--configs", "A", "B", "C", *short, "--generation-repeats", "1", "--new-tokens", "64"],
-                     ["--configs", "seed", *short, "--skip", "generation"]]
+                     ["--configs", "seed", "seed-32k", "seed-64k", *short, "--skip", "generation"]]
         codes, tables, texts = [], [], []
         for i, extra in enumerate(parts):
             folder = self.tmp / f"bench{i}"
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="the same steps on the CPU with tiny sizes (~1 min)")
     parser.add_argument("--dataset", type=Path, default=ROOT / "data" / "processed" / "machado",
                         help="a prepared moelab dataset folder (default data/processed/machado)")
-    parser.add_argument("--budget-s", type=float, default=None, help="overall time limit (default 465 s; smoke 240 s)")
+    parser.add_argument("--budget-s", type=float, default=None, help="overall time limit (default 540 s; smoke 240 s)")
     parser.add_argument("--compare-losses", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset-name", help=argparse.SUPPRESS)
     parser.add_argument("--other-device", help=argparse.SUPPRESS)
@@ -327,18 +328,19 @@ def main(argv: list[str] | None = None) -> int:
     out = args.outdir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     LOG = open(out / "gpu_check.log", "w")
-    budget = args.budget_s or (240.0 if args.cpu_smoke else 465.0)
+    budget = args.budget_s or (240.0 if args.cpu_smoke else 540.0)
     check = Check(out, args.cpu_smoke, budget, args.dataset.resolve())
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     say(f"moelab GPU check · {started} · {'CPU SMOKE MODE' if args.cpu_smoke else 'cuda'} · budget {budget:.0f} s · "
         f"out {out} · temp {check.tmp}")
     t0 = time.perf_counter()
-    # limits and reserves (seconds) sized for 8 minutes on an H100; smoke: scaled down
-    scale = budget / 465.0
-    check.step("a env", check.env_info, 25 * scale, 430 * scale)
-    check.step("b tests", check.tests, 80 * scale, 350 * scale)
-    check.step("c profile", check.profile, 70 * scale, 280 * scale)
-    check.step("d bench", check.bench, 100 * scale, 180 * scale)
+    # limits and reserves (seconds) sized for 9 minutes on an H100 (the bench feeds the seed model
+    # 32K and 64K tokens a step too); smoke: scaled down
+    scale = budget / 540.0
+    check.step("a env", check.env_info, 25 * scale, 480 * scale)
+    check.step("b tests", check.tests, 80 * scale, 400 * scale)
+    check.step("c profile", check.profile, 70 * scale, 330 * scale)
+    check.step("d bench", check.bench, 150 * scale, 180 * scale)
     check.step("e seed", check.seed_train, 170 * scale, 10 * scale)
     check.step("f compare", check.compare, 40 * scale, 0)
     total = time.perf_counter() - t0

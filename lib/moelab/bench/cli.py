@@ -25,7 +25,8 @@ On CUDA (``--device cuda``) it also names the card and reports the MFU against t
 rated dense bf16 peak (:data:`moelab.bench.flops.RATED_BF16_PEAKS`; an unknown card falls back to the bf16
 matmul peak measured here, and says so), with the GPU's targets (:data:`moelab.bench.configs.GPU_TARGETS`).
 ``--configs seed`` adds the ``seed`` preset's model (6 layers × 1028, 8 experts top-2 + 2
-common, batch 64 × 32 bytes) to A, B, C.
+common, batch 64 × 32 bytes) to A, B, C; ``seed-32k`` and ``seed-64k`` feed the same model 32K
+and 64K tokens a step.
 
 Results go to ``reports/benchmarks/`` (bench.csv, bench.md, bench.png).
 """
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="moelab bench", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS),
-        help="A B C (the default); seed: the seed preset's model (for GPUs)")
+        help="A B C (the default); cpu: the cpu preset's model; seed, seed-32k, seed-64k: the seed preset's "
+        "model at 2K, 32K and 64K tokens a step (for GPUs)")
     add("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     add("--steps", type=int, default=3, help="training steps per round and variant (default 3)")
     add("--threads", type=int, default=None, help="torch threads for training (default: torch's choice)")

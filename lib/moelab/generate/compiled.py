@@ -32,7 +32,7 @@ from torch import Tensor
 from moelab.generate.decoder import TokenDecoder
 from moelab.nn.kv_cache import KVCache
 from moelab.nn.model import soft_cap
-from moelab.nn.moe.experts import affine
+from moelab.nn.moe.activations import affine
 from moelab.nn.moe.router import RoutingRecord, select_experts
 
 _compile_failure: str | None = None  # why Inductor could not compile in this process, once it failed

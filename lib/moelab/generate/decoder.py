@@ -28,7 +28,7 @@ from torch import Tensor
 
 from moelab.nn.kv_cache import KVCache
 from moelab.nn.positions import apply_rope
-from moelab.nn.moe.experts import ACTIVATION_FUNCTIONS, affine
+from moelab.nn.moe.activations import ACTIVATION_FUNCTIONS, affine
 from moelab.nn.model import soft_cap
 from moelab.nn.moe.router import RoutingRecord, select_experts
 

@@ -41,42 +41,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moelab.config.model import ACTIVATIONS
+from moelab.nn.moe.activations import ACTIVATION_FUNCTIONS, mlp
+from moelab.nn.moe.grouped import (
+    aligned_layout,
+    dispatch_grouped,
+    grouped_mlp,
+    grouped_mlp_backward,
+    grouped_mm_fits,
+    pad_widths,
+)
 
 KERNELS = ("auto", "plain", "loop", "grouped")
 # the loop kernel pads each expert's rows to a multiple of this, by the activations' dtype (1: no padding)
 ROW_BUCKETS = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 1, torch.float64: 1}
-
-
-def relu2(x: Tensor) -> Tensor:
-    """ReLU squared, relu(x)² (So et al. 2021, Primer; modded-nanogpt's and nanochat's MLPs)."""
-    return F.relu(x).square()
-
-
-def relu2_backward(grad: Tensor, pre: Tensor) -> Tensor:
-    """The gradient through :func:`relu2` at pre-activation ``pre``: grad · 2 relu(pre)."""
-    return grad * 2 * F.relu(pre)
-
-
-# the nonlinearities by ModelConfig.activation name (moelab.config.model.ACTIVATIONS, in its order):
-# (function, backward(grad, pre-activation)), the backward for the kernels with a hand-written
-# backward (loop, grouped)
-ACTIVATION_FUNCTIONS = {
-    "gelu": (F.gelu, torch.ops.aten.gelu_backward),
-    "relu2": (relu2, relu2_backward),
-}
-assert tuple(ACTIVATION_FUNCTIONS) == ACTIVATIONS, "every configurable activation needs its function here"
-
-
-def affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """x @ w + b with w stored (in, out)."""
-    return x @ w if b is None else torch.addmm(b, x, w)
-
-
-def mlp(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, activation: str) -> Tensor:
-    """The feed-forward of one expert: act(x w1 + b1) w2 + b2, with w1 (d, h), w2 (h, d), act by name."""
-    act = ACTIVATION_FUNCTIONS[activation][0]
-    return affine(act(affine(x, w1, b1)), w2, b2)
 
 
 class Experts(nn.Module):
@@ -113,25 +90,45 @@ class Experts(nn.Module):
         Weights are cast once to the activations' dtype (bf16 under autocast). The loop and
         plain kernels read ``counts`` on the host, the grouped kernel on the device.
         """
-        dtype = x_sorted.dtype
-        weights = [None if p is None else p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2)]
+        weights = self._weights(x_sorted.dtype)
         kernel = self.kernel
         if kernel == "auto":
             kernel = "grouped" if grouped_mm_fits(x_sorted) else "loop"
         if kernel == "plain":
             return plain_experts(x_sorted, *weights, counts.tolist(), self.activation)
-        bucket = ROW_BUCKETS.get(dtype, 1) if self.row_bucket is None else self.row_bucket
-        if kernel == "loop":
-            return bucketed_loop(x_sorted, *weights, counts, bucket, self.activation)
+        bucket = ROW_BUCKETS.get(x_sorted.dtype, 1) if self.row_bucket is None else self.row_bucket
+        if kernel == "grouped":
+            try:
+                return ExpertMLP.apply(x_sorted, *weights, counts, True, self.activation)
+            except RuntimeError as err:
+                self._grouped_refused(err, x_sorted)
+        return bucketed_loop(x_sorted, *weights, counts, bucket, self.activation)
+
+    def runs_grouped(self, x: Tensor) -> bool:
+        """Whether rows of ``x``'s dtype and device go through the grouped kernel."""
+        return self.kernel == "grouped" or (self.kernel == "auto" and grouped_mm_fits(x))
+
+    def dispatch(self, flat: Tensor, experts: Tensor, gates: Tensor) -> Tensor | None:
+        """The MoE layer's steps 7-9 straight into the grouped layout (:func:`dispatch_grouped`):
+        (T, d) rows, their experts and gates (T, k) -> the gate-weighted sum (T, d). None where
+        grouped_mm refused (it warned; the layer then dispatches through :meth:`forward`)."""
         try:
-            return ExpertMLP.apply(x_sorted, *weights, counts, True, self.activation)
+            return dispatch_grouped(flat, experts, gates, self._weights(flat.dtype), self.activation)
         except RuntimeError as err:
-            capturing = x_sorted.is_cuda and torch.cuda.is_current_stream_capturing()
-            if self.kernel != "auto" or capturing or isinstance(err, torch.OutOfMemoryError):
-                raise
-            warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=2)
-            self.kernel = "loop"
-            return bucketed_loop(x_sorted, *weights, counts, bucket, self.activation)
+            self._grouped_refused(err, flat)
+            return None
+
+    def _weights(self, dtype: torch.dtype) -> list:
+        return [None if p is None else p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2)]
+
+    def _grouped_refused(self, err: RuntimeError, x: Tensor) -> None:
+        """Under ``auto``, a GPU whose grouped_mm refuses the layout: warn and use the loop from now
+        on; anything else (an explicit kernel, CUDA graph capture, out of memory) is raised."""
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if self.kernel != "auto" or capturing or isinstance(err, torch.OutOfMemoryError):
+            raise err
+        warnings.warn(f"grouped_mm refused ({err}); using one matmul per expert instead", stacklevel=3)
+        self.kernel = "loop"
 
     def one_token(self, row: Tensor, experts: list[int], gates: Tensor) -> Tensor:
         """The gate-weighted sum of the chosen experts on one token row (1, d), run by index (decoding)."""
@@ -150,11 +147,6 @@ class Experts(nn.Module):
             )
             out = y * gate if out is None else out + y * gate
         return torch.zeros_like(row, dtype=dtype) if out is None else out  # None: capacity dropped every slot
-
-
-def grouped_mm_fits(x: Tensor) -> bool:
-    """Whether ``auto`` takes grouped_mm: on CUDA in bf16 (its widths are padded to fit, see _pad_widths)."""
-    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
 
 
 def bucketed_loop(x, w1, b1, w2, b2, counts: Tensor, bucket: int, activation: str) -> Tensor:
@@ -254,86 +246,30 @@ def _loop_backward(grad_out, x, w1, w2, pre, act, counts, has_bias, activation):
     return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 
-ALIGN_ROWS = 8  # grouped_mm on CUDA wants every group's rows to span a multiple of 16 bytes (8 bf16 values)
+def _grouped_forward(x, w1, b1, w2, b2, counts, activation):
+    """Rows sorted by expert, through the aligned layout (:mod:`moelab.nn.moe.grouped`): the output
+    rows, and what the backward needs (the padded input, weights, activations and layout)."""
+    d = x.shape[1]
+    position, offsets, padded_expert = aligned_layout(counts, x.shape[0])
+    w1, b1, w2, b2 = pad_widths(w1, b1, w2, b2)
+    x_padded = _scatter_rows(F.pad(x, (0, w1.shape[1] - d)), position, padded_expert.shape[0])
+    pre, act, out = grouped_mlp(x_padded, w1, b1, w2, b2, offsets, padded_expert, activation)
+    return (x_padded, w1, w2, pre, act, position, offsets, padded_expert), out[position, :d]
 
 
-def padded_rows(n_rows: int, n_experts: int) -> int:
-    """Rows of the aligned layout: room for every block padded to ``ALIGN_ROWS``, itself a multiple of it.
-
-    It depends on the shapes only, never on the counts, so the step's buffers have a fixed size.
-    """
-    return -(-(n_rows + n_experts * (ALIGN_ROWS - 1)) // ALIGN_ROWS) * ALIGN_ROWS
-
-
-def _aligned_layout(counts: Tensor, n_rows: int):
-    """Each expert's block of rows padded with zero rows to a multiple of ``ALIGN_ROWS``, on the device.
-
-    ``counts`` (n,): rows per expert, ``n_rows`` their sum (known from the shapes, so nothing
-    is read back to the host). Returns where each real row goes in the padded layout,
-    grouped_mm's offsets (the end row of each padded block; the last block also takes the
-    spare rows up to :func:`padded_rows`) and each padded row's expert. The weight gradients
-    contract over the rows, so CUDA's grouped_mm needs every block aligned; zero rows add
-    nothing to them.
-    """
-    n, total = counts.shape[0], padded_rows(n_rows, counts.shape[0])
-    padded = (counts + ALIGN_ROWS - 1) // ALIGN_ROWS * ALIGN_ROWS
-    ends = padded.cumsum(0)
-    shift = (ends - padded) - (counts.cumsum(0) - counts)  # padded start - real start, per expert
-    experts = torch.arange(n, device=counts.device)
-    row_expert = torch.repeat_interleave(experts, counts, output_size=n_rows)
-    position = torch.arange(n_rows, device=counts.device) + shift[row_expert]
-    ends[-1:].fill_(total)  # (fill_, not item assignment: assigning a number copies it from the host)
-    padded_expert = torch.bucketize(torch.arange(total, device=counts.device), ends, right=True)
-    return position, ends.to(torch.int32), padded_expert
+def _grouped_backward(grad_out, x_padded, w1, w2, pre, act, position, offsets, padded_expert, d, h, has_bias, activation):
+    """Gradients of the sorted rows and of the true (unpadded) weights and biases."""
+    grad_out = _scatter_rows(F.pad(grad_out, (0, w2.shape[2] - d)), position, x_padded.shape[0])  # 0 on padding
+    grad_x_padded, *grad_weights = grouped_mlp_backward(
+        grad_out, x_padded, w1, w2, pre, act, offsets, padded_expert, d, h, has_bias, activation
+    )
+    return (grad_x_padded[position, :d], *grad_weights)
 
 
 def _scatter_rows(t: Tensor, position: Tensor, n_rows: int) -> Tensor:
     out = t.new_zeros(n_rows, t.shape[-1])
     out[position] = t
     return out
-
-
-def _pad_widths(w1, b1, w2, b2):
-    """Zero-pad the expert widths d and h to multiples of ``ALIGN_ROWS`` (16-byte rows in bf16: grouped_mm
-    on CUDA needs them; n_embd 1028, the seed's, becomes 1032). Zero weights add nothing to the outputs."""
-    pd, ph = -w1.shape[1] % ALIGN_ROWS, -w1.shape[2] % ALIGN_ROWS
-    if not (pd or ph):
-        return w1, b1, w2, b2
-    pad = lambda t, *widths: None if t is None else F.pad(t, widths)  # noqa: E731
-    return pad(w1, 0, ph, 0, pd), pad(b1, 0, ph), pad(w2, 0, pd, 0, ph), pad(b2, 0, pd)
-
-
-def _grouped_forward(x, w1, b1, w2, b2, counts, activation):
-    """The output rows, and what the backward needs: the padded input, weights, activations and layout."""
-    d = x.shape[1]
-    position, offsets, padded_expert = _aligned_layout(counts, x.shape[0])
-    w1, b1, w2, b2 = _pad_widths(w1, b1, w2, b2)
-    x_padded = _scatter_rows(F.pad(x, (0, w1.shape[1] - d)), position, padded_expert.shape[0])
-    pre = F.grouped_mm(x_padded, w1, offs=offsets)
-    if b1 is not None:
-        pre += b1[padded_expert]
-    act = ACTIVATION_FUNCTIONS[activation][0](pre)
-    out = F.grouped_mm(act, w2, offs=offsets)
-    if b2 is not None:
-        out += b2[padded_expert]
-    return (x_padded, w1, w2, pre, act, position, offsets, padded_expert), out[position, :d]
-
-
-def _grouped_backward(
-    grad_out, x_padded, w1, w2, pre, act, position, offsets, padded_expert, d, h, has_bias, activation
-):
-    """Gradients of the true (unpadded) input, weights and biases; w1, w2 arrive padded."""
-    grad_out = _scatter_rows(F.pad(grad_out, (0, w2.shape[2] - d)), position, x_padded.shape[0])  # 0 on padding
-    g_act = F.grouped_mm(grad_out, w2.transpose(1, 2).contiguous(), offs=offsets)
-    g_pre = ACTIVATION_FUNCTIONS[activation][1](g_act, pre)
-    # weight gradients: (n, ·, ·) from row-partitioned 2D operands; zeros for an expert without rows
-    grad_w2 = F.grouped_mm(act.t().contiguous(), grad_out, offs=offsets)[:, :h, :d]
-    grad_w1 = F.grouped_mm(x_padded.t().contiguous(), g_pre, offs=offsets)[:, :d, :h]
-    grad_x = F.grouped_mm(g_pre, w1.transpose(1, 2).contiguous(), offs=offsets)[position, :d]
-    n = w1.shape[0]
-    grad_b1 = x_padded.new_zeros(n, pre.shape[1]).index_add_(0, padded_expert, g_pre)[:, :h] if has_bias[0] else None
-    grad_b2 = x_padded.new_zeros(n, grad_out.shape[1]).index_add_(0, padded_expert, grad_out)[:, :d] if has_bias[1] else None
-    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 
 def _slices(counts):

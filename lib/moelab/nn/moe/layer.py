@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from moelab.nn.aligned import Linear
 from moelab.config.model import ModelConfig
-from moelab.nn.moe.experts import ACTIVATION_FUNCTIONS, Experts
+from moelab.nn.moe.activations import ACTIVATION_FUNCTIONS
+from moelab.nn.moe.experts import Experts
 from moelab.nn.moe.metrics import slot_counts
 from moelab.nn.moe.router import Router, RouterOutput
 
@@ -164,7 +165,17 @@ class MoE(nn.Module):
         return y.reshape(x.shape), router
 
     def dispatch_and_combine(self, flat: Tensor, experts: Tensor, weights: Tensor, keep: Tensor | None) -> Tensor:
-        """Sort token slots by expert, run each expert once on its block, scatter-add the gated results."""
+        """Sort token slots by expert, run each expert once on its block, scatter-add the gated results.
+
+        Where the experts run grouped (CUDA in bf16) and nothing is dropped, the slots go straight
+        into the grouped kernel's layout instead (:meth:`Experts.dispatch`): the same sum.
+        """
+        if torch.is_autocast_enabled(flat.device.type):  # keep activations in the autocast dtype through the experts
+            flat = flat.to(torch.get_autocast_dtype(flat.device.type))
+        if keep is None and self.experts.runs_grouped(flat):
+            routed = self.experts.dispatch(flat, experts, weights)
+            if routed is not None:
+                return routed
         k = experts.shape[-1]
         slot_expert = experts.reshape(-1)
         order = torch.argsort(slot_expert, stable=True)  # 7. dispatch (stable: token order within an expert)
@@ -173,8 +184,6 @@ class MoE(nn.Module):
         counts = slot_counts(slot_expert if keep is None else slot_expert[order], self.n_experts)
         token = order // k
         x_sorted = flat.index_select(0, token)
-        if torch.is_autocast_enabled(flat.device.type):  # keep activations in the autocast dtype through the experts
-            x_sorted = x_sorted.to(torch.get_autocast_dtype(flat.device.type))
         out_sorted = self.experts(x_sorted, counts)  # 8. experts
         out_sorted = out_sorted * weights.reshape(-1)[order].unsqueeze(-1).to(out_sorted.dtype)  # 9. combine
         routed = out_sorted.new_zeros(flat.shape)
