@@ -1,0 +1,102 @@
+"""Findings across budgets: each choice's paired difference at several token budgets.
+
+A sweep at one budget says what a choice does at that budget, under that recipe. To see
+whether a cheap proxy predicts the verdict at the budget people train with, run the same
+variants with the same seeds at several budgets (one sweep each, e.g. the built-in studies
+``budget-transfer-600k``, ``-2m`` and ``-6m``), then set them side by side:
+
+    table = load_budget_study(["budget-transfer-600k", "budget-transfer-2m", "budget-transfer-6m"])
+    verdicts_by_budget(table)          # variant x budget: the raw verdict, and Holm's
+    plot_budget_transfer(table)        # one panel per choice: difference and 95% interval vs tokens
+
+The budget of a sweep is the median number of tokens its reference runs trained. Holm's
+correction runs over every comparison of the study together (each variant at each budget),
+the family a reader scans when asking "at which budgets does anything hold".
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from moelab.stats import BETTER, NO_DIFFERENCE, REFERENCE, WORSE, holm, summarize
+
+TABLE_COLUMNS = ["variant", "budget_tokens", "sweep", "n_paired", "diff", "diff_ci_low", "diff_ci_high",
+                 "p_value", "verdict", "p_holm", "verdict_holm"]  # fmt: skip
+
+
+def budget_table(results: dict[str, pd.DataFrame], metric: str = "val_bpb") -> pd.DataFrame:
+    """Every variant's paired difference from its sweep's reference, at every budget (``TABLE_COLUMNS``).
+
+    ``results``: per sweep name, its results (one row per run: ``variant``, ``seed``, ``tokens``
+    and ``metric``; the first variant is the reference, and must be the same in every sweep).
+    ``p_holm``/``verdict_holm``: Holm over all the study's comparisons.
+    """
+    references = {name: frame["variant"].iloc[0] for name, frame in results.items() if len(frame)}
+    if len(set(references.values())) > 1:
+        raise ValueError(f"the sweeps compare with different references ({references}); give them the same first variant")
+    rows = []
+    for name, frame in results.items():
+        summary = summarize(frame, metric)
+        reference = summary["variant"].iloc[0]
+        budget = float(frame.loc[frame["variant"] == reference, "tokens"].median())
+        for _, row in summary[summary["verdict"] != REFERENCE].iterrows():
+            rows.append({"variant": row["variant"], "budget_tokens": budget, "sweep": name,
+                         **{c: row[c] for c in ("n_paired", "diff", "diff_ci_low", "diff_ci_high", "p_value", "verdict")}})  # fmt: skip
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS[:-2])
+    table["p_holm"] = holm(table["p_value"]) if len(table) else []
+    table["verdict_holm"] = [(BETTER if d < 0 else WORSE) if p < 0.05 else NO_DIFFERENCE
+                             for d, p in zip(table["diff"], table["p_holm"])]  # fmt: skip
+    return table.sort_values(["variant", "budget_tokens"], kind="stable").reset_index(drop=True)
+
+
+def verdicts_by_budget(table: pd.DataFrame) -> pd.DataFrame:
+    """Variant x budget (columns labelled in tokens): "raw verdict / Holm's verdict"."""
+    cells = table.assign(
+        budget=[_tokens_label(t) for t in table["budget_tokens"]],
+        cell=[f"{raw} / {adjusted}" for raw, adjusted in zip(table["verdict"], table["verdict_holm"])],
+    )
+    order = [_tokens_label(t) for t in sorted(table["budget_tokens"].unique())]
+    return cells.pivot(index="variant", columns="budget", values="cell")[order]
+
+
+def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against the reference, by budget",
+                         unit: str = "bits per byte") -> plt.Figure:  # fmt: skip
+    """One panel per variant: its paired difference from the reference with the 95% interval,
+    against the training tokens (log scale); below 0 is better. Open markers: no verdict after Holm."""
+    variants = list(dict.fromkeys(table["variant"]))
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.8), sharey=True, squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        rows = table[table["variant"] == variant]
+        err = np.vstack([rows["diff"] - rows["diff_ci_low"], rows["diff_ci_high"] - rows["diff"]])
+        ax.errorbar(rows["budget_tokens"], rows["diff"], yerr=np.nan_to_num(err), fmt="-", color="tab:blue", capsize=4)
+        held = rows["verdict_holm"] != NO_DIFFERENCE
+        ax.scatter(rows["budget_tokens"][held], rows["diff"][held], color="tab:blue", zorder=3, label="holds after Holm")
+        ax.scatter(rows["budget_tokens"][~held], rows["diff"][~held], facecolor="white", edgecolor="tab:blue",
+                   zorder=3, label="no verdict after Holm")  # fmt: skip
+        ax.axhline(0, color="gray", lw=1)
+        ax.set_xscale("log")
+        ax.set(title=variant, xlabel="training tokens (log scale)")
+    axes[0][0].set_ylabel(f"difference from the reference, {unit}\n(below 0: better)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def load_budget_study(names: list[str], metric: str = "val_bpb") -> pd.DataFrame:
+    """:func:`budget_table` of the sweeps ``names`` from their folders (reports/sweeps/<name>/results.csv)."""
+    from moelab.sweep.runner import sweep_dir
+
+    results = {}
+    for name in names:
+        path = sweep_dir(name) / "results.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"no results for sweep {name!r} ({path}): run it first: moelab sweep {name}")
+        results[name] = pd.read_csv(path)
+    return budget_table(results, metric)
+
+
+def _tokens_label(tokens: float) -> str:
+    return f"{tokens / 1e6:.1f} M tokens" if tokens >= 1e6 else f"{tokens / 1e3:.0f} k tokens"

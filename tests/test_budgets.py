@@ -1,0 +1,84 @@
+"""Findings across budgets: the table, the verdicts by budget and the figure, against scipy and statsmodels."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from moelab.sweep.budgets import budget_table, load_budget_study, plot_budget_transfer, verdicts_by_budget
+
+# per budget: the reference's bits per byte by seed, and each variant's offsets from it by seed
+BUDGETS = {
+    "b-600k": (600_000, [2.60, 2.62, 2.58, 2.61], {"dense": [0.10, 0.12, 0.09, 0.11], "fixed": [0.01, -0.02, 0.02, 0.00]}),
+    "b-2m": (2_000_000, [2.20, 2.21, 2.19, 2.22], {"dense": [0.05, 0.04, 0.06, 0.05], "fixed": [-0.03, -0.04, -0.02, -0.035]}),
+}
+
+
+def results_of(tokens, reference, offsets) -> pd.DataFrame:
+    rows = [{"variant": "moe", "seed": s + 1, "val_bpb": v, "tokens": tokens + s} for s, v in enumerate(reference)]
+    for variant, deltas in offsets.items():
+        rows += [{"variant": variant, "seed": s + 1, "val_bpb": reference[s] + d, "tokens": tokens}
+                 for s, d in enumerate(deltas)]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def study() -> dict[str, pd.DataFrame]:
+    return {name: results_of(*spec) for name, spec in BUDGETS.items()}
+
+
+def test_the_table_holds_each_paired_difference_with_holm_over_the_whole_study():
+    table = budget_table(study())
+    assert list(table["variant"]) == ["dense", "dense", "fixed", "fixed"]
+    assert list(table["budget_tokens"]) == [600_001.5, 2_000_001.5, 600_001.5, 2_000_001.5]  # the reference's median
+    p_values = []
+    for _, row in table.iterrows():
+        deltas = np.array(BUDGETS[row["sweep"]][2][row["variant"]])
+        assert row["diff"] == pytest.approx(deltas.mean())
+        half = stats.t.ppf(0.975, len(deltas) - 1) * deltas.std(ddof=1) / np.sqrt(len(deltas))
+        assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((deltas.mean() - half, deltas.mean() + half))
+        p_values.append(stats.ttest_1samp(deltas, 0).pvalue)
+        assert row["p_value"] == pytest.approx(p_values[-1])
+    reject, adjusted, _, _ = multipletests(p_values, method="holm")
+    assert list(table["p_holm"]) == pytest.approx(list(adjusted))
+    assert list(table["verdict"]) == ["worse", "worse", "no detectable difference", "better"]
+    assert [v != "no detectable difference" for v in table["verdict_holm"]] == list(reject)
+
+
+def test_verdicts_by_budget_reads_variant_by_budget_raw_then_holm():
+    table = budget_table(study())
+    verdicts = verdicts_by_budget(table)
+    assert list(verdicts.columns) == ["600 k tokens", "2.0 M tokens"] and list(verdicts.index) == ["dense", "fixed"]
+    row = table[(table["variant"] == "fixed") & (table["sweep"] == "b-2m")].iloc[0]
+    assert verdicts.loc["fixed", "2.0 M tokens"] == f"better / {row['verdict_holm']}"
+
+
+def test_sweeps_with_other_references_are_refused():
+    other = study()
+    other["b-2m"] = other["b-2m"].replace({"moe": "dense-first"}).iloc[::-1]  # another first variant
+    with pytest.raises(ValueError, match="different references"):
+        budget_table(other)
+
+
+def test_the_figure_has_a_panel_per_choice_on_a_log_token_axis():
+    fig = plot_budget_transfer(budget_table(study()))
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["dense", "fixed"]
+    assert all(ax.get_xscale() == "log" and "tokens" in ax.get_xlabel() for ax in axes)
+    assert "below 0: better" in axes[0].get_ylabel()
+    line = axes[0].lines[0]  # the differences joined across budgets
+    assert list(line.get_xdata()) == [600_001.5, 2_000_001.5]
+
+
+def test_the_study_loads_from_its_sweep_folders_and_names_a_missing_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOELAB_REPORTS_DIR", str(tmp_path))
+    for name, frame in study().items():
+        (tmp_path / "sweeps" / name).mkdir(parents=True)
+        frame.to_csv(tmp_path / "sweeps" / name / "results.csv", index=False)
+    pd.testing.assert_frame_equal(load_budget_study(list(BUDGETS)), budget_table(study()))
+    with pytest.raises(FileNotFoundError, match="moelab sweep b-6m"):
+        load_budget_study([*BUDGETS, "b-6m"])
