@@ -157,17 +157,10 @@ def test_short_benchmark_run_writes_its_table(tmp_path, capsys):
 
 
 def test_where_nothing_compiles_the_benchmark_leaves_the_compiled_rows_out(monkeypatch):
-    import moelab.generate.compiled as compiled
     from moelab.bench.generation import bench_sampling
+    from tests.test_compiled_decode import without_a_compiler
 
-    def no_compiler():
-        def step(*args):
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
-
-        return step
-
-    monkeypatch.setattr(compiled, "_compiled_step", no_compiler)
-    monkeypatch.setattr(compiled, "_compile_failure", None)
+    without_a_compiler(monkeypatch)
     with pytest.warns(RuntimeWarning, match="could not compile"):
         rows = bench_sampling(torch.device("cpu"), repeats=1, new_bytes=40)
     measures = [row["measure"] for row in rows]

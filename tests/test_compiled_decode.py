@@ -108,7 +108,9 @@ def test_generation_with_the_compiled_step_writes_the_same_tokens(window):
     assert torch.equal(generate(model, prompt, 40, compile_step=True, **sampled), generate(model, prompt, 40, **sampled))
 
 
-def test_where_compiling_fails_it_warns_once_and_steps_uncompiled(monkeypatch):
+def without_a_compiler(monkeypatch) -> None:
+    """Make every compiled step fail as Inductor does without a C++ compiler (a fresh process: no failure yet)."""
+
     def no_compiler():
         def step(*args):
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
@@ -117,6 +119,10 @@ def test_where_compiling_fails_it_warns_once_and_steps_uncompiled(monkeypatch):
 
     monkeypatch.setattr(compiled, "_compiled_step", no_compiler)
     monkeypatch.setattr(compiled, "_compile_failure", None)
+
+
+def test_where_compiling_fails_it_warns_once_and_steps_uncompiled(monkeypatch):
+    without_a_compiler(monkeypatch)
     uncompiled = []
     step = TokenDecoder.__call__
     monkeypatch.setattr(TokenDecoder, "__call__", lambda self, *a, **k: uncompiled.append(1) or step(self, *a, **k))

@@ -91,13 +91,10 @@ class Experts(nn.Module):
         plain kernels read ``counts`` on the host, the grouped kernel on the device.
         """
         weights = self._weights(x_sorted.dtype)
-        kernel = self.kernel
-        if kernel == "auto":
-            kernel = "grouped" if grouped_mm_fits(x_sorted) else "loop"
-        if kernel == "plain":
+        if self.kernel == "plain":
             return plain_experts(x_sorted, *weights, counts.tolist(), self.activation)
         bucket = ROW_BUCKETS.get(x_sorted.dtype, 1) if self.row_bucket is None else self.row_bucket
-        if kernel == "grouped":
+        if self.runs_grouped(x_sorted):
             try:
                 return ExpertMLP.apply(x_sorted, *weights, counts, True, self.activation)
             except RuntimeError as err:
