@@ -82,3 +82,12 @@ def test_the_study_loads_from_its_sweep_folders_and_names_a_missing_one(tmp_path
     pd.testing.assert_frame_equal(load_budget_study(list(BUDGETS)), budget_table(study()))
     with pytest.raises(FileNotFoundError, match="moelab sweep b-6m"):
         load_budget_study([*BUDGETS, "b-6m"])
+
+
+def test_many_choices_wrap_into_rows_of_three_panels():
+    offsets = {f"v{i}": [0.01 * i, 0.02, 0.0, 0.01] for i in range(4)}
+    fig = plot_budget_transfer(budget_table({"b": results_of(600_000, [2.6, 2.6, 2.6, 2.6], offsets)}))
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["v0", "v1", "v2", "v3"]
+    assert len(fig.axes) == 6 and len({round(ax.get_position().y0, 2) for ax in shown}) == 2  # two rows
+    assert "below 0: better" in shown[3].get_ylabel()  # each row's first panel names the axis

@@ -24,6 +24,7 @@ from moelab.stats import BETTER, NO_DIFFERENCE, REFERENCE, WORSE, holm, summariz
 
 TABLE_COLUMNS = ["variant", "budget_tokens", "sweep", "n_paired", "diff", "diff_ci_low", "diff_ci_high",
                  "p_value", "verdict", "p_holm", "verdict_holm"]  # fmt: skip
+PANELS_PER_ROW = 3
 
 
 def budget_table(results: dict[str, pd.DataFrame], metric: str = "val_bpb") -> pd.DataFrame:
@@ -66,8 +67,12 @@ def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against 
     """One panel per variant: its paired difference from the reference with the 95% interval,
     against the training tokens (log scale); below 0 is better. Open markers: no verdict after Holm."""
     variants = list(dict.fromkeys(table["variant"]))
-    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.8), sharey=True, squeeze=False)
-    for ax, variant in zip(axes[0], variants):
+    ncols = min(len(variants), PANELS_PER_ROW)
+    nrows = -(-len(variants) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(variants) :]:
+        ax.set_visible(False)
+    for ax, variant in zip(axes.flat, variants):
         rows = table[table["variant"] == variant]
         err = np.vstack([rows["diff"] - rows["diff_ci_low"], rows["diff_ci_high"] - rows["diff"]])
         ax.errorbar(rows["budget_tokens"], rows["diff"], yerr=np.nan_to_num(err), fmt="-", color="tab:blue", capsize=4)
@@ -78,7 +83,8 @@ def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against 
         ax.axhline(0, color="gray", lw=1)
         ax.set_xscale("log")
         ax.set(title=variant, xlabel="training tokens (log scale)")
-    axes[0][0].set_ylabel(f"difference from the reference, {unit}\n(below 0: better)")
+    for row in axes:
+        row[0].set_ylabel(f"difference from the reference,\n{unit} (below 0: better)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
