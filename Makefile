@@ -30,13 +30,15 @@ help:
 setup: $(STAMP)
 
 # Re-runs only when the pins or this file change; pip itself skips what is installed.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml requirements/statsforecast.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing torch $(TORCH_VERSION)+$(TORCH_VARIANT) into $(VENV)"
 	@# a wheel pip can already find (local wheelhouse or cache) first, else the PyTorch index
 	$(BIN)/pip install -q "torch==$(TORCH_VERSION)+$(TORCH_VARIANT)" 2>/dev/null \
 	  || $(BIN)/pip install -q --extra-index-url $(TORCH_INDEX_URL) "torch==$(TORCH_VERSION)+$(TORCH_VARIANT)"
 	$(BIN)/pip install -q -e ".[test]"
+	@# statsforecast pins pandas<3 for a front end moelab does not use: its models install without their dependencies
+	$(BIN)/pip install -q --no-deps -r requirements/statsforecast.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (moelab)" >/dev/null
 	@rm -f $(VENV)/.setup-done-*
 	@echo $(TORCH_VARIANT) > $(VENV)/.torch-variant

@@ -8,6 +8,7 @@ import torch
 
 from moelab.forecast import cli
 from moelab.forecast import forecaster as forecast
+from moelab.forecast import training
 from moelab.forecast.forecaster import ForecastConfig, evaluate, split_windows, train_forecaster
 from moelab.forecast.evaluation import coverage, ets, mase, naive, rolling_origins, seasonal_naive, smape
 from moelab.forecast.series import MeanScaleQuantizer, load_series, mean_scale, sliding_windows
@@ -253,13 +254,13 @@ def test_validation_windows_are_disjoint_from_training_and_pick_the_best_step(mo
     values = sine_series().to_numpy()[:120]
     config = tiny_config(max_steps=60, eval_every=20, n_origins=1)  # horizon 12, 2 validation blocks
     seen = {}
-    real_loss = forecast.horizon_loss
+    real_loss = training.horizon_loss
 
     def spy(model, windows, horizon):
         seen.setdefault("held", windows.clone())
         return real_loss(model, windows, horizon)
 
-    monkeypatch.setattr(forecast, "horizon_loss", spy)
+    monkeypatch.setattr(training, "horizon_loss", spy)
     f = train_forecaster(values[:108], config, progress=False)
     assert seen["held"].shape == (24, 36)  # the windows ending in the last 24 points
     val = f.losses.dropna(subset=["val_loss"])

@@ -5,8 +5,9 @@ competition's: MASE (mean absolute error scaled by the in-sample seasonal-naive 
 Hyndman & Koehler 2006), sMAPE (in percent), and the coverage of the band (the share of
 actual values inside it; 0.8 is calibrated). The baselines are naive (the last value),
 seasonal naive (the value one season back), both with the normal prediction intervals of
-Hyndman & Athanasopoulos, *Forecasting: Principles and Practice* (3rd ed., table 5.2), and
-ETS from statsmodels (additive errors, trend chosen by AICc, additive season).
+Hyndman & Athanasopoulos, *Forecasting: Principles and Practice* (3rd ed., table 5.2),
+ETS from statsmodels (additive errors, trend chosen by AICc, additive season), and
+statsforecast's AutoETS and AutoTheta, what practitioners run first.
 """
 
 from __future__ import annotations
@@ -66,6 +67,28 @@ def scores(forecast: Forecast, actual: np.ndarray, insample: np.ndarray, season:
     }
 
 
+QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the weighted quantile loss's, as Chronos scores
+
+
+def quantiles(forecast: Forecast, levels: tuple[float, ...] = QUANTILE_LEVELS) -> np.ndarray:
+    """(len(levels), H) quantiles: of the sampled paths where there are some, else of the normal
+    distribution whose median is the point forecast and whose 80% interval is the band."""
+    if forecast.paths is not None:
+        return np.quantile(forecast.paths, levels, axis=0)
+    sigma = (np.asarray(forecast.high) - np.asarray(forecast.low)) / (2 * stats.norm.ppf(0.5 + LEVEL / 2))
+    return np.asarray(forecast.point)[None] + stats.norm.ppf(levels)[:, None] * sigma[None]
+
+
+def weighted_quantile_loss(actual: np.ndarray, forecast: Forecast, levels: tuple[float, ...] = QUANTILE_LEVELS) -> float:
+    """Mean over the levels q of 2 Σ_t ρ_q(y_t − ŷ_t^q) / Σ_t |y_t| (ρ_q: the pinball loss), as Chronos defines it."""
+    a = np.asarray(actual, dtype=float)
+    predicted = quantiles(forecast, levels)
+    q = np.asarray(levels)[:, None]
+    error = a[None] - predicted
+    pinball = np.maximum(q * error, (q - 1) * error).sum(axis=1)
+    return float(np.mean(2 * pinball / np.abs(a).sum()))
+
+
 # --------------------------------------------------------------------------- baselines
 def _normal_band(point: np.ndarray, sigma_h: np.ndarray, level: float) -> Forecast:
     z = stats.norm.ppf(0.5 + level / 2)
@@ -121,6 +144,32 @@ def ets(history: np.ndarray, horizon: int, season: int, level: float = LEVEL) ->
         raise RuntimeError("ETS: no model could be fitted to this history")
     frame = best.get_prediction(start=len(history), end=len(history) + horizon - 1).summary_frame(alpha=1 - level)
     return Forecast(frame["mean"].to_numpy(), frame["pi_lower"].to_numpy(), frame["pi_upper"].to_numpy())
+
+
+def auto_ets(history: np.ndarray, horizon: int, season: int, level: float = LEVEL) -> Forecast:
+    """statsforecast's AutoETS (error, trend and season chosen by AICc among all ETS models)."""
+    from statsforecast.models import AutoETS
+
+    return _statsforecast(AutoETS(season_length=_usable_season(history, season)), history, horizon, level)
+
+
+def auto_theta(history: np.ndarray, horizon: int, season: int, level: float = LEVEL) -> Forecast:
+    """statsforecast's AutoTheta (the theta variant chosen by in-sample MSE, seasonally adjusted when tested seasonal)."""
+    from statsforecast.models import AutoTheta
+
+    return _statsforecast(AutoTheta(season_length=_usable_season(history, season)), history, horizon, level)
+
+
+def _usable_season(history: np.ndarray, season: int) -> int:
+    return season if len(history) >= 2 * season + 2 else 1  # too short to estimate a season: none, as ets() does
+
+
+def _statsforecast(model, history: np.ndarray, horizon: int, level: float) -> Forecast:
+    percent = round(100 * level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = model.forecast(y=np.asarray(history, dtype=float), h=horizon, level=[percent])
+    return Forecast(out["mean"], out[f"lo-{percent}"], out[f"hi-{percent}"])
 
 
 def rolling_origins(n_points: int, horizon: int, n_origins: int) -> list[int]:

@@ -31,20 +31,16 @@ import torch
 
 from moelab import stats
 from moelab.config.model import ModelConfig
-from moelab.config.train import TrainConfig
 from moelab.forecast.evaluation import LEVEL, Forecast, ets, naive, rolling_origins, scores, seasonal_error, seasonal_naive
-from moelab.nn.model import Transformer, eval_mode
-from moelab.train.optim import make_optimizer
+from moelab.nn.model import Transformer
 from moelab.device import resolve_device
-from moelab.train.step import TrainStep
-from moelab.train.schedule import Budget, LRSchedule
+from moelab.forecast.training import FitSettings, fit
 from moelab.forecast.series import BUILTIN, MeanScaleQuantizer, mean_scale, sliding_windows
 from moelab.generate.loop import generate
 
 METHODS = ("moelab", "naive", "seasonal naive", "ETS")
 MIN_PATHS = 20  # fewer sampled futures make the 10% and 90% quantiles meaningless
 WARMUP_STEPS = 20  # linear learning-rate warmup (at most a fifth of a step budget)
-BAR_TICKS = 1000  # the progress bar counts thousandths of the budget
 METRICS = ("MASE", "sMAPE", "coverage")
 SMALL_MODEL = {  # a few hundred windows of one series: a small model, with dropout
     "n_layers": 2, "n_heads": 4, "n_embd": 64, "n_experts": 8, "top_k": 2,
@@ -149,8 +145,6 @@ def train_forecaster(train: np.ndarray, config: ForecastConfig, device: str = "c
     was lowest. Training windows end ``horizon`` points before the first validation target,
     so none contains one; the quantizer's range is fitted to the training windows only.
     """
-    from tqdm.auto import tqdm
-
     length = config.context + config.horizon
     held_out = config.val_blocks * config.horizon + config.horizon - 1 if config.val_blocks else 0
     if len(train) < length + held_out:
@@ -158,57 +152,19 @@ def train_forecaster(train: np.ndarray, config: ForecastConfig, device: str = "c
                          f"and the validation windows need {length + held_out}")
     windows, held_windows = split_windows(sliding_windows(train, length), config.val_blocks * config.horizon, config.horizon)
     quantizer = MeanScaleQuantizer.fit(windows, config.context, config.n_bins)
-    fit, held = (None if w is None else torch.from_numpy(quantizer.encode(w, mean_scale(w[:, : config.context])))
-                 for w in (windows, held_windows))  # fmt: skip
+    fit_tokens, held = (None if w is None else torch.from_numpy(quantizer.encode(w, mean_scale(w[:, : config.context])))
+                        for w in (windows, held_windows))  # fmt: skip
     device = resolve_device(device)
     torch.manual_seed(config.seed)
     model = Transformer(config.model_config()).to(device)
     warmup = min(WARMUP_STEPS, config.max_steps // 5) if config.max_steps else WARMUP_STEPS
-    train_config = TrainConfig(lr=config.lr, batch_size=config.batch_size, max_steps=config.max_steps,
-                               max_minutes=config.max_minutes, warmup_steps=warmup)  # fmt: skip
-    train_step = TrainStep(model, make_optimizer(model, train_config, device), grad_clip=train_config.grad_clip)
-    budget = Budget(config.max_steps, config.max_minutes)
-    lr_at = LRSchedule(config.lr, warmup, train_config.min_lr_ratio)
+    settings = FitSettings(config.lr, config.max_steps, config.max_minutes, warmup, config.eval_every)
     generator = torch.Generator().manual_seed(config.seed)
-    fit = fit.to(device)  # the windows move to the device once, not every step
+    fit_windows = fit_tokens.to(device)  # the windows move to the device once, not every step
     held = None if held is None else held.to(device)
-    best, rows, step = _Best(), [], 0
-    if held is not None:  # the untrained model is a candidate too
-        rows.append({"step": 0, "loss": math.nan, "lr": 0.0, "val_loss": horizon_loss(model, held, config.horizon)})
-        best.offer(rows[-1]["val_loss"], 0, model)
-    start, progress_now = time.perf_counter(), 0.0
-    bar = tqdm(total=BAR_TICKS, desc="training", disable=not progress, leave=False)
-    model.train()
-    while progress_now < 1.0:
-        lr = lr_at(step, progress_now)
-        batch = fit[torch.randint(len(fit), (config.batch_size,), generator=generator).to(device)]
-        loss = train_step([(batch[:, :-1], batch[:, 1:])], lr).parts[0].item()
-        step += 1
-        progress_now = budget.progress(step, time.perf_counter() - start)
-        rows.append({"step": step, "loss": loss, "lr": lr, "val_loss": math.nan})
-        if held is not None and (step % config.eval_every == 0 or progress_now >= 1.0):
-            rows[-1]["val_loss"] = horizon_loss(model, held, config.horizon)
-            best.offer(rows[-1]["val_loss"], step, model)
-        bar.update(int(BAR_TICKS * progress_now) - bar.n)
-        bar.set_postfix(step=step, loss=f"{loss:.3f}", refresh=False)
-    bar.close()
-    if best.state is not None:
-        model.load_state_dict(best.state)
-    model.eval()
-    return Forecaster(model, quantizer, config, pd.DataFrame(rows), time.perf_counter() - start,
-                      best.step if best.state is not None else step)  # fmt: skip
-
-
-class _Best:
-    """The weights of the step with the lowest validation loss so far."""
-
-    def __init__(self) -> None:
-        self.loss, self.step, self.state = math.inf, 0, None
-
-    def offer(self, loss: float, step: int, model: Transformer) -> None:
-        if loss < self.loss:
-            self.loss, self.step = loss, step
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    draw = lambda: fit_windows[torch.randint(len(fit_windows), (config.batch_size,), generator=generator).to(device)]  # noqa: E731
+    result = fit(model, draw, held, config.horizon, settings, progress)
+    return Forecaster(model, quantizer, config, result.losses, result.seconds, result.best_step)
 
 
 def split_windows(windows, n_val: int, horizon: int):
@@ -217,14 +173,6 @@ def split_windows(windows, n_val: int, horizon: int):
     if n_val == 0:
         return windows, None
     return windows[: -(n_val + horizon - 1)], windows[-n_val:]
-
-
-@torch.no_grad()
-def horizon_loss(model: Transformer, windows: torch.Tensor, horizon: int) -> float:
-    """Mean cross-entropy (nats) of the last ``horizon`` tokens of each window given the ones before."""
-    with eval_mode(model):
-        logits = model(windows[:, :-1]).logits[:, -horizon:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), windows[:, -horizon:].reshape(-1)).item()
 
 
 # ------------------------------------------------------------------------- evaluation

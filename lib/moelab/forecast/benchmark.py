@@ -1,0 +1,112 @@
+"""The held-out benchmark: the pretrained forecaster against the baselines on series it never saw.
+
+Every series of :data:`~moelab.forecast.corpus.BENCHMARK` is forecast at ``n_origins``
+rolling origins (back-to-back blocks of its horizon at the end; each method sees only the
+history before the origin). Each forecast gets its MASE and its weighted quantile loss
+(WQL, over the quantiles 0.1 … 0.9). As in the Chronos paper, a method's score on a
+series is divided by seasonal naive's on the same series, and the ratios are aggregated
+by their geometric mean over the series; its 95% interval is the t-interval of the mean
+log ratio over the series (the series are the units, so the interval says how much the
+aggregate would move with another draw of series of this kind). Two methods are compared
+the same way, paired by series: the geometric mean of their ratio, with its interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moelab import stats
+from moelab.forecast.corpus import benchmark_series
+from moelab.forecast.evaluation import Forecast, auto_ets, auto_theta, ets, mase, rolling_origins, seasonal_naive
+from moelab.forecast.evaluation import weighted_quantile_loss
+from moelab.forecast.pretrain import PretrainedForecaster, fine_tune
+
+REFERENCE = "seasonal naive"
+BASELINES: dict[str, Callable[[np.ndarray, int, int], Forecast]] = {
+    REFERENCE: seasonal_naive,
+    "ETS": ets,
+    "AutoETS": auto_ets,
+    "AutoTheta": auto_theta,
+}
+METRICS = ("MASE", "WQL")
+
+
+@dataclass
+class BenchmarkResult:
+    scores: pd.DataFrame  # series, frequency, method, origin, MASE, WQL
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(self.scores["method"]))
+
+    def per_series(self, metric: str = "MASE") -> pd.DataFrame:
+        """Series × method: the metric's mean over the origins."""
+        table = self.scores.pivot_table(index="series", columns="method", values=metric, aggfunc="mean", sort=False)
+        return table[self.methods]
+
+    def relative(self, metric: str = "MASE") -> pd.DataFrame:
+        """Series × method: the metric divided by seasonal naive's on the same series."""
+        table = self.per_series(metric)
+        return table.div(table[REFERENCE], axis=0)
+
+    def aggregate(self, confidence: float = 0.95) -> pd.DataFrame:
+        """Per method: the geometric mean over series of its relative MASE and WQL, with intervals."""
+        rows = []
+        for method in self.methods:
+            row = {"method": method, "series": len(self.per_series())}
+            for metric in METRICS:
+                row.update(_geometric(self.relative(metric)[method], f"relative {metric}", confidence))
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("method")
+
+    def paired(self, method: str, other: str, metric: str = "MASE", confidence: float = 0.95) -> dict:
+        """The geometric mean over series of ``method``'s metric divided by ``other``'s, with its
+        interval and verdict (better: below 1 beyond the interval)."""
+        table = self.per_series(metric)
+        out = _geometric(table[method] / table[other], "ratio", confidence)
+        _, _, low, high = stats.t_interval(np.log(table[method] / table[other]).to_numpy(), confidence)
+        return {"method": method, "other": other, "metric": metric, **out, "verdict": stats.verdict(low, high)}
+
+
+def _geometric(ratios: pd.Series, name: str, confidence: float) -> dict:
+    mean, _, low, high = stats.t_interval(np.log(ratios.to_numpy(dtype=float)), confidence)
+    return {name: float(np.exp(mean)), f"{name} low": float(np.exp(low)), f"{name} high": float(np.exp(high))}
+
+
+def run_benchmark(forecaster: PretrainedForecaster, names: list[str] | None = None, n_origins: int = 3,
+                  n_paths: int = 100, fine_tune_steps: int = 0, progress: bool = True) -> BenchmarkResult:  # fmt: skip
+    """Score ``forecaster`` (zero-shot, and fine-tuned on each series' history before its first
+    origin when ``fine_tune_steps`` > 0) and the baselines on the held-out series."""
+    from tqdm.auto import tqdm
+
+    frames = []
+    for spec, values in tqdm(benchmark_series(names), desc="benchmark", unit="series", disable=not progress):
+        models = {"moelab": forecaster}
+        if fine_tune_steps:
+            first = rolling_origins(len(values), spec.horizon, n_origins)[0]
+            models["moelab fine-tuned"] = fine_tune(forecaster, values[:first], spec.horizon, fine_tune_steps, progress=False)
+        scores, _ = score_series(values, spec.horizon, spec.season, models, n_origins, n_paths)
+        frames.append(scores.assign(series=spec.name, frequency=spec.frequency))
+    return BenchmarkResult(pd.concat(frames, ignore_index=True)[["series", "frequency", "method", "origin", *METRICS]])
+
+
+def score_series(values: np.ndarray, horizon: int, season: int, models: dict[str, PretrainedForecaster],
+                 n_origins: int = 3, n_paths: int = 100) -> tuple[pd.DataFrame, dict[tuple[str, int], Forecast]]:  # fmt: skip
+    """Every model's and baseline's forecast at each rolling origin of one series, and their scores
+    (method, origin, MASE, WQL); the forecasts by (method, origin)."""
+    rows, forecasts = [], {}
+    for k, origin in enumerate(rolling_origins(len(values), horizon, n_origins)):
+        history, actual = values[:origin], values[origin : origin + horizon]
+        for name, model in models.items():
+            forecasts[(name, origin)] = model.forecast(history, horizon, n_paths, seed=k)
+        for name, method in BASELINES.items():
+            forecasts[(name, origin)] = method(history, horizon, season)
+        for (name, at), fc in forecasts.items():
+            if at == origin:
+                rows.append({"method": name, "origin": origin, "MASE": mase(actual, fc.point, history, season),
+                             "WQL": weighted_quantile_loss(actual, fc)})  # fmt: skip
+    return pd.DataFrame(rows), forecasts

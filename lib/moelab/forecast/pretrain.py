@@ -1,0 +1,217 @@
+"""One forecaster pretrained on many series, used zero-shot or fine-tuned on a user's series.
+
+Pretraining follows the Chronos recipe at a CPU's scale (Ansari et al. 2024): every batch
+holds windows of ``context + horizon`` points, a ``synthetic_fraction`` of them KernelSynth
+series drawn on the fly and the rest TSMixup mixtures of the real series that ship inside
+installed packages (:mod:`moelab.forecast.corpus`; the benchmark's series are never among
+them). Each window is standardized by its first ``context`` points and quantized
+(:class:`~moelab.forecast.scaling.StandardQuantizer`), and moelab's Transformer learns the
+next bin at every position. A fixed set of windows from another seed validates, and the
+weights of the step with the lowest loss over the horizon positions are kept.
+
+A forecast conditions on the last ``context`` points of a history (fewer if that is all
+there is), samples ``n_paths`` futures and maps them back to values: the median is the
+point forecast, the 10–90% quantiles the 80% band. :func:`fine_tune` trains a copy further
+on one series' windows and keeps the pretrained weights unless a fine-tuned step scores
+better on that series' held-out windows.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from moelab.config.model import ModelConfig
+from moelab.device import resolve_device
+from moelab.forecast.corpus import pretraining_series
+from moelab.forecast.evaluation import LEVEL, Forecast
+from moelab.forecast.scaling import StandardQuantizer
+from moelab.forecast.series import sliding_windows
+from moelab.forecast.synthetic import kernel_synth, random_window, ts_mixup
+from moelab.forecast.training import FitSettings, fit
+from moelab.generate.loop import generate
+from moelab.nn.model import Transformer
+from moelab.paths import atomic_write, data_dir
+from moelab.runs.registry import hardware
+
+FORMAT = "moelab-pretrained-forecaster"
+PRETRAINED_MODEL = {  # the cpu preset's shape: 4 layers of 128, 8 experts top-2 and one common expert
+    "n_layers": 4, "n_heads": 4, "n_embd": 128, "n_experts": 8, "top_k": 2, "n_common_experts": 1,
+    "expert_hidden": 256, "dropout": 0.0, "pos_encoding": "rope",
+}  # fmt: skip
+
+
+def default_path() -> Path:
+    return data_dir() / "forecast" / "pretrained.pt"
+
+
+@dataclass
+class PretrainConfig:
+    context: int = 128  # points a forecast conditions on (at most)
+    horizon: int = 64  # the longest forecast
+    n_bins: int = 1024
+    limit: float = 10.0  # bins span ±limit standard deviations of the context
+    synthetic_fraction: float = 0.5  # KernelSynth windows; the rest TSMixup of the real series
+    max_mixed: int = 3  # TSMixup mixes 1 to max_mixed series
+    batch_size: int = 32
+    lr: float = 2e-3
+    optimizer: str = "adamw"
+    max_steps: int | None = None
+    max_minutes: float | None = 12.0
+    warmup_steps: int = 100
+    eval_every: int = 100
+    val_windows: int = 256
+    seed: int = 1
+    model: dict[str, Any] = field(default_factory=lambda: dict(PRETRAINED_MODEL))
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("give a pretraining budget: max_steps (--steps) or max_minutes (--minutes)")
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+        self.quantizer()
+        self.model_config()
+
+    @property
+    def window(self) -> int:
+        return self.context + self.horizon
+
+    def quantizer(self) -> StandardQuantizer:
+        return StandardQuantizer(self.n_bins, self.limit)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=self.n_bins, context_window=self.window, **self.model)
+
+
+class WindowSampler:
+    """Windows of ``config.window`` points: KernelSynth, or TSMixup of the series of ``pool`` at least a
+    window long (each source drawn as often as any other, whatever its number of series)."""
+
+    def __init__(self, config: PretrainConfig, pool: dict[str, list[np.ndarray]], rng: np.random.Generator) -> None:
+        self.config, self.rng = config, rng
+        sources = [long for series in pool.values() if (long := [s for s in series if len(s) >= config.window])]
+        self.series = [s for series in sources for s in series]
+        self.weights = np.concatenate([np.full(len(s), 1 / (len(s) * len(sources))) for s in sources]) if sources else None
+        if not self.series and config.synthetic_fraction < 1:
+            raise ValueError(f"no real series of at least {config.window} points to mix; use synthetic_fraction=1")
+
+    def window(self) -> np.ndarray:
+        if self.rng.random() < self.config.synthetic_fraction:
+            return kernel_synth(self.rng, self.config.window)
+        picks = self.rng.choice(len(self.series), size=self.config.max_mixed, p=self.weights)
+        return ts_mixup(self.rng, [self.series[i] for i in picks], self.config.window, self.config.max_mixed)
+
+    def batch(self, n: int) -> np.ndarray:
+        return np.stack([self.window() for _ in range(n)])
+
+
+def tokenize(windows: np.ndarray, quantizer: StandardQuantizer, context: int) -> torch.Tensor:
+    """Token ids of windows (B, T), each standardized by its first ``context`` points."""
+    loc, scale = quantizer.statistics(windows[:, :context])
+    return torch.from_numpy(quantizer.encode(windows, loc, scale))
+
+
+@dataclass
+class PretrainedForecaster:
+    model: Transformer
+    config: PretrainConfig
+    losses: pd.DataFrame  # step, loss, lr, val_loss
+    train_seconds: float
+    best_step: int
+    sources: list[str]  # the real series' sources pretraining read
+    cpu: str = field(default_factory=lambda: hardware()["cpu"])  # where it was pretrained
+
+    @property
+    def quantizer(self) -> StandardQuantizer:
+        return self.config.quantizer()
+
+    def forecast(self, history: np.ndarray, horizon: int, n_paths: int = 100, seed: int = 0) -> Forecast:
+        """``n_paths`` sampled futures of ``horizon`` points after ``history``: median and 80% band."""
+        c = self.config
+        if not 1 <= horizon <= c.horizon:
+            raise ValueError(f"horizon {horizon}: this forecaster was pretrained for horizons of 1 to {c.horizon}")
+        window = np.asarray(history, dtype=float)[-c.context :]
+        if len(window) < 2 or not np.isfinite(window).all():
+            raise ValueError("the history needs at least 2 points, all finite (fill or drop missing values first)")
+        loc, scale = self.quantizer.statistics(window[None])
+        tokens = torch.from_numpy(self.quantizer.encode(window[None], loc, scale))
+        device = next(self.model.parameters()).device
+        ids = generate(self.model, tokens.repeat(n_paths, 1).to(device), horizon, seed=seed)
+        values = self.quantizer.decode(ids[:, len(window) :].cpu().numpy(), loc, scale)
+        tail = (1 - LEVEL) / 2
+        low, median, high = np.quantile(values, [tail, 0.5, 1 - tail], axis=0)
+        return Forecast(median, low, high, values)
+
+    def save(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path is not None else default_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"format": FORMAT, "config": asdict(self.config), "state_dict": self.model.state_dict(),
+                 "losses": self.losses.to_dict("list"), "train_seconds": self.train_seconds,
+                 "best_step": self.best_step, "sources": self.sources, "cpu": self.cpu}  # fmt: skip
+        return atomic_write(path, lambda f: torch.save(state, f))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu") -> PretrainedForecaster:
+        path = Path(path) if path is not None else default_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"no pretrained forecaster at {path}: pretrain one first (moelab forecast pretrain)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a moelab pretrained forecaster")
+        config = PretrainConfig(**state["config"])
+        model = Transformer(config.model_config())
+        model.load_state_dict(state["state_dict"])
+        model.to(resolve_device(device)).eval()
+        return cls(model, config, pd.DataFrame(state["losses"]), state["train_seconds"], state["best_step"],
+                   state["sources"], state["cpu"])  # fmt: skip
+
+
+def pretrain(config: PretrainConfig, device: str = "cpu", progress: bool = True,
+             pool: dict[str, list[np.ndarray]] | None = None) -> PretrainedForecaster:  # fmt: skip
+    """Pretrain a forecaster on KernelSynth and TSMixup windows (``pool``: the real series by source,
+    default every :data:`~moelab.forecast.corpus.PRETRAINING` series at least a window long)."""
+    pool = pretraining_series(config.window) if pool is None else pool
+    quantizer, device = config.quantizer(), resolve_device(device)
+    held = WindowSampler(config, pool, np.random.default_rng([config.seed, 1])).batch(config.val_windows)
+    held = tokenize(held, quantizer, config.context).to(device)
+    sampler = WindowSampler(config, pool, np.random.default_rng([config.seed, 0]))
+    torch.manual_seed(config.seed)
+    model = Transformer(config.model_config()).to(device)
+    draw = lambda: tokenize(sampler.batch(config.batch_size), quantizer, config.context).to(device)  # noqa: E731
+    settings = FitSettings(config.lr, config.max_steps, config.max_minutes, config.warmup_steps, config.eval_every,
+                           config.optimizer)  # fmt: skip
+    result = fit(model, draw, held, config.horizon, settings, progress, desc="pretraining")
+    return PretrainedForecaster(model, config, result.losses, result.seconds, result.best_step, list(pool))
+
+
+def fine_tune(forecaster: PretrainedForecaster, train: np.ndarray, horizon: int, steps: int = 200,
+              lr: float = 3e-4, val_blocks: int = 2, seed: int = 1, progress: bool = True) -> PretrainedForecaster:  # fmt: skip
+    """A copy of ``forecaster`` trained ``steps`` more on windows of ``train``; it keeps the pretrained
+    weights (``best_step`` 0) unless a fine-tuned step has a lower loss on the held-out windows whose
+    targets are the last ``val_blocks × horizon`` points of ``train``."""
+    c = forecaster.config
+    length = min(c.window, len(train) - val_blocks * horizon - horizon + 1)
+    if length < horizon + 2:
+        raise ValueError(f"{len(train)} points are too few to fine-tune with {val_blocks} validation blocks of {horizon}")
+    windows = sliding_windows(np.asarray(train, dtype=float), length)
+    context = length - horizon
+    held = windows[-val_blocks * horizon :] if val_blocks else None
+    fit_windows = windows[: -(val_blocks * horizon + horizon - 1)] if val_blocks else windows
+    if not len(fit_windows):
+        raise ValueError(f"{len(train)} points leave no training window beside {val_blocks} validation blocks of {horizon}")
+    tuned = copy.deepcopy(forecaster)
+    device = next(tuned.model.parameters()).device
+    fit_tokens = tokenize(fit_windows, tuned.quantizer, context).to(device)
+    held = None if held is None else tokenize(held, tuned.quantizer, context).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    draw = lambda: fit_tokens[torch.randint(len(fit_tokens), (c.batch_size,), generator=generator).to(device)]  # noqa: E731
+    settings = FitSettings(lr, steps, None, min(20, steps // 5), max(1, steps // 10))
+    result = fit(tuned.model, draw, held, horizon, settings, progress, desc="fine-tuning")
+    tuned.losses, tuned.train_seconds, tuned.best_step = result.losses, result.seconds, result.best_step
+    return tuned

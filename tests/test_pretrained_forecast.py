@@ -1,0 +1,258 @@
+"""The pretrained forecaster's parts: synthetic series, the tokenizer, the corpora, pretraining,
+fine-tuning and the benchmark's scores, each against an independent reference."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from moelab.forecast import synthetic
+from moelab.forecast.benchmark import BenchmarkResult
+from moelab.forecast.corpus import BENCHMARK, PRETRAINING, benchmark_series, pretraining_series
+from moelab.forecast.evaluation import Forecast, auto_ets, auto_theta, quantiles, weighted_quantile_loss
+from moelab.forecast.pretrain import PretrainConfig, PretrainedForecaster, WindowSampler, fine_tune, pretrain
+from moelab.forecast.scaling import StandardQuantizer
+
+TINY_MODEL = {"n_layers": 1, "n_heads": 2, "n_embd": 32, "n_experts": 4, "top_k": 2, "n_common_experts": 0,
+              "expert_hidden": 32, "dropout": 0.0, "pos_encoding": "rope"}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- KernelSynth, TSMixup
+def test_a_periodic_kernel_draws_a_periodic_series_and_a_linear_one_a_line():
+    rng = np.random.default_rng(0)
+    series = synthetic.sample_gp(rng, synthetic.periodic(12 / 95), 96)  # 96 points on [0, 1]: spacing 1/95
+    assert np.abs(series[12:] - series[:-12]).max() < 1e-2 * series.std()
+    line = synthetic.sample_gp(rng, synthetic.linear(0.0), 50)  # sigma_0 = 0: k(x, y) = x·y, a line through 0
+    assert np.abs(np.diff(line, 2)).max() < 2e-2 * np.abs(line).max() and abs(line[0]) < 1e-2  # up to the jitter's noise
+
+
+def test_gp_draws_have_the_kernels_covariance():
+    rng = np.random.default_rng(1)
+    kernel = synthetic.rbf(0.3)
+    draws = np.stack([synthetic.sample_gp(rng, kernel, 6) for _ in range(6000)])
+    x = np.linspace(0, 1, 6)
+    assert np.abs(np.cov(draws.T) - kernel(x, x)).max() < 0.06  # sampling error of 6000 draws
+
+
+def test_random_kernels_compose_one_to_five_basis_kernels_and_follow_the_seed():
+    names = [synthetic.random_kernel(np.random.default_rng(s), 192)[0] for s in range(200)]
+    counts = [name.count("+") + name.count("×") + 1 for name in names]
+    assert min(counts) == 1 and max(counts) == synthetic.MAX_KERNELS
+    assert synthetic.random_kernel(np.random.default_rng(7), 192)[0] == names[7]
+    assert all(np.isfinite(synthetic.kernel_synth(np.random.default_rng(s), 192)).all() for s in range(20))
+
+
+def test_tsmixup_is_a_convex_mixture_of_mean_scaled_windows():
+    pool = [np.full(300, c) for c in (2.0, -5.0, 40.0)]  # each scales to ±1; a convex mixture of +1s is 1
+    rng = np.random.default_rng(0)
+    positive = [np.full(300, c) for c in (2.0, 40.0, 0.5)]
+    assert all(np.allclose(synthetic.ts_mixup(rng, positive, 64), 1.0) for _ in range(20))
+    ramp = np.arange(1.0, 301.0)
+    window = synthetic.ts_mixup(rng, [ramp], 50, max_series=1)  # one series: a plain window, mean-scaled
+    step = np.diff(window)
+    assert np.allclose(step, step[0]) and np.mean(np.abs(window)) == pytest.approx(1.0)
+    start = window[0] / step[0]  # the window's first value: a whole number of the ramp
+    assert start == pytest.approx(round(start)) and 1 <= round(start) <= 251
+    values = [synthetic.ts_mixup(rng, pool, 8) for _ in range(200)]
+    assert all(np.all(np.abs(v) <= 1 + 1e-12) for v in values)  # between -1 and 1: weights sum to 1
+    assert np.isnan(synthetic.random_window(rng, np.ones(5), 8)[:3]).all()  # short series: missing history
+    with pytest.raises(ValueError, match="at least one series"):
+        synthetic.ts_mixup(rng, [], 8)
+
+
+# ----------------------------------------------------------------------------- the tokenizer
+def test_the_quantizer_standardizes_by_the_context_and_rounds_to_the_nearest_bin():
+    q = StandardQuantizer(n_bins=101, limit=5.0)  # bin width 0.1 standard deviations
+    rng = np.random.default_rng(0)
+    values = rng.normal(300, 4, size=(3, 40))
+    loc, scale = q.statistics(values[:, :30])
+    assert np.allclose(loc[:, 0], values[:, :30].mean(1)) and np.allclose(scale[:, 0], values[:, :30].std(1))
+    back = q.decode(q.encode(values, loc, scale), loc, scale)
+    inside = np.abs((values - loc) / scale) <= 5
+    assert np.all(np.abs(back - values)[inside] <= 0.05 * np.broadcast_to(scale, values.shape)[inside] + 1e-9)
+    far = q.encode(np.array([[1e9, -1e9]]), np.zeros((1, 1)), np.ones((1, 1)))
+    assert far.tolist() == [[100, 0]]  # beyond the range: the end bins
+
+
+def test_a_flat_context_still_shows_a_later_change():
+    q = StandardQuantizer()
+    loc, scale = q.statistics(np.array([[350.0] * 20, [0.0] * 20]))
+    assert scale[:, 0].tolist() == pytest.approx([0.35, 1.0])
+    ids = q.encode(np.array([[350.0, 351.0]]), loc[:1], scale[:1])
+    assert ids[0, 1] > ids[0, 0]
+    with pytest.raises(ValueError, match="n_bins"):
+        StandardQuantizer(n_bins=1)
+
+
+# ----------------------------------------------------------------------------- the corpora
+def test_no_benchmark_series_is_in_the_pretraining_corpus():
+    pool = [s for series in pretraining_series().values() for s in series]
+    for spec, values in benchmark_series():
+        for chunk in (values[:12], values[-12:]):
+            for s in pool:
+                windows = np.lib.stride_tricks.sliding_window_view(s, len(chunk))
+                assert not np.any(np.all(np.isclose(windows, chunk, rtol=1e-6), axis=1)), (spec.name, "found in pretraining")
+
+
+def test_the_benchmark_has_twenty_series_of_four_frequencies_that_fit_the_forecaster():
+    config = PretrainConfig(max_steps=1, max_minutes=None)
+    specs = [spec for spec, _ in BENCHMARK.values()]
+    assert len(specs) >= 20 and {"monthly", "quarterly", "weekly", "daily"} <= {s.frequency for s in specs}
+    assert all(s.horizon <= config.horizon for s in specs)
+    for spec, values in benchmark_series():
+        assert np.isfinite(values).all() and len(values) - 3 * spec.horizon > 2 * spec.season, spec.name
+    assert len(PRETRAINING) >= 10
+
+
+# ----------------------------------------------------------------------------- pretraining
+def tiny_config(**fields) -> PretrainConfig:
+    base = {"context": 24, "horizon": 8, "n_bins": 64, "limit": 4.0, "batch_size": 16, "max_steps": 40,
+            "max_minutes": None, "warmup_steps": 5, "eval_every": 10, "val_windows": 32, "model": dict(TINY_MODEL)}  # fmt: skip
+    return PretrainConfig(**{**base, **fields})
+
+
+def sine_pool() -> dict[str, list[np.ndarray]]:
+    t = np.arange(400)
+    return {"sines": [10 + np.sin(2 * np.pi * t / p) for p in (6, 8, 12)]}
+
+
+@pytest.fixture(scope="module")
+def tiny_forecaster() -> PretrainedForecaster:
+    return pretrain(tiny_config(lr=3e-3), progress=False, pool=sine_pool())
+
+
+def test_pretraining_lowers_the_validation_loss_and_keeps_the_best_step(tiny_forecaster):
+    val = tiny_forecaster.losses.dropna(subset=["val_loss"])
+    assert val["step"].tolist() == [0, 10, 20, 30, 40]
+    assert val["val_loss"].iloc[-1] < val["val_loss"].iloc[0] - 0.5  # from about log(64) nats
+    assert tiny_forecaster.best_step == int(val.loc[val["val_loss"].idxmin(), "step"])
+    assert tiny_forecaster.sources == ["sines"]
+
+
+def test_the_sampler_mixes_synthetic_and_real_windows_as_configured():
+    config = tiny_config(synthetic_fraction=0.0, max_mixed=1)
+    batch = WindowSampler(config, sine_pool(), np.random.default_rng(0)).batch(50)
+    assert batch.shape == (50, 32)
+    assert np.allclose(np.abs(batch).mean(1), 1.0)  # one mean-scaled real window each
+    with pytest.raises(ValueError, match="no real series"):
+        WindowSampler(config, {"short": [np.ones(10)]}, np.random.default_rng(0))
+
+
+def test_a_forecast_samples_paths_and_survives_a_save_and_load(tiny_forecaster, tmp_path):
+    history = 10 + np.sin(2 * np.pi * np.arange(60) / 12)
+    fc = tiny_forecaster.forecast(history, 8, n_paths=30, seed=3)
+    assert fc.paths.shape == (30, 8) and np.allclose(fc.point, np.median(fc.paths, axis=0))
+    assert np.all(fc.low <= fc.point) and np.all(fc.point <= fc.high)
+    loaded = PretrainedForecaster.load(tiny_forecaster.save(tmp_path / "f.pt"))
+    assert np.array_equal(loaded.forecast(history, 8, n_paths=30, seed=3).paths, fc.paths)
+    assert loaded.config == tiny_forecaster.config and loaded.best_step == tiny_forecaster.best_step
+    with pytest.raises(ValueError, match="horizons of 1 to 8"):
+        tiny_forecaster.forecast(history, 9)
+    with pytest.raises(ValueError, match="all finite"):
+        tiny_forecaster.forecast(np.array([1.0, np.nan, 2.0]), 4)
+
+
+def test_loading_names_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="moelab forecast pretrain"):
+        PretrainedForecaster.load(tmp_path / "none.pt")
+    torch.save({"something": "else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a moelab pretrained forecaster"):
+        PretrainedForecaster.load(tmp_path / "other.pt")
+
+
+def test_fine_tuning_keeps_the_pretrained_weights_unless_a_step_scores_better(tiny_forecaster):
+    series = 10 + np.sin(2 * np.pi * np.arange(120) / 12)
+    before = {k: v.clone() for k, v in tiny_forecaster.model.state_dict().items()}
+    tuned = fine_tune(tiny_forecaster, series, 8, steps=10, lr=1e-9, progress=False)  # too small a step to help
+    val = tuned.losses.dropna(subset=["val_loss"])
+    assert tuned.best_step == int(val.loc[val["val_loss"].idxmin(), "step"])
+    if tuned.best_step == 0:
+        assert all(torch.equal(v, tuned.model.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, tiny_forecaster.model.state_dict()[k]) for k, v in before.items())  # a copy was tuned
+    with pytest.raises(ValueError, match="too few"):
+        fine_tune(tiny_forecaster, series[:20], 8, progress=False)
+
+
+# ----------------------------------------------------------------------------- scores and baselines
+def test_the_wql_of_a_point_forecast_is_the_absolute_error_over_the_absolute_values():
+    actual, point = np.array([3.0, -1.0, 4.0, 1.0]), np.array([2.0, 0.0, 6.0, 1.0])
+    degenerate = Forecast(point, point, point)  # every quantile is the point
+    assert weighted_quantile_loss(actual, degenerate) == pytest.approx(np.abs(actual - point).sum() / np.abs(actual).sum())
+
+
+def test_normal_quantiles_put_the_band_at_ten_and_ninety_percent():
+    fc = Forecast(np.array([1.0, 2.0]), np.array([0.0, 1.0]), np.array([2.0, 3.0]))
+    q = quantiles(fc)
+    assert q[0] == pytest.approx(fc.low) and q[-1] == pytest.approx(fc.high) and q[4] == pytest.approx(fc.point)
+    sigma = 1 / stats.norm.ppf(0.9)
+    assert q[2] == pytest.approx(fc.point + stats.norm.ppf(0.3) * sigma)
+
+
+def test_statsforecast_baselines_extend_a_clean_seasonal_pattern():
+    season = lambda t: 50 + 5 * np.sin(2 * np.pi * t / 12)  # noqa: E731
+    t = np.arange(96)
+    history = season(t) + np.random.default_rng(0).normal(0, 0.3, 96)
+    for method in (auto_ets, auto_theta):
+        fc = method(history, 12, 12)
+        assert np.abs(fc.point - season(np.arange(96, 108))).max() < 1.5, method.__name__
+        assert np.all(fc.low < fc.point) and np.all(fc.point < fc.high)
+    assert np.isfinite(auto_ets(history[:20], 6, 12).point).all()  # too short for a season: fitted without
+
+
+def test_the_aggregate_is_the_geometric_mean_of_ratios_with_a_t_interval_of_logs():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        naive_mase = rng.uniform(0.5, 2)
+        for method, factor in (("moelab", rng.uniform(0.6, 1.1)), ("seasonal naive", 1.0), ("AutoETS", rng.uniform(0.7, 1.0))):
+            for origin in range(3):
+                rows.append({"series": f"s{i}", "frequency": "monthly", "method": method, "origin": origin,
+                             "MASE": naive_mase * factor * (1 + 0.1 * origin), "WQL": factor})  # fmt: skip
+    result = BenchmarkResult(pd.DataFrame(rows))
+    per_series = pd.DataFrame(rows).groupby(["series", "method"])["MASE"].mean().unstack()
+    logs = np.log(per_series["moelab"] / per_series["seasonal naive"])
+    low, high = stats.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=stats.sem(logs))
+    table = result.aggregate()
+    assert table.loc["moelab", "relative MASE"] == pytest.approx(np.exp(logs.mean()))
+    assert (table.loc["moelab", "relative MASE low"], table.loc["moelab", "relative MASE high"]) == pytest.approx((np.exp(low), np.exp(high)))
+    assert table.loc["seasonal naive", "relative MASE"] == pytest.approx(1.0)
+    paired = result.paired("moelab", "AutoETS")
+    assert paired["ratio"] == pytest.approx(np.exp(np.log(per_series["moelab"] / per_series["AutoETS"]).mean()))
+
+
+# ----------------------------------------------------------------------------- what the commands print
+def scores_of(mase_by_method: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "origin": o, "MASE": v, "WQL": v / 10}
+                         for m, values in mase_by_method.items() for o, v in enumerate(values)])  # fmt: skip
+
+
+def test_the_advice_names_the_better_method_and_warns_below_seasonal_naive():
+    from moelab.forecast.report import advice
+
+    worse = advice(scores_of({"moelab": [1.3, 1.1, 1.2], "seasonal naive": [1.0, 0.9, 1.1], "AutoETS": [0.8, 0.7, 0.9]}), "moelab", "s")
+    assert "use AutoETS for this series" in worse and "do not use its forecast" in worse
+    d = np.array([1.3, 1.1, 1.2]) - np.array([0.8, 0.7, 0.9])
+    low, high = stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d))
+    assert f"95% CI {low:+.3f} to {high:+.3f}" in worse
+    better = advice(scores_of({"moelab": [0.5, 0.6], "seasonal naive": [1.0, 0.9], "AutoETS": [0.8, 0.7]}), "moelab", "s")
+    assert "moelab has the lowest mean MASE (0.550; next AutoETS 0.750)" in better and "do not use" not in better
+
+
+def test_the_cli_forecasts_a_csv_with_the_pretrained_model(tiny_forecaster, tmp_path, capsys):
+    from moelab.forecast import cli
+
+    t = np.arange(100)
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"y": 10 + np.sin(2 * np.pi * t / 4) + 0.01 * t}).to_csv(path, index=False)
+    saved = tiny_forecaster.save(tmp_path / "f.pt")
+    args = [str(path), "--value-column", "y", "--horizon", "8", "--season", "4", "--origins", "2", "--paths", "20"]
+    assert cli.main([*args, "--pretrained", str(saved)]) == 0
+    out = capsys.readouterr().out
+    for method in ("moelab (zero-shot)", "seasonal naive", "ETS", "AutoETS", "AutoTheta"):
+        assert f"\n{method} " in out
+    assert "for this series" in out or "has the lowest mean MASE" in out
+    assert cli.main([*args, "--pretrained", str(saved), "--fine-tune", "4"]) == 0
+    assert "fine-tuned 4 steps" in capsys.readouterr().out
+    assert cli.main([*args, "--pretrained", str(tmp_path / "missing.pt")]) == 2
+    assert "moelab forecast pretrain" in capsys.readouterr().err
