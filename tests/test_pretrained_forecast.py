@@ -256,3 +256,15 @@ def test_the_cli_forecasts_a_csv_with_the_pretrained_model(tiny_forecaster, tmp_
     assert "fine-tuned 4 steps" in capsys.readouterr().out
     assert cli.main([*args, "--pretrained", str(tmp_path / "missing.pt")]) == 2
     assert "moelab forecast pretrain" in capsys.readouterr().err
+
+
+def test_each_window_is_standardized_by_its_own_number_of_first_points():
+    from moelab.forecast.pretrain import tokenize
+
+    q = StandardQuantizer(n_bins=201, limit=5.0)
+    windows = np.random.default_rng(0).normal(5, 2, size=(3, 30))
+    ids = tokenize(windows, q, np.array([4, 10, 30])).numpy()
+    for row, c in zip(range(3), (4, 10, 30)):
+        head = windows[row, :c]
+        assert np.array_equal(ids[row], q.encode(windows[row], head.mean(), head.std()))
+    assert np.array_equal(tokenize(windows, q, 10).numpy()[1], ids[1])

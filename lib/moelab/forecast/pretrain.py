@@ -54,6 +54,7 @@ def default_path() -> Path:
 @dataclass
 class PretrainConfig:
     context: int = 128  # points a forecast conditions on (at most)
+    min_context: int = 16  # training standardizes each window by its first min_context to context points
     horizon: int = 64  # the longest forecast
     n_bins: int = 1024
     limit: float = 10.0  # bins span ±limit standard deviations of the context
@@ -73,6 +74,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("give a pretraining budget: max_steps (--steps) or max_minutes (--minutes)")
+        if not 2 <= self.min_context <= self.context:
+            raise ValueError(f"min_context must be between 2 and context ({self.context}), got {self.min_context}")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         self.quantizer()
@@ -111,9 +114,11 @@ class WindowSampler:
         return np.stack([self.window() for _ in range(n)])
 
 
-def tokenize(windows: np.ndarray, quantizer: StandardQuantizer, context: int) -> torch.Tensor:
-    """Token ids of windows (B, T), each standardized by its first ``context`` points."""
-    loc, scale = quantizer.statistics(windows[:, :context])
+def tokenize(windows: np.ndarray, quantizer: StandardQuantizer, context: int | np.ndarray) -> torch.Tensor:
+    """Token ids of windows (B, T), each standardized by its first ``context`` points (one number, or one per window)."""
+    contexts = np.broadcast_to(np.asarray(context), (len(windows),))
+    head = np.where(np.arange(windows.shape[1])[None] < contexts[:, None], windows, np.nan)
+    loc, scale = quantizer.statistics(head)
     return torch.from_numpy(quantizer.encode(windows, loc, scale))
 
 
@@ -183,7 +188,12 @@ def pretrain(config: PretrainConfig, device: str = "cpu", progress: bool = True,
     sampler = WindowSampler(config, pool, np.random.default_rng([config.seed, 0]))
     torch.manual_seed(config.seed)
     model = Transformer(config.model_config()).to(device)
-    draw = lambda: tokenize(sampler.batch(config.batch_size), quantizer, config.context).to(device)  # noqa: E731
+    contexts = np.random.default_rng([config.seed, 2])
+
+    def draw() -> torch.Tensor:  # each window standardized by a random number of its first points, as short histories are
+        lengths = contexts.integers(config.min_context, config.context + 1, size=config.batch_size)
+        return tokenize(sampler.batch(config.batch_size), quantizer, lengths).to(device)
+
     settings = FitSettings(config.lr, config.max_steps, config.max_minutes, config.warmup_steps, config.eval_every,
                            config.optimizer)  # fmt: skip
     result = fit(model, draw, held, config.horizon, settings, progress, desc="pretraining")
