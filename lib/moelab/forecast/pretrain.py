@@ -61,8 +61,8 @@ class PretrainConfig:
     synthetic_fraction: float = 0.5  # KernelSynth windows; the rest TSMixup of the real series
     max_mixed: int = 3  # TSMixup mixes 1 to max_mixed series
     batch_size: int = 32
-    lr: float = 2e-3
-    optimizer: str = "adamw"
+    optimizer: str = "muon"  # Muon for the hidden matrices, AdamW for the rest (the cpu preset's recipe)
+    lr: float = 8e-3
     max_steps: int | None = None
     max_minutes: float | None = 12.0
     warmup_steps: int = 100
