@@ -258,6 +258,16 @@ def test_the_cli_forecasts_a_csv_with_the_pretrained_model(tiny_forecaster, tmp_
     assert "moelab forecast pretrain" in capsys.readouterr().err
 
 
+def test_a_builtin_series_is_flagged_as_seen_in_pretraining(tiny_forecaster, tmp_path, capsys):
+    from moelab.forecast import cli
+    from moelab.forecast.series import BUILTIN
+
+    assert {"statsmodels/co2 (monthly means)", "statsmodels/sunspots (yearly)"} <= set(PRETRAINING) and set(BUILTIN) == {"co2", "sunspots"}
+    saved = tiny_forecaster.save(tmp_path / "f.pt")
+    assert cli.main(["sunspots", "--horizon", "8", "--origins", "2", "--paths", "20", "--pretrained", str(saved)]) == 0
+    assert "pretrained on, so these scores are not held out" in capsys.readouterr().out
+
+
 def test_each_window_is_standardized_by_its_own_number_of_first_points():
     from moelab.forecast.pretrain import tokenize
 

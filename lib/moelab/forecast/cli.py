@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if pretrained:
         from moelab.forecast.report import forecast_series
 
+        if args.series in BUILTIN:  # statsmodels' co2 and sunspots are among the pretraining series
+            print(f"note: {args.series} is one of the series the forecaster was pretrained on, so these scores are not "
+                  "held out (`moelab forecast benchmark` scores series it never saw)")  # fmt: skip
+
         return forecast_series(series, config, forecaster, args.fine_tune, args.series)
     print(f"no pretrained forecaster at {path}: training on this series alone "
           "(`moelab forecast pretrain` makes one for every series)" if not args.from_scratch else "training on this series alone")  # fmt: skip
