@@ -68,11 +68,12 @@ class BenchmarkResult:
         interval and verdict (better: below 1 beyond the interval)."""
         table = self.per_series(metric)
         out = _geometric(table[method] / table[other], "ratio", confidence)
-        _, _, low, high = stats.t_interval(np.log(table[method] / table[other]).to_numpy(), confidence)
-        return {"method": method, "other": other, "metric": metric, **out, "verdict": stats.verdict(low, high)}
+        verdict = stats.verdict(np.log(out["ratio low"]), np.log(out["ratio high"]))  # 0 on the log scale: no change
+        return {"method": method, "other": other, "metric": metric, **out, "verdict": verdict}
 
 
 def _geometric(ratios: pd.Series, name: str, confidence: float) -> dict:
+    """The geometric mean of ``ratios`` and the t-interval of their mean log, back on the ratio scale."""
     mean, _, low, high = stats.t_interval(np.log(ratios.to_numpy(dtype=float)), confidence)
     return {name: float(np.exp(mean)), f"{name} low": float(np.exp(low)), f"{name} high": float(np.exp(high))}
 
