@@ -82,6 +82,9 @@ def test_the_study_loads_from_its_sweep_folders_and_names_a_missing_one(tmp_path
     pd.testing.assert_frame_equal(load_budget_study(list(BUDGETS)), budget_table(study()))
     with pytest.raises(FileNotFoundError, match="moelab sweep b-6m"):
         load_budget_study([*BUDGETS, "b-6m"])
+    other = tmp_path / "elsewhere"
+    (tmp_path / "sweeps").rename(other)  # a folder of committed sweeps, e.g. the reference experiments
+    pd.testing.assert_frame_equal(load_budget_study(list(BUDGETS), root=other), budget_table(study()))
 
 
 def test_many_choices_wrap_into_rows_of_three_panels():

@@ -16,6 +16,8 @@ the family a reader scans when asking "at which budgets does anything hold".
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -91,13 +93,17 @@ def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against 
     return fig
 
 
-def load_budget_study(names: list[str], metric: str = "val_bpb") -> pd.DataFrame:
-    """:func:`budget_table` of the sweeps ``names`` from their folders (reports/sweeps/<name>/results.csv)."""
+def load_budget_study(names: list[str], metric: str = "val_bpb", root: str | Path | None = None) -> pd.DataFrame:
+    """:func:`budget_table` of the sweeps ``names`` from their folders, ``<root>/<name>/results.csv``.
+
+    ``root``: where the sweep folders are; by default reports/sweeps/, where ``moelab sweep`` writes
+    them (the committed reference studies are in reports/reference/experiments/).
+    """
     from moelab.sweep.runner import sweep_dir
 
     results = {}
     for name in names:
-        path = sweep_dir(name) / "results.csv"
+        path = (Path(root) / name if root is not None else sweep_dir(name)) / "results.csv"
         if not path.exists():
             raise FileNotFoundError(f"no results for sweep {name!r} ({path}): run it first: moelab sweep {name}")
         results[name] = pd.read_csv(path)
