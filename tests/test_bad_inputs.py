@@ -166,8 +166,12 @@ SETUPS = [
     ("02_train.ipynb", training_setup, {"profile": "huge"}, "parameter profile='huge' is not one of 'default', 'tiny'"),
     ("02_train.ipynb", training_setup, {"dataset": "no-such-dataset"}, "no prepared dataset at .*no-such-dataset; run notebooks/01"),
     ("03_expert_utilization.ipynb", utilization_setup, {"run_name": "no-such-run"}, "no checkpoints in .*no-such-run"),
-    ("06_forecasting.ipynb", forecasting_setup, {"n_origins": 100}, r"'co2' has \d+ points.*need at least"),
-    ("06_forecasting.ipynb", forecasting_setup, {"value_column": "ppm"}, "'co2' is a built-in series: it takes no value_column"),
+    ("06_forecasting.ipynb", forecasting_setup, {"benchmark": ["fpp2/a10", "no/such"]}, r"unknown benchmark series \['no/such'\]"),
+    ("06_forecasting.ipynb", forecasting_setup, {"fine_tune_steps": -1}, r"parameter fine_tune_steps=-1 must be an integer >= 0"),
+    ("06_forecasting.ipynb", forecasting_setup, {"n_paths": 2}, r"parameter n_paths=2 must be an integer >= \d+"),
+    ("06_forecasting.ipynb", forecasting_setup, {"pretrain_settings": {"contex": 64}}, r"pretrain_settings: .*'contex'.*the fields: context"),
+    ("06_forecasting.ipynb", forecasting_setup, {"pretrain_settings": {"min_context": 1}}, "min_context must be between 2 and context"),
+    ("06_forecasting.ipynb", forecasting_setup, {"pretrain_settings": {"horizon": 8}}, r"horizons longer than the forecaster's 8: datasets/AirPassengers \(18\)"),
 ]
 
 

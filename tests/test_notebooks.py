@@ -290,11 +290,13 @@ def test_pipeline_of_notebooks_in_the_tiny_profile(tmp_path, monkeypatch, capfd)
     assert {p.name for p in (run / "figures").iterdir()} == {
         "training_curves.png", "balance_training.png", "comparison.png", "comparison_curves.png", "expert_load.png",
         "load_over_time.png", "balance.png", "coactivation.png", "specialization_tokens.png", "specialization_genre.png",
-        "expert_load_compare.png", "forecast.png",
+        "expert_load_compare.png", "forecast_synthetic.png", "forecast_pretraining.png", "forecast_benchmark.png",
+        "forecast_examples.png",
     }
-    forecast = pd.read_csv(run / "forecast.csv", index_col=[0, 1])  # notebook 06: every method on both series
-    assert forecast.index.tolist() == [(s, m) for s in ("co2", "sunspots") for m in ("moelab", "naive", "seasonal naive", "ETS")]
-    assert forecast["MASE"].notna().all() and (forecast["origins"] == 5).all()
+    forecast = pd.read_csv(run / "forecast_benchmark.csv", index_col=0)  # notebook 06: every method on the tiny benchmark
+    assert forecast.index.tolist() == ["moelab", "moelab fine-tuned", "seasonal naive", "ETS", "AutoETS", "AutoTheta"]
+    assert (forecast["series"] == 2).all() and forecast.loc["seasonal naive", "relative MASE"] == pytest.approx(1.0)
+    assert (data / "forecast" / "pretrained-tiny.pt").is_file()  # pretrained there, loaded on the next run
 
     samples = (run / "samples.md").read_text()
     assert samples.count("**Sample 1**") == 2 and "## Prompt: “Capitu”" in samples

@@ -9,8 +9,8 @@ from scipy import stats
 
 from moelab.forecast import synthetic
 from moelab.forecast.benchmark import BenchmarkResult
-from moelab.forecast.corpus import BENCHMARK, PRETRAINING, benchmark_series, pretraining_series
-from moelab.forecast.evaluation import Forecast, auto_ets, auto_theta, quantiles, weighted_quantile_loss
+from moelab.forecast.corpus import BENCHMARK, PRETRAINING, PublicSeries, benchmark_series, pretraining_series
+from moelab.forecast.evaluation import Forecast, auto_ets, auto_theta, mase, quantiles, weighted_quantile_loss
 from moelab.forecast.pretrain import PretrainConfig, PretrainedForecaster, WindowSampler, fine_tune, pretrain
 from moelab.forecast.scaling import StandardQuantizer
 
@@ -278,3 +278,83 @@ def test_each_window_is_standardized_by_its_own_number_of_first_points():
         head = windows[row, :c]
         assert np.array_equal(ids[row], q.encode(windows[row], head.mean(), head.std()))
     assert np.array_equal(tokenize(windows, q, 10).numpy()[1], ids[1])
+
+
+# ----------------------------------------------------------------------------- notebook 06's pieces
+def test_load_or_pretrain_pretrains_and_saves_once_then_loads(tmp_path):
+    from moelab.forecast.pretrain import load_or_pretrain
+
+    path, config = tmp_path / "sub" / "f.pt", tiny_config(max_steps=6, eval_every=3)
+    first, loaded = load_or_pretrain(path, config, progress=False)
+    assert not loaded and path.is_file() and int(first.losses["step"].iloc[-1]) == 6
+    again, loaded = load_or_pretrain(path, tiny_config(max_steps=999), progress=False)  # a file there is loaded, not retrained
+    assert loaded and again.config == config
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+
+
+def test_the_benchmark_keeps_every_forecast_and_each_series_fine_tuned_step(tiny_forecaster, monkeypatch):
+    from moelab.forecast import benchmark as bench
+
+    values = 10 + np.sin(2 * np.pi * np.arange(120) / 4) + 0.01 * np.arange(120)
+    spec = PublicSeries("sine", "monthly", 4, 8, "a sine")
+    monkeypatch.setattr(bench, "benchmark_series", lambda names: [(spec, values)])
+    result = bench.run_benchmark(tiny_forecaster, n_origins=2, n_paths=20, fine_tune_steps=4, progress=False)
+    assert set(result.fine_tuned_steps) == {"sine"} and 0 <= result.fine_tuned_steps["sine"] <= 4
+    assert len(result.forecasts) == len(result.scores) == 2 * len(result.methods)
+    for row in result.scores.itertuples():  # each score is the one of the forecast kept under its key
+        fc = result.forecasts[(row.series, row.method, row.origin)]
+        assert row.MASE == pytest.approx(mase(values[row.origin : row.origin + 8], fc.point, values[: row.origin], 4))
+
+
+def test_the_findings_follow_the_intervals():
+    from moelab.forecast.report import benchmark_findings
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(10):
+        naive = rng.uniform(0.5, 2)
+        factors = {"moelab": rng.uniform(1.3, 1.5), "moelab fine-tuned": rng.uniform(0.9, 1.6), "seasonal naive": 1.0,
+                   "AutoETS": rng.uniform(0.6, 0.7)}  # fmt: skip
+        rows += [{"series": f"s{i}", "frequency": "monthly", "method": m, "origin": 0, "MASE": naive * f, "WQL": f}
+                 for m, f in factors.items()]  # fmt: skip
+    result = BenchmarkResult(pd.DataFrame(rows), fine_tuned_steps={f"s{i}": (i % 2) * 3 for i in range(10)})
+    lines = benchmark_findings(result)
+    table = result.aggregate()
+    assert table.loc["moelab", "relative MASE low"] > 1 and f"moelab: relative MASE {table.loc['moelab', 'relative MASE']:.3f}" in lines[0]
+    assert lines[0].endswith("above seasonal naive beyond its interval.")
+    assert any(line.startswith("AutoETS:") and line.endswith("below seasonal naive beyond its interval.") for line in lines)
+    paired = result.paired("moelab", "AutoETS")
+    assert f"moelab / AutoETS, MASE paired by series: {paired['ratio']:.3f}" in "\n".join(lines) and paired["verdict"] == "worse"
+    assert any(line.startswith("moelab fine-tuned / moelab,") for line in lines)
+    assert "Fine-tuning kept a fine-tuned step on 5 of 10 series; on the others" in "\n".join(lines)
+    assert lines[-1].startswith("Lowest aggregate relative MASE: AutoETS")
+
+
+def test_notebook_06_figures_show_what_their_titles_say(tiny_forecaster):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moelab.forecast.plots import plot_benchmark, plot_forecasts, plot_pretraining, plot_synthetic
+
+    fig = plot_synthetic(sine_pool(), 48, n=3)
+    assert len(fig.axes) == 6 and all(len(ax.lines) == 1 and len(ax.lines[0].get_ydata()) == 48 for ax in fig.axes)
+    fig = plot_pretraining(tiny_forecaster)
+    assert f"kept: step {tiny_forecaster.best_step}" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    values = np.arange(40, dtype=float)
+    forecasts, rows = {}, []
+    for method, offset in (("moelab", 1.0), ("seasonal naive", 2.0), ("AutoETS", 0.5)):
+        for origin in (24, 32):
+            point = values[origin : origin + 8] + offset
+            forecasts[("s", method, origin)] = Forecast(point, point - 1, point + 1)
+            rows.append({"series": "s", "frequency": "monthly", "method": method, "origin": origin, "MASE": offset, "WQL": offset})
+    result = BenchmarkResult(pd.DataFrame(rows), forecasts)
+    fig = plot_benchmark(result)
+    left, right = fig.axes
+    assert left.get_xscale() == "log" and [t.get_text() for t in left.get_yticklabels()] == ["s"]
+    assert [c.get_offsets()[0][0] for c in left.collections] == pytest.approx([0.5, 0.25])  # moelab and AutoETS over naive
+    fig = plot_forecasts(result, {"s": values})
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert list(lines["actual"].get_xdata()) == list(range(32, 40))  # from the last origin
+    assert list(lines["moelab"].get_ydata()) == pytest.approx(values[32:40] + 1.0)

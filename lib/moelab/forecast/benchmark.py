@@ -14,7 +14,7 @@ the same way, paired by series: the geometric mean of their ratio, with its inte
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,8 @@ METRICS = ("MASE", "WQL")
 @dataclass
 class BenchmarkResult:
     scores: pd.DataFrame  # series, frequency, method, origin, MASE, WQL
+    forecasts: dict[tuple[str, str, int], Forecast] = field(default_factory=dict, repr=False)  # (series, method, origin)
+    fine_tuned_steps: dict[str, int] = field(default_factory=dict)  # per series: the fine-tuning step kept (0: none)
 
     @property
     def methods(self) -> list[str]:
@@ -84,15 +86,18 @@ def run_benchmark(forecaster: PretrainedForecaster, names: list[str] | None = No
     origin when ``fine_tune_steps`` > 0) and the baselines on the held-out series."""
     from tqdm.auto import tqdm
 
-    frames = []
+    frames, forecasts, kept = [], {}, {}
     for spec, values in tqdm(benchmark_series(names), desc="benchmark", unit="series", disable=not progress):
         models = {"moelab": forecaster}
         if fine_tune_steps:
             first = rolling_origins(len(values), spec.horizon, n_origins)[0]
-            models["moelab fine-tuned"] = fine_tune(forecaster, values[:first], spec.horizon, fine_tune_steps, progress=False)
-        scores, _ = score_series(values, spec.horizon, spec.season, models, n_origins, n_paths)
+            tuned = fine_tune(forecaster, values[:first], spec.horizon, fine_tune_steps, progress=False)
+            models["moelab fine-tuned"], kept[spec.name] = tuned, tuned.best_step
+        scores, by_origin = score_series(values, spec.horizon, spec.season, models, n_origins, n_paths)
         frames.append(scores.assign(series=spec.name, frequency=spec.frequency))
-    return BenchmarkResult(pd.concat(frames, ignore_index=True)[["series", "frequency", "method", "origin", *METRICS]])
+        forecasts.update({(spec.name, method, origin): fc for (method, origin), fc in by_origin.items()})
+    scores = pd.concat(frames, ignore_index=True)[["series", "frequency", "method", "origin", *METRICS]]
+    return BenchmarkResult(scores, forecasts, kept)
 
 
 def score_series(values: np.ndarray, horizon: int, season: int, models: dict[str, PretrainedForecaster],

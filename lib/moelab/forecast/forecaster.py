@@ -292,7 +292,3 @@ def series_config(source: str, horizon: int | None = None, season: int | None = 
         raise ValueError(f"{source}: a CSV series needs a horizon and a season (--horizon, --season; season 1 for none)")
     return ForecastConfig(horizon=horizon, season=season, **fields)
 
-
-def summary_table(evaluations: list[ForecastEvaluation]) -> pd.DataFrame:
-    """Every series' summary stacked: rows (series, method), columns MASE, sMAPE, coverage, origins, seeds."""
-    return pd.concat({ev.name: ev.summary() for ev in evaluations}, names=["series", "method"])

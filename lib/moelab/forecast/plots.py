@@ -1,94 +1,97 @@
-"""Figures of notebook 06: the series, their tokenization, training, and fan charts of the forecasts."""
+"""Figures of notebook 06: what pretraining reads, how it trained, and how it scores on held-out series."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from moelab.forecast.forecaster import ForecastEvaluation
-from moelab.forecast.series import axis_labels, mean_scale, scaled_windows, sliding_windows
+from moelab.forecast.benchmark import REFERENCE, BenchmarkResult
+from moelab.forecast.pretrain import PretrainedForecaster
+from moelab.forecast.synthetic import random_kernel, sample_gp, ts_mixup
 
 
-def plot_series(evaluations: list[ForecastEvaluation]) -> plt.Figure:
-    """Each series in full, the evaluated blocks shaded (the model trains on what lies before them)."""
-    fig, axes = plt.subplots(len(evaluations), 1, figsize=(10, 2.8 * len(evaluations)), squeeze=False)
-    for ax, ev in zip(axes[:, 0], evaluations):
-        ax.plot(ev.series.index, ev.series.to_numpy(), lw=1, color="C0")
-        ax.axvspan(ev.series.index[ev.origins[0]], ev.series.index[-1], color="C1", alpha=0.15,
-                   label=f"evaluated: {len(ev.origins)} origins × {ev.config.horizon} points")  # fmt: skip
-        xlabel, ylabel = axis_labels(ev.name, ev.series)
-        ax.set(title=ev.name, xlabel=xlabel, ylabel=ylabel)
-        ax.legend(loc="upper left")
+def plot_synthetic(pool: dict[str, list[np.ndarray]], length: int, n: int = 4, seed: int = 0) -> plt.Figure:
+    """Top row: KernelSynth draws, titled with their kernel; bottom row: TSMixup mixtures of ``pool``'s series."""
+    rng = np.random.default_rng(seed)
+    series = [s for group in pool.values() for s in group]
+    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 5.2), squeeze=False)
+    for ax in axes[0]:
+        name, kernel = random_kernel(rng, length)
+        ax.plot(sample_gp(rng, kernel, length), lw=1, color="C0")
+        ax.set_title(name if len(name) < 48 else name[:45] + "…", fontsize=7)
+    for ax in axes[1]:
+        ax.plot(ts_mixup(rng, series, length), lw=1, color="C1")
+        ax.set_title("TSMixup of public series", fontsize=8)
+    for ax in axes.flat:
+        ax.set(xlabel="point", yticks=[])
+    axes[0][0].set_ylabel("KernelSynth")
+    axes[1][0].set_ylabel("TSMixup")
+    fig.suptitle(f"What pretraining reads: windows of {length} points, drawn afresh for every batch")
     fig.tight_layout()
     return fig
 
 
-def plot_tokenization(ev: ForecastEvaluation) -> plt.Figure:
-    """Left: the scaled training values and the bins' range; right: one window, its tokens' values."""
-    forecaster = ev.forecasters[next(iter(ev.forecasters))]
-    q, c = forecaster.quantizer, ev.config
-    values = ev.series.to_numpy(dtype=float)
-    window = values[ev.origins[0] - c.context : ev.origins[0]]
-    scale = mean_scale(window)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4))
-    scaled = scaled_windows(sliding_windows(values[: ev.origins[0]], c.context + c.horizon), c.context)
-    left.hist(scaled.ravel(), bins=80, color="C0")
-    for edge in (q.low, q.high):
-        left.axvline(edge, color="C3", ls="--")
-    left.set(title=f"{ev.name}: scaled windows before the first origin; bin centers {q.low:.3g} … {q.high:.3g} (dashed)",
-             xlabel="value / mean |context|", ylabel="count")  # fmt: skip
-    left.title.set_fontsize(9)
-    tokens = q.encode(window, scale)
-    right.plot(window, color="C0", lw=1.5, label="values")
-    right.step(np.arange(len(window)), q.decode(tokens, scale), where="mid", color="C1", lw=1, label="bin centers × scale")
-    right.set(title=f"the last context before the first origin: {len(set(tokens.tolist()))} distinct tokens of {q.n_bins}",
-              xlabel="position in the context", ylabel=axis_labels(ev.name, ev.series)[1])  # fmt: skip
-    right.title.set_fontsize(9)
-    right.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_losses(evaluations: list[ForecastEvaluation]) -> plt.Figure:
-    """Training loss (20-step mean) and validation loss over the horizon, one color per series, a line per seed."""
+def plot_pretraining(forecaster: PretrainedForecaster) -> plt.Figure:
+    """Training loss (50-step mean) and the held-out windows' loss over the horizon positions, per step."""
+    losses = forecaster.losses
+    val = losses.dropna(subset=["val_loss"])
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    for i, ev in enumerate(evaluations):
-        for j, f in enumerate(ev.forecasters.values()):
-            first = j == 0
-            smooth = f.losses["loss"].rolling(20, min_periods=1).mean()
-            ax.plot(f.losses["step"], smooth, color=f"C{i}", alpha=1 if first else 0.4, lw=1,
-                    label=f"{ev.name}: training" if first else None)  # fmt: skip
-            val = f.losses.dropna(subset=["val_loss"])
-            ax.plot(val["step"], val["val_loss"], color=f"C{i}", ls="--", alpha=1 if first else 0.4, lw=1,
-                    label=f"{ev.name}: validation (horizon positions)" if first else None)  # fmt: skip
-            ax.axvline(f.best_step, color=f"C{i}", lw=0.5, alpha=0.5)
-    ax.set(title="Loss per step (next-bin cross-entropy); thin lines: the steps whose weights were kept",
-           xlabel="step", ylabel="nats")  # fmt: skip
-    ax.title.set_fontsize(10)
-    ax.legend(fontsize=8)
+    ax.plot(losses["step"], losses["loss"].rolling(50, min_periods=1).mean(), lw=1, label="training (50-step mean)")
+    ax.plot(val["step"], val["val_loss"], "o-", ms=3, lw=1, label="held-out windows, horizon positions")
+    ax.axvline(forecaster.best_step, color="grey", lw=0.8, ls="--", label=f"kept: step {forecaster.best_step}")
+    seconds = forecaster.train_seconds
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    ax.set(title=f"Pretraining: {int(losses['step'].iloc[-1])} steps in {took} on {forecaster.cpu}",
+           xlabel="step", ylabel="next-bin cross-entropy (nats)")  # fmt: skip
+    ax.legend()
     fig.tight_layout()
     return fig
 
 
-def plot_forecasts(evaluations: list[ForecastEvaluation]) -> plt.Figure:
-    """Fan charts: at every origin, moelab's median and 80% band (first seed) beside ETS and seasonal naive."""
-    fig, axes = plt.subplots(len(evaluations), 1, figsize=(11, 3.2 * len(evaluations)), squeeze=False)
-    for ax, ev in zip(axes[:, 0], evaluations):
-        c, index, values = ev.config, ev.series.index, ev.series.to_numpy(dtype=float)
-        start = max(0, ev.origins[0] - c.context)
-        ax.plot(index[start:], values[start:], color="black", lw=1.2, label="actual")
-        for k, origin in enumerate(ev.origins):
-            when = index[origin : origin + c.horizon]
-            fc = ev.forecasts[("moelab", origin)]
-            ax.fill_between(when, fc.low, fc.high, color="C0", alpha=0.25, lw=0, label="moelab 10–90%" if k == 0 else None)
-            ax.plot(when, fc.point, color="C0", lw=1.5, label="moelab median" if k == 0 else None)
-            for method, color in (("ETS", "C2"), ("seasonal naive", "C3")):
-                ax.plot(when, ev.forecasts[(method, origin)].point, color=color, lw=1, ls="--",
-                        label=method if k == 0 else None)  # fmt: skip
-            ax.axvline(index[origin], color="grey", lw=0.5)
-        xlabel, ylabel = axis_labels(ev.name, ev.series)
-        ax.set(title=f"{ev.name}: forecasts from {len(ev.origins)} origins (grey lines), {c.horizon} points each",
-               xlabel=xlabel, ylabel=ylabel)  # fmt: skip
-        ax.legend(loc="upper left", fontsize=8, ncol=5)
+def plot_benchmark(result: BenchmarkResult, metric: str = "MASE") -> plt.Figure:
+    """Left: each series' ``metric`` relative to seasonal naive, one marker per method (log scale);
+    right: each method's geometric mean over the series with its 95% interval."""
+    relative = result.relative(metric)
+    order = relative[[m for m in result.methods if m.startswith("moelab")][0]].sort_values().index
+    methods = [m for m in result.methods if m != REFERENCE]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.28 * len(order) + 2), width_ratios=[2, 1])
+    for i, method in enumerate(methods):
+        left.scatter(relative.loc[order, method], range(len(order)), s=18, color=f"C{i}", label=method, zorder=3)
+    left.axvline(1, color="grey", lw=1)
+    left.set_xscale("log")
+    left.set_yticks(range(len(order)), order, fontsize=7)
+    left.set(title=f"{metric} relative to seasonal naive, per held-out series", xlabel=f"relative {metric} (log scale; below 1: better)")
+    left.legend(fontsize=8)
+    summary = result.aggregate()
+    for i, method in enumerate(methods):
+        mean, low, high = (summary.loc[method, f"relative {metric}{s}"] for s in ("", " low", " high"))
+        right.errorbar(mean, i, xerr=[[mean - low], [high - mean]], fmt="o", color=f"C{i}", capsize=4)
+    right.axvline(1, color="grey", lw=1)
+    right.set_xscale("log")
+    right.set_yticks(range(len(methods)), methods)
+    right.invert_yaxis()
+    right.set(title=f"Geometric mean over {len(order)} series, 95% CI", xlabel=f"relative {metric} (log scale)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_forecasts(result: BenchmarkResult, values: dict[str, np.ndarray], show: int = 36) -> plt.Figure:
+    """One panel per series of ``values`` (its values by name): the last ``show`` points before the
+    benchmark's last origin, the actual future, and each method's point forecast there (moelab's with
+    its 80% band)."""
+    fig, axes = plt.subplots(len(values), 1, figsize=(10, 3.0 * len(values)), squeeze=False)
+    for ax, (name, series) in zip(axes[:, 0], values.items()):
+        origin = int(result.scores.loc[result.scores["series"] == name, "origin"].max())
+        horizon = len(result.forecasts[(name, REFERENCE, origin)].point)
+        past, future = np.arange(max(0, origin - show), origin), np.arange(origin, origin + horizon)
+        ax.plot(past, series[past], color="black", lw=1.2, label="history")
+        ax.plot(future, series[future], color="black", lw=1.2, ls=":", label="actual")
+        for i, method in enumerate(result.methods):
+            fc, ours = result.forecasts[(name, method, origin)], method.startswith("moelab")
+            if ours:
+                ax.fill_between(future, fc.low, fc.high, color=f"C{i}", alpha=0.2, lw=0)
+            ax.plot(future, fc.point, color=f"C{i}", lw=1.5 if ours else 1, ls="-" if ours else "--", label=method)
+        ax.set(title=f"{name}: forecasts from the last origin", xlabel="point", ylabel="value")
+        ax.legend(fontsize=7, ncol=4, loc="upper left")
     fig.tight_layout()
     return fig

@@ -200,6 +200,18 @@ def pretrain(config: PretrainConfig, device: str = "cpu", progress: bool = True,
     return PretrainedForecaster(model, config, result.losses, result.seconds, result.best_step, list(pool))
 
 
+def load_or_pretrain(path: str | Path, config: PretrainConfig, device: str = "cpu",
+                     progress: bool = True) -> tuple[PretrainedForecaster, bool]:  # fmt: skip
+    """The forecaster saved at ``path`` and True; if there is none, one pretrained with ``config``,
+    saved at ``path``, and False."""
+    path = Path(path)
+    if path.is_file():
+        return PretrainedForecaster.load(path, device), True
+    forecaster = pretrain(config, device, progress)
+    forecaster.save(path)
+    return forecaster, False
+
+
 def fine_tune(forecaster: PretrainedForecaster, train: np.ndarray, horizon: int, steps: int = 200,
               lr: float = 3e-4, val_blocks: int = 2, seed: int = 1, progress: bool = True) -> PretrainedForecaster:  # fmt: skip
     """A copy of ``forecaster`` trained ``steps`` more on windows of ``train``; it keeps the pretrained

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from moelab import stats
-from moelab.forecast.benchmark import REFERENCE, run_benchmark, score_series
+from moelab.forecast.benchmark import REFERENCE, BenchmarkResult, run_benchmark, score_series
 from moelab.forecast.evaluation import rolling_origins
 from moelab.forecast.forecaster import ForecastConfig
 from moelab.forecast.pretrain import PretrainedForecaster, default_path, fine_tune
@@ -82,12 +82,40 @@ def benchmark_main(argv: list[str]) -> int:
     summary = result.aggregate()
     print(f"{summary['series'].iloc[0]} held-out series, {args.origins} origins each; geometric means relative to seasonal naive:")
     print(summary.drop(columns="series").to_string(float_format=lambda v: f"{v:.3f}"))
-    for method in [m for m in result.methods if m.startswith("moelab")]:
-        c = result.paired(method, "AutoETS")
-        print(f"{method} / AutoETS, MASE: {c['ratio']:.3f} (95% CI {c['ratio low']:.3f} to {c['ratio high']:.3f}): {c['verdict']}")
+    print()
+    print("\n".join(benchmark_findings(result)))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         result.scores.to_csv(args.out / "scores.csv", index=False)
         summary.to_csv(args.out / "summary.csv")
         print(f"written: {args.out}")
     return 0
+
+
+def benchmark_findings(result: BenchmarkResult) -> list[str]:
+    """The benchmark in sentences that follow from its intervals: each method against seasonal naive,
+    moelab against AutoETS (and fine-tuned against zero-shot), and the method to use."""
+    summary, lines = result.aggregate(), []
+    for method in [m for m in result.methods if m != REFERENCE]:
+        mean, low, high = (summary.loc[method, f"relative MASE{s}"] for s in ("", " low", " high"))
+        if high < 1 or low > 1:
+            relation = f"{'below' if high < 1 else 'above'} seasonal naive beyond its interval"
+        else:
+            relation = "no detectable difference from seasonal naive"
+        lines.append(f"{method}: relative MASE {mean:.3f} (95% CI {low:.3f} to {high:.3f} over "
+                     f"{summary.loc[method, 'series']} series): {relation}.")  # fmt: skip
+    ours = [m for m in result.methods if m.startswith("moelab")]
+    pairs = [(m, "AutoETS") for m in ours if "AutoETS" in result.methods] + [(m, ours[0]) for m in ours[1:]]
+    for method, other in pairs:
+        c = result.paired(method, other)
+        lines.append(f"{method} / {other}, MASE paired by series: {c['ratio']:.3f} (95% CI {c['ratio low']:.3f} to "
+                     f"{c['ratio high']:.3f}): {c['verdict']}.")  # fmt: skip
+    if result.fine_tuned_steps:
+        kept = sum(step > 0 for step in result.fine_tuned_steps.values())
+        others = "" if kept == len(result.fine_tuned_steps) else (
+            "; on the others no fine-tuned step scored better on their held-out windows, so they keep the pretrained weights")
+        lines.append(f"Fine-tuning kept a fine-tuned step on {kept} of {len(result.fine_tuned_steps)} series{others}.")
+    best = summary["relative MASE"].idxmin()
+    lines.append(f"Lowest aggregate relative MASE: {best} ({summary.loc[best, 'relative MASE']:.3f}). Per series, "
+                 "`moelab forecast your.csv ...` names the method to use.")  # fmt: skip
+    return lines

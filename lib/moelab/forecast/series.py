@@ -69,14 +69,6 @@ BUILTIN: dict[str, BuiltinSeries] = {
 }
 
 
-def axis_labels(name: str, series: pd.Series) -> tuple[str, str]:
-    """(x label, y label) of a series' plot: dates or time steps, and the built-in series' unit
-    or a CSV column's name (its units are the CSV's)."""
-    x = "date" if isinstance(series.index, pd.DatetimeIndex) else "time step"
-    y = BUILTIN[name].unit if name in BUILTIN else f"{series.name or name} (the CSV's units)"
-    return x, y
-
-
 def load_series(source: str | Path, value_column: str | None = None, date_column: str | None = None) -> pd.Series:
     """A float series: a built-in name (``co2``, ``sunspots``) or a CSV file's value column.
 

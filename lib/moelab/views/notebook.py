@@ -65,6 +65,23 @@ def _dataset_of_run(fallback: str):
     return resolve
 
 
+def _pretrained_path(name: str):
+    """The pretrained forecaster's path: ``moelab forecast pretrain``'s default, or a file of another ``name`` beside it."""
+
+    def resolve(settings: dict[str, Any]) -> str:
+        from moelab.forecast.pretrain import default_path
+
+        return str(default_path().with_name(name))
+
+    return resolve
+
+
+def _all_benchmark_series(settings: dict[str, Any]) -> list[str]:
+    from moelab.forecast.corpus import BENCHMARK
+
+    return list(BENCHMARK)
+
+
 # The values each profile gives the parameters a notebook leaves as None. A None here
 # keeps its meaning in the notebook ("the preset's value", "none"); a callable is
 # computed from the other settings (so it follows a run name the user passed).
@@ -120,8 +137,25 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "tiny": {"study": "tiny"},
     },
     "06_forecasting": {
-        "default": {"forecast_steps": 600, "forecast_seeds": [1, 2, 3], "run_name": "default"},
-        "tiny": {"forecast_steps": 20, "forecast_seeds": [1], "run_name": "tiny"},
+        "default": {
+            "pretrained": _pretrained_path("pretrained.pt"),  # what `moelab forecast pretrain` writes
+            "pretrain_settings": {},  # PretrainConfig's defaults: 12 minutes
+            "benchmark": _all_benchmark_series,
+            "fine_tune_steps": 30,
+            "n_paths": 100,
+            "run_name": "default",
+        },
+        "tiny": {
+            "pretrained": _pretrained_path("pretrained-tiny.pt"),
+            "pretrain_settings": {"context": 48, "horizon": 18, "n_bins": 128, "limit": 6.0, "batch_size": 8, "max_steps": 20,
+                                  "max_minutes": None, "warmup_steps": 2, "eval_every": 10, "val_windows": 16,
+                                  "model": {"n_layers": 2, "n_heads": 2, "n_embd": 32, "n_experts": 4, "top_k": 2,
+                                            "n_common_experts": 1, "expert_hidden": 64, "dropout": 0.0, "pos_encoding": "rope"}},
+            "benchmark": ["datasets/AirPassengers", "fpp2/ausbeer"],
+            "fine_tune_steps": 4,
+            "n_paths": 20,
+            "run_name": "tiny",
+        },
     },
 }
 

@@ -30,7 +30,8 @@ FIGURES = [
     ("specialization_tokens.png", "Experts by kind of token (of byte, for a byte-level model)"),
     ("specialization_genre.png", "Experts by genre"),
     ("coactivation.png", "Experts chosen together"),
-    ("forecast.png", "Time-series forecasts against the actuals (notebook 06)"),
+    ("forecast_benchmark.png", "The pretrained forecaster and the baselines on held-out series, relative to seasonal naive (notebook 06)"),
+    ("forecast_examples.png", "Forecasts from the last origin: the best, median and worst held-out series for moelab"),
 ]
 
 
@@ -76,8 +77,8 @@ def summary(folder: Path) -> dict:
         facts["comparison"] = shown_summary(pd.read_csv(folder / "comparison.csv", index_col=0))
     if (folder / "balance.parquet").is_file():
         facts["balance"] = pd.read_parquet(folder / "balance.parquet")
-    if (folder / "forecast.csv").is_file():  # notebook 06
-        facts["forecast"] = pd.read_csv(folder / "forecast.csv", index_col=[0, 1])
+    if (folder / "forecast_benchmark.csv").is_file():  # notebook 06
+        facts["forecast"] = pd.read_csv(folder / "forecast_benchmark.csv", index_col=0)
     if (folder / "samples.md").is_file():
         text = (folder / "samples.md").read_text(encoding="utf-8")
         blocks = text.split("```text\n")

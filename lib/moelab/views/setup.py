@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from moelab.config.model import ModelConfig
 from moelab.config.train import TrainConfig
 from moelab.config.presets import build_configs
 from moelab.data import DECODE_POLICIES, PreparedDataset, check_tokenizer_choice, load_dataset, with_dataset_vocab
-from moelab.forecast.forecaster import ForecastConfig, series_config
-from moelab.forecast.series import load_series
+from moelab.forecast.corpus import benchmark_series
+from moelab.forecast.forecaster import MIN_PATHS
+from moelab.forecast.pretrain import PretrainConfig
 from moelab.nn.model import Transformer
 from moelab.paths import reports_dir
 from moelab.runs.checkpoint import load_model, load_tokenizer
@@ -183,30 +186,37 @@ def utilization_setup(
 
 @dataclass
 class ForecastingSetup:
-    """What notebook 06 forecasts: its settings, every series loaded and its checked config."""
+    """What notebook 06 works with: its settings, the pretraining config, the forecaster's path and the held-out series."""
 
-    settings: Settings  # forecast_steps, forecast_seeds, run_name
-    loaded: dict[str, Any]  # each series (a pandas Series of floats) by the name it was given as
-    configs: dict[str, ForecastConfig]  # each series' config, checked against the series
+    settings: Settings  # pretrained, pretrain_settings, benchmark, fine_tune_steps, n_paths, run_name
+    config: PretrainConfig  # what pretraining here uses when there is no forecaster at ``path``
+    path: Path  # the pretrained forecaster, loaded if it exists
+    series: dict[str, np.ndarray]  # the held-out series to score, by name
     figures: Path  # reports/<run_name>/figures/, created
 
 
 def forecasting_setup(
-    profile: str | None, *, series: list, value_column: str | None, date_column: str | None, horizon: int | None,
-    season: int | None, context: int, n_origins: int, forecast_steps: int | None, forecast_seeds: list | None,
-    run_name: str | None,
+    profile: str | None, *, pretrained: str | None, pretrain_settings: dict | None, benchmark: list | None,
+    n_origins: int, fine_tune_steps: int | None, n_paths: int | None, run_name: str | None,
 ) -> ForecastingSetup:  # fmt: skip
-    """Notebook 06's settings; every series read and every config checked against its series, before any training."""
-    settings = notebook_settings(
-        "06_forecasting", profile, forecast_steps=forecast_steps, forecast_seeds=forecast_seeds, run_name=run_name
-    )
-    loaded = {name: load_series(name, value_column, date_column) for name in series}
-    configs = {
-        name: series_config(name, horizon, season, context=context, n_origins=n_origins, max_steps=settings["forecast_steps"])
-        for name in series
-    }
-    for name, values in loaded.items():
-        configs[name].check_series(values.to_numpy(dtype=float), repr(name))
+    """Notebook 06's settings, every one checked (and every held-out series loaded) before any training."""
+    settings = notebook_settings("06_forecasting", profile, pretrained=pretrained, pretrain_settings=pretrain_settings,
+                                 benchmark=benchmark, fine_tune_steps=fine_tune_steps, n_paths=n_paths, run_name=run_name)  # fmt: skip
+    for name, low in (("n_origins", 1), ("fine_tune_steps", 0), ("n_paths", MIN_PATHS)):
+        value = n_origins if name == "n_origins" else settings[name]
+        if not (isinstance(value, int) and value >= low):
+            raise ValueError(f"parameter {name}={value!r} must be an integer >= {low}")
+    if not isinstance(settings["pretrain_settings"], dict):
+        raise ValueError(f"parameter pretrain_settings={settings['pretrain_settings']!r} must be a dict of PretrainConfig fields")
+    try:
+        config = PretrainConfig(**settings["pretrain_settings"])
+    except TypeError as exc:
+        raise ValueError(f"parameter pretrain_settings: {exc}; the fields: {', '.join(PretrainConfig.__dataclass_fields__)}") from None
+    loaded = benchmark_series(settings["benchmark"])
+    too_long = [f"{spec.name} ({spec.horizon})" for spec, _ in loaded if spec.horizon > config.horizon]
+    if too_long:
+        raise ValueError(f"horizons longer than the forecaster's {config.horizon}: {', '.join(too_long)}")
     figures = reports_dir() / settings["run_name"] / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    return ForecastingSetup(settings, loaded, configs, figures)
+    series = {spec.name: values for spec, values in loaded}
+    return ForecastingSetup(settings, config, Path(settings["pretrained"]), series, figures)
