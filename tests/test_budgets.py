@@ -94,3 +94,29 @@ def test_many_choices_wrap_into_rows_of_three_panels():
     assert [ax.get_title() for ax in shown] == ["v0", "v1", "v2", "v3"]
     assert len(fig.axes) == 6 and len({round(ax.get_position().y0, 2) for ax in shown}) == 2  # two rows
     assert "below 0: better" in shown[3].get_ylabel()  # each row's first panel names the axis
+
+
+def test_the_table_and_the_verdicts_keep_the_sweeps_order_of_variants():
+    offsets = {"zeta": [0.01, 0.02, 0.0, 0.01], "alpha": [0.1, 0.1, 0.1, 0.1]}
+    table = budget_table({"a": results_of(600_000, [2.6, 2.6, 2.6, 2.6], offsets),
+                          "b": results_of(2_000_000, [2.2, 2.2, 2.2, 2.2], offsets)})  # fmt: skip
+    assert list(table["variant"]) == ["zeta", "zeta", "alpha", "alpha"]
+    assert list(verdicts_by_budget(table).index) == ["zeta", "alpha"]
+    fig = plot_budget_transfer(table)
+    assert [ax.get_title() for ax in fig.axes] == ["zeta", "alpha"]
+    low, high = fig.axes[1].get_ylim()
+    assert low < 0 < high  # zero in view even where every difference is above it
+
+
+def test_the_committed_budget_study_table_is_the_one_its_committed_sweeps_give():
+    """reports/reference/experiments/budget-transfer.csv is what tools/reference_budget_transfer.py
+    computes from the committed sweeps beside it (re-run the tool after adding a budget)."""
+    from moelab.paths import project_root
+
+    folder = project_root() / "reports" / "reference" / "experiments"
+    sweeps = sorted(p.name for p in folder.glob("budget-transfer-*") if (p / "results.csv").is_file())
+    assert sweeps, "the budget-transfer study is committed"
+    committed = pd.read_csv(folder / "budget-transfer.csv")
+    recomputed = load_budget_study(sweeps, root=folder)
+    assert sorted(committed["sweep"].unique()) == sorted(sweeps)
+    pd.testing.assert_frame_equal(committed, recomputed, check_dtype=False)

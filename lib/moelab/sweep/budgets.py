@@ -51,7 +51,9 @@ def budget_table(results: dict[str, pd.DataFrame], metric: str = "val_bpb") -> p
     table["p_holm"] = holm(table["p_value"]) if len(table) else []
     table["verdict_holm"] = [(BETTER if d < 0 else WORSE) if p < 0.05 else NO_DIFFERENCE
                              for d, p in zip(table["diff"], table["p_holm"])]  # fmt: skip
-    return table.sort_values(["variant", "budget_tokens"], kind="stable").reset_index(drop=True)
+    order = {variant: i for i, variant in enumerate(dict.fromkeys(table["variant"]))}  # the sweeps' own order
+    return table.sort_values(["variant", "budget_tokens"], key=lambda c: c.map(order) if c.name == "variant" else c,
+                             kind="stable").reset_index(drop=True)  # fmt: skip
 
 
 def verdicts_by_budget(table: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +63,7 @@ def verdicts_by_budget(table: pd.DataFrame) -> pd.DataFrame:
         cell=[f"{raw} / {adjusted}" for raw, adjusted in zip(table["verdict"], table["verdict_holm"])],
     )
     order = [_tokens_label(t) for t in sorted(table["budget_tokens"].unique())]
-    return cells.pivot(index="variant", columns="budget", values="cell")[order]
+    return cells.pivot(index="variant", columns="budget", values="cell").loc[list(dict.fromkeys(table["variant"])), order]
 
 
 def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against the reference, by budget",
@@ -71,7 +73,8 @@ def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against 
     variants = list(dict.fromkeys(table["variant"]))
     ncols = min(len(variants), PANELS_PER_ROW)
     nrows = -(-len(variants) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    # each panel its own scale (one large effect would flatten the others), 0 always in view
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
     for ax in axes.flat[len(variants) :]:
         ax.set_visible(False)
     for ax, variant in zip(axes.flat, variants):
@@ -83,6 +86,8 @@ def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against 
         ax.scatter(rows["budget_tokens"][~held], rows["diff"][~held], facecolor="white", edgecolor="tab:blue",
                    zorder=3, label="no verdict after Holm")  # fmt: skip
         ax.axhline(0, color="gray", lw=1)
+        low, high = ax.get_ylim()
+        ax.set_ylim(min(low, -0.01), max(high, 0.01))
         ax.set_xscale("log")
         ax.set(title=variant, xlabel="training tokens (log scale)")
     for row in axes:
