@@ -111,12 +111,22 @@ def test_the_table_and_the_verdicts_keep_the_sweeps_order_of_variants():
 def test_the_committed_budget_study_table_is_the_one_its_committed_sweeps_give():
     """reports/reference/experiments/budget-transfer.csv is what tools/reference_budget_transfer.py
     computes from the committed sweeps beside it (re-run the tool after adding a budget)."""
-    from moelab.paths import project_root
+    from moelab.sweep.budgets import load_reference_budget_study, reference_folder
 
-    folder = project_root() / "reports" / "reference" / "experiments"
-    sweeps = sorted(p.name for p in folder.glob("budget-transfer-*") if (p / "results.csv").is_file())
-    assert sweeps, "the budget-transfer study is committed"
-    committed = pd.read_csv(folder / "budget-transfer.csv")
-    recomputed = load_budget_study(sweeps, root=folder)
-    assert sorted(committed["sweep"].unique()) == sorted(sweeps)
+    committed = pd.read_csv(reference_folder() / "budget-transfer.csv")
+    recomputed = load_reference_budget_study()
+    assert {"budget-transfer-600k", "budget-transfer-2m"} <= set(committed["sweep"])
     pd.testing.assert_frame_equal(committed, recomputed, check_dtype=False)
+
+
+def test_the_conclusions_say_which_small_budget_predicts_the_largest():
+    from moelab.sweep.budgets import budget_conclusions
+
+    table = budget_table(study())  # dense worse at both budgets; fixed: nothing at 600 k, better at 2 M
+    dense, fixed = budget_conclusions(table)
+    rows = table.set_index(["variant", "sweep"])
+    assert dense.startswith("dense, after Holm: worse at 600 k tokens (+0.105") and "worse at 2.0 M tokens" in dense
+    assert dense.endswith("The verdict at 600 k tokens is the one at 2.0 M tokens.")
+    fixed_2m = rows.loc[("fixed", "b-2m")]
+    assert f"{fixed_2m['verdict_holm']} at 2.0 M tokens ({fixed_2m['diff']:+.3f}" in fixed
+    assert fixed.endswith("The verdict at 600 k tokens is not the one at 2.0 M tokens: no proxy for it.")

@@ -8,28 +8,25 @@ the verdicts by budget as markdown:
     python tools/reference_budget_transfer.py
 """
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
 
-from moelab.sweep.budgets import load_budget_study, plot_budget_transfer, verdicts_by_budget  # noqa: E402
-
-FOLDER = Path(__file__).resolve().parents[1] / "reports" / "reference" / "experiments"
-SWEEPS = ["budget-transfer-600k", "budget-transfer-2m", "budget-transfer-6m"]
+from moelab.sweep.budgets import load_reference_budget_study, plot_budget_transfer, reference_folder  # noqa: E402
+from moelab.sweep.budgets import budget_conclusions, verdicts_by_budget  # noqa: E402
 
 
 def main() -> None:
-    present = [name for name in SWEEPS if (FOLDER / name / "results.csv").is_file()]
-    table = load_budget_study(present, root=FOLDER)
-    table.to_csv(FOLDER / "budget-transfer.csv", index=False)
+    folder, table = reference_folder(), load_reference_budget_study()
+    table.to_csv(folder / "budget-transfer.csv", index=False)
     fig = plot_budget_transfer(table, title="Each choice against the MoE reference (cpu recipe, 4 seeds), by budget")
-    fig.savefig(FOLDER / "budget-transfer.png", dpi=110, bbox_inches="tight")
+    fig.savefig(folder / "budget-transfer.png", dpi=110, bbox_inches="tight")
     columns = ["variant", "budget_tokens", "n_paired", "diff", "diff_ci_low", "diff_ci_high", "verdict", "p_holm", "verdict_holm"]
     print(table[columns].to_markdown(index=False, floatfmt=".4f"))
     print()
     print(verdicts_by_budget(table).to_markdown())
+    print()
+    print("\n".join(f"- {line}" for line in budget_conclusions(table)))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ variants with the same seeds at several budgets (one sweep each, e.g. the built-
 
     table = load_budget_study(["budget-transfer-600k", "budget-transfer-2m", "budget-transfer-6m"])
     verdicts_by_budget(table)          # variant x budget: the raw verdict, and Holm's
+    budget_conclusions(table)          # in words: which smaller budget's verdict is the largest's
     plot_budget_transfer(table)        # one panel per choice: difference and 95% interval vs tokens
 
 The budget of a sweep is the median number of tokens its reference runs trained. Holm's
@@ -24,6 +25,7 @@ import pandas as pd
 
 from moelab.stats import BETTER, NO_DIFFERENCE, REFERENCE, WORSE, holm, summarize
 
+BUDGET_SWEEPS = ["budget-transfer-600k", "budget-transfer-2m", "budget-transfer-6m"]  # the built-in study
 TABLE_COLUMNS = ["variant", "budget_tokens", "sweep", "n_paired", "diff", "diff_ci_low", "diff_ci_high",
                  "p_value", "verdict", "p_holm", "verdict_holm"]  # fmt: skip
 PANELS_PER_ROW = 3
@@ -64,6 +66,27 @@ def verdicts_by_budget(table: pd.DataFrame) -> pd.DataFrame:
     )
     order = [_tokens_label(t) for t in sorted(table["budget_tokens"].unique())]
     return cells.pivot(index="variant", columns="budget", values="cell").loc[list(dict.fromkeys(table["variant"])), order]
+
+
+def budget_conclusions(table: pd.DataFrame) -> list[str]:
+    """Per variant, in words: its verdict after Holm at each budget, and whether each smaller budget's
+    verdict is the one at the largest budget (the cheap proxy predicts it) or not."""
+    lines = []
+    for variant, rows in table.groupby("variant", sort=False):
+        rows = rows.sort_values("budget_tokens")
+        at = [f"{verdict} at {_tokens_label(tokens)} ({diff:+.3f}, {low:+.3f} to {high:+.3f})" for verdict, tokens, diff, low, high
+              in zip(rows["verdict_holm"], rows["budget_tokens"], rows["diff"], rows["diff_ci_low"], rows["diff_ci_high"])]  # fmt: skip
+        line = f"{variant}, after Holm: " + "; ".join(at) + "."
+        if len(rows) > 1:
+            final, largest = rows["verdict_holm"].iloc[-1], _tokens_label(rows["budget_tokens"].iloc[-1])
+            same = [_tokens_label(t) for t, v in zip(rows["budget_tokens"].iloc[:-1], rows["verdict_holm"].iloc[:-1]) if v == final]
+            differ = [_tokens_label(t) for t, v in zip(rows["budget_tokens"].iloc[:-1], rows["verdict_holm"].iloc[:-1]) if v != final]
+            if same:
+                line += f" The verdict at {' and '.join(same)} is the one at {largest}."
+            if differ:
+                line += f" The verdict at {' and '.join(differ)} is not the one at {largest}: no proxy for it."
+        lines.append(line)
+    return lines
 
 
 def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against the reference, by budget",
@@ -113,6 +136,19 @@ def load_budget_study(names: list[str], metric: str = "val_bpb", root: str | Pat
             raise FileNotFoundError(f"no results for sweep {name!r} ({path}): run it first: moelab sweep {name}")
         results[name] = pd.read_csv(path)
     return budget_table(results, metric)
+
+
+def reference_folder() -> Path:
+    """Where the committed reference studies are: reports/reference/experiments/ of the repository."""
+    from moelab.paths import project_root
+
+    return project_root() / "reports" / "reference" / "experiments"
+
+
+def load_reference_budget_study() -> pd.DataFrame:
+    """:func:`budget_table` of the committed budget-transfer study: the budgets of ``BUDGET_SWEEPS`` committed so far."""
+    folder = reference_folder()
+    return load_budget_study([name for name in BUDGET_SWEEPS if (folder / name / "results.csv").is_file()], root=folder)
 
 
 def _tokens_label(tokens: float) -> str:
