@@ -2,7 +2,7 @@ import pytest
 
 from moelab import ModelConfig, TrainConfig, preset
 from moelab.config.train import config_diff
-from moelab.config.presets import PRESETS, presets_table
+from moelab.config.presets import DEFAULT_DATASET, PRESETS, presets_table
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,8 @@ def test_presets_keep_their_values():
 def test_preset_table_holds_only_values_that_differ_from_the_defaults():
     defaults = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
     for name, entry in PRESETS.items():
-        assert set(entry) == {"description", "model", "train"} and entry["description"], name
+        assert {"description", "model", "train"} <= set(entry) <= {"description", "model", "train", "dataset"}, name
+        assert entry["description"] and entry.get("dataset") != DEFAULT_DATASET, name
         for kind in ("model", "train"):
             for field, value in entry[kind].items():
                 assert field in defaults[kind], (name, field)
@@ -163,3 +164,23 @@ def test_preset_table_holds_only_values_that_differ_from_the_defaults():
                 if field == "expert_hidden":  # its default is derived: 4 * n_embd
                     default = 4 * entry["model"].get("n_embd", defaults["model"]["n_embd"])
                 assert value != default, f"{name}.{kind}.{field} repeats the default {value!r}"
+
+
+def test_a_preset_names_its_dataset_and_the_train_command_sweeps_and_notebook_02_default_to_it(tmp_path, monkeypatch, capsys):
+    from moelab.sweep.spec import load_spec
+    from moelab.train.cli import main
+    from moelab.views.notebook import notebook_settings
+
+    assert {name: preset(name).dataset for name in PRESETS} == dict.fromkeys(PRESETS, DEFAULT_DATASET)
+    monkeypatch.setitem(PRESETS["cpu"], "dataset", "machado-bpe2048")
+    assert preset("cpu").dataset == "machado-bpe2048" and preset("tiny").dataset == DEFAULT_DATASET
+    spec = {"name": "s", "base": {"preset": "cpu", "max_steps": 1}, "seeds": [1], "variants": {"a": {}}}
+    assert load_spec(spec, check_dataset=False).dataset == "machado-bpe2048"
+    assert load_spec({**spec, "base": {"preset": "cpu", "dataset": "other", "max_steps": 1}}, check_dataset=False).dataset == "other"
+    names = ("preset", "run_name", "dataset", "max_minutes", "max_steps", "compare_tokens", "compare_steps", "compare_minutes")
+    settings = notebook_settings("02_train", "default", **dict.fromkeys(names))
+    assert settings["dataset"] == "machado-bpe2048"
+    assert notebook_settings("02_train", "default", **{**dict.fromkeys(names), "preset": "long"})["dataset"] == DEFAULT_DATASET
+    monkeypatch.setenv("MOELAB_DATA_DIR", str(tmp_path))  # nothing prepared: the error names the dataset it looked for
+    assert main(["--preset", "cpu", "--run-name", "x", "--no-progress"]) == 2
+    assert "machado-bpe2048" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """The named presets, as data.
 
-Each preset is a description and the ModelConfig / TrainConfig fields whose values
-differ from the defaults in :mod:`moelab.config.model` and :mod:`moelab.config.train`; every
-other field keeps its default.
+Each preset is a description, the ModelConfig / TrainConfig fields whose values differ from
+the defaults in :mod:`moelab.config.model` and :mod:`moelab.config.train` (every other field
+keeps its default), and the prepared dataset it trains on unless told otherwise
+(``DEFAULT_DATASET`` where it names none): the tokenizer is part of a recipe.
 ``preset(name)`` builds fresh configs from the table, ``build_configs`` adds overrides
 (the command line's ``--set`` / ``--config`` and notebook 02's parameters).
 """
@@ -16,6 +17,7 @@ from typing import Any
 from moelab.config.model import ModelConfig
 from moelab.config.train import TrainConfig
 
+DEFAULT_DATASET = "machado"  # bytes; a preset may name another prepared dataset (e.g. a BPE one)
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {
         "description": "The seed repository's example hyperparameters (vocabulary widened to all 256 bytes).",
@@ -71,6 +73,7 @@ class Preset:
     description: str
     model: ModelConfig = field(repr=False)
     train: TrainConfig = field(repr=False)
+    dataset: str = DEFAULT_DATASET  # what `moelab train`, notebook 02 and a sweep train on unless told otherwise
 
 
 def preset(name: str) -> Preset:
@@ -78,7 +81,8 @@ def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"preset: unknown name {name!r}; choose one of {', '.join(PRESETS)}")
     entry = PRESETS[name]
-    return Preset(name, entry["description"], ModelConfig(**entry["model"]), TrainConfig(**entry["train"]))
+    model, train = ModelConfig(**entry["model"]), TrainConfig(**entry["train"])
+    return Preset(name, entry["description"], model, train, entry.get("dataset", DEFAULT_DATASET))
 
 
 def build_configs(preset_name: str, overrides: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
@@ -113,6 +117,7 @@ def presets_table():
         rows.append(
             {
                 "preset": p.name,
+                "dataset": p.dataset,
                 "n_layers": m.n_layers,
                 "n_heads": m.n_heads,
                 "n_embd": m.n_embd,

@@ -10,7 +10,7 @@
       schedule: {}
       fixed: {current_context_window: 64}
 
-``base`` holds the preset (default ``cpu``), the dataset (default ``machado``) and any
+``base`` holds the preset (default ``cpu``), the dataset (default: the preset's) and any
 ModelConfig / TrainConfig field. The budget is ``max_steps``, ``max_tokens`` and/or
 ``max_minutes`` in ``base`` (or a ``budget:`` mapping with ``steps``, ``tokens`` or
 ``minutes``): it replaces the preset's budget entirely. Steps and tokens do not depend on
@@ -42,7 +42,7 @@ import yaml
 
 from moelab.config.model import ModelConfig
 from moelab.config.train import BUDGET_FIELDS, TrainConfig
-from moelab.config.presets import build_configs
+from moelab.config.presets import build_configs, preset
 
 BUDGET_KINDS = {"steps": "max_steps", "tokens": "max_tokens", "minutes": "max_minutes"}
 SPEC_KEYS = ("name", "description", "base", "budget", "seeds", "variants")
@@ -181,14 +181,23 @@ def _parse(raw: dict) -> SweepSpec:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SweepSpecError(f"name: give the sweep a folder-safe name (letters, digits, '-', '_', '.'), got {name!r}")
     base = dict(raw.get("base") or {})
-    preset, dataset = base.pop("preset", "cpu"), base.pop("dataset", "machado")
+    preset_name = base.pop("preset", "cpu")
+    dataset = base.pop("dataset", None) or _preset_dataset(preset_name)
     base.update(_budget(base, raw.get("budget")))
     variants = _variants(raw.get("variants"))
     for where, overrides in [("base", base), *((f"variant {v!r}", o) for v, o in variants.items())]:
         if "seed" in overrides:
             raise SweepSpecError(f"{where} sets seed: a sweep's seeds come from its 'seeds' list")
-    return SweepSpec(name, preset, dataset, base, _seeds(raw.get("seeds")), variants,
+    return SweepSpec(name, preset_name, dataset, base, _seeds(raw.get("seeds")), variants,
                      str(raw.get("description") or ""), _run_name_parts(variants))  # fmt: skip
+
+
+def _preset_dataset(name: Any) -> str:
+    """The dataset of the preset ``name``: a spec's base trains on it unless it names one."""
+    try:
+        return preset(str(name)).dataset
+    except ValueError as err:
+        raise SweepSpecError(f"base: {err}") from None
 
 
 def _budget(base: dict, budget: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from moelab.train import distributed
 from moelab.runs.checkpoint import CheckpointError
 from moelab.data import CorpusError, with_dataset_vocab
-from moelab.config.presets import build_configs
+from moelab.config.presets import build_configs, preset
 from moelab.train.trainer import Trainer, TrainingDiverged
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="moelab train", description="Train a moelab model.")
     parser.add_argument("--preset", default="cpu", help="seed, cpu, long or tiny (default: cpu, 10 minutes)")
     parser.add_argument("--run-name", required=True, help="names data/checkpoints/<run>/ and reports/<run>/")
-    parser.add_argument("--dataset", default="machado", help="a prepared dataset under data/processed/")
+    parser.add_argument("--dataset", help="a prepared dataset under data/processed/ (default: the preset's, e.g. machado)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete the run's checkpoints and metrics first")
     parser.add_argument("--config", type=Path, help="a YAML file of field: value overrides")
@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set expects FIELD=VALUE, got {item!r}")
         overrides[field.strip()] = parse_value(value.strip())
     try:
-        model_config, train_config = build_configs(args.preset, with_dataset_vocab(overrides, args.dataset))
+        dataset = args.dataset or preset(args.preset).dataset
+        model_config, train_config = build_configs(args.preset, with_dataset_vocab(overrides, dataset))
         trainer = Trainer(
             model_config,
             train_config,
             args.run_name,
-            dataset=args.dataset,
+            dataset=dataset,
             device=args.device,
             progress=not args.no_progress,
         )

@@ -49,6 +49,13 @@ def _named_after_source(suffix: str = ""):
     return resolve
 
 
+def _dataset_of_preset(settings: dict[str, Any]) -> str:
+    """Notebook 02's dataset: the chosen preset's (the tokenizer is part of its recipe)."""
+    from moelab.config.presets import preset
+
+    return preset(settings["preset"]).dataset
+
+
 def _dataset_of_run(fallback: str):
     """The dataset the chosen run was trained on (its config.json), else ``fallback``: a BPE run gets its BPE dataset."""
 
@@ -94,7 +101,7 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "default": {
             "preset": "cpu",
             "run_name": "default",
-            "dataset": "machado",
+            "dataset": _dataset_of_preset,
             "max_minutes": None,
             "max_steps": None,
             "compare_tokens": 1_500_000,
