@@ -301,6 +301,10 @@ def test_the_benchmark_keeps_every_forecast_and_each_series_fine_tuned_step(tiny
     monkeypatch.setattr(bench, "benchmark_series", lambda names: [(spec, values)])
     result = bench.run_benchmark(tiny_forecaster, n_origins=2, n_paths=20, fine_tune_steps=4, progress=False)
     assert set(result.fine_tuned_steps) == {"sine"} and 0 <= result.fine_tuned_steps["sine"] <= 4
+    short = bench.run_benchmark(tiny_forecaster, n_origins=13, n_paths=20, fine_tune_steps=4, progress=False)
+    assert short.fine_tuned_steps == {"sine": None}  # 16 points before the first origin: too few
+    zero_shot = short.scores[short.scores["method"] == "moelab"]["MASE"].to_numpy()
+    assert np.allclose(short.scores[short.scores["method"] == "moelab fine-tuned"]["MASE"], zero_shot)
     assert len(result.forecasts) == len(result.scores) == 2 * len(result.methods)
     for row in result.scores.itertuples():  # each score is the one of the forecast kept under its key
         fc = result.forecasts[(row.series, row.method, row.origin)]
@@ -318,7 +322,8 @@ def test_the_findings_follow_the_intervals():
                    "AutoETS": rng.uniform(0.6, 0.7)}  # fmt: skip
         rows += [{"series": f"s{i}", "frequency": "monthly", "method": m, "origin": 0, "MASE": naive * f, "WQL": f}
                  for m, f in factors.items()]  # fmt: skip
-    result = BenchmarkResult(pd.DataFrame(rows), fine_tuned_steps={f"s{i}": (i % 2) * 3 for i in range(10)})
+    steps = {f"s{i}": (i % 2) * 3 for i in range(10)} | {"s8": None}
+    result = BenchmarkResult(pd.DataFrame(rows), fine_tuned_steps=steps)
     lines = benchmark_findings(result)
     table = result.aggregate()
     assert table.loc["moelab", "relative MASE low"] > 1 and f"moelab: relative MASE {table.loc['moelab', 'relative MASE']:.3f}" in lines[0]
@@ -327,7 +332,8 @@ def test_the_findings_follow_the_intervals():
     paired = result.paired("moelab", "AutoETS")
     assert f"moelab / AutoETS, MASE paired by series: {paired['ratio']:.3f}" in "\n".join(lines) and paired["verdict"] == "worse"
     assert any(line.startswith("moelab fine-tuned / moelab,") for line in lines)
-    assert "Fine-tuning kept a fine-tuned step on 5 of 10 series; on the others" in "\n".join(lines)
+    assert ("Fine-tuning kept a fine-tuned step on 5 of 10 series; on 4 no fine-tuned step scored better on their "
+            "held-out windows; 1 had too little history to fine-tune (those keep the pretrained weights).") in lines
     assert lines[-1].startswith("Lowest aggregate relative MASE: AutoETS")
 
 

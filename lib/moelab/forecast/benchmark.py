@@ -39,7 +39,8 @@ METRICS = ("MASE", "WQL")
 class BenchmarkResult:
     scores: pd.DataFrame  # series, frequency, method, origin, MASE, WQL
     forecasts: dict[tuple[str, str, int], Forecast] = field(default_factory=dict, repr=False)  # (series, method, origin)
-    fine_tuned_steps: dict[str, int] = field(default_factory=dict)  # per series: the fine-tuning step kept (0: none)
+    # per series: the fine-tuning step kept (0: the pretrained weights; None: too short to fine-tune)
+    fine_tuned_steps: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -83,7 +84,9 @@ def _geometric(ratios: pd.Series, name: str, confidence: float) -> dict:
 def run_benchmark(forecaster: PretrainedForecaster, names: list[str] | None = None, n_origins: int = 3,
                   n_paths: int = 100, fine_tune_steps: int = 0, progress: bool = True) -> BenchmarkResult:  # fmt: skip
     """Score ``forecaster`` (zero-shot, and fine-tuned on each series' history before its first
-    origin when ``fine_tune_steps`` > 0) and the baselines on the held-out series."""
+    origin when ``fine_tune_steps`` > 0) and the baselines on the held-out series. A series with
+    too little history to fine-tune (``fine_tune`` needs two validation blocks and a training
+    window) keeps the pretrained weights as its fine-tuned model."""
     from tqdm.auto import tqdm
 
     frames, forecasts, kept = [], {}, {}
@@ -91,8 +94,12 @@ def run_benchmark(forecaster: PretrainedForecaster, names: list[str] | None = No
         models = {"moelab": forecaster}
         if fine_tune_steps:
             first = rolling_origins(len(values), spec.horizon, n_origins)[0]
-            tuned = fine_tune(forecaster, values[:first], spec.horizon, fine_tune_steps, progress=False)
-            models["moelab fine-tuned"], kept[spec.name] = tuned, tuned.best_step
+            try:
+                tuned = fine_tune(forecaster, values[:first], spec.horizon, fine_tune_steps, progress=False)
+            except ValueError:  # too little history before the first origin: it keeps the pretrained weights
+                tuned = None
+            models["moelab fine-tuned"] = tuned or forecaster
+            kept[spec.name] = tuned.best_step if tuned else None
         scores, by_origin = score_series(values, spec.horizon, spec.season, models, n_origins, n_paths)
         frames.append(scores.assign(series=spec.name, frequency=spec.frequency))
         forecasts.update({(spec.name, method, origin): fc for (method, origin), fc in by_origin.items()})

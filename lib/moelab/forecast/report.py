@@ -111,10 +111,14 @@ def benchmark_findings(result: BenchmarkResult) -> list[str]:
         lines.append(f"{method} / {other}, MASE paired by series: {c['ratio']:.3f} (95% CI {c['ratio low']:.3f} to "
                      f"{c['ratio high']:.3f}): {c['verdict']}.")  # fmt: skip
     if result.fine_tuned_steps:
-        kept = sum(step > 0 for step in result.fine_tuned_steps.values())
-        others = "" if kept == len(result.fine_tuned_steps) else (
-            "; on the others no fine-tuned step scored better on their held-out windows, so they keep the pretrained weights")
-        lines.append(f"Fine-tuning kept a fine-tuned step on {kept} of {len(result.fine_tuned_steps)} series{others}.")
+        steps = list(result.fine_tuned_steps.values())
+        kept, short = sum(bool(s) for s in steps), sum(s is None for s in steps)
+        line = f"Fine-tuning kept a fine-tuned step on {kept} of {len(steps)} series"
+        if kept + short < len(steps):
+            line += f"; on {len(steps) - kept - short} no fine-tuned step scored better on their held-out windows"
+        if short:
+            line += f"; {short} had too little history to fine-tune"
+        lines.append(line + " (those keep the pretrained weights)." if kept < len(steps) else line + ".")
     best = summary["relative MASE"].idxmin()
     lines.append(f"Lowest aggregate relative MASE: {best} ({summary.loc[best, 'relative MASE']:.3f}). Per series, "
                  "`moelab forecast your.csv ...` names the method to use.")  # fmt: skip
