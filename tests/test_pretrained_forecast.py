@@ -95,6 +95,16 @@ def test_no_benchmark_series_is_in_the_pretraining_corpus():
                 assert not np.any(np.all(np.isclose(windows, chunk, rtol=1e-6), axis=1)), (spec.name, "found in pretraining")
 
 
+def test_missing_values_are_interpolated_inside_and_dropped_at_the_ends_never_filled():
+    from moelab.forecast.corpus import _observed
+
+    values = [np.nan, np.nan, 1.0, np.nan, 3.0, 4.0, np.nan]
+    assert _observed(values).tolist() == [1.0, 2.0, 3.0, 4.0]
+    for series in [s for group in pretraining_series().values() for s in group]:
+        for end in (series[:24], series[-24:]):  # a filled stretch would be a flat run at an end
+            assert np.ptp(end) > 0, "a pretraining series starts or ends with 24 equal values"
+
+
 def test_the_benchmark_has_twenty_series_of_four_frequencies_that_fit_the_forecaster():
     config = PretrainConfig(max_steps=1, max_minutes=None)
     specs = [spec for spec, _ in BENCHMARK.values()]

