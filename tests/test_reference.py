@@ -13,10 +13,11 @@ from moelab.config.train import TrainConfig, config_diff
 from moelab.paths import project_root
 from moelab.sweep.compare import comparison_spec
 from moelab.sweep.spec import load_spec
-from moelab.views.notebook import PROFILE_SETTINGS
+from moelab.views.notebook import PROFILE_SETTINGS, notebook_settings
 
 REFERENCE = project_root() / "reports" / "reference"
-DEFAULT_RUN = PROFILE_SETTINGS["02_train"]["default"]
+# notebook 02's default profile with every value resolved (its dataset follows the preset)
+DEFAULT_RUN = notebook_settings("02_train", "default", **dict.fromkeys(PROFILE_SETTINGS["02_train"]["default"]))
 REMAKE = "make the reference again: `make run`, then copy reports/default/ and its sweeps to reports/reference/"
 
 
