@@ -202,8 +202,9 @@ def forecasting_setup(
     """Notebook 06's settings, every one checked (and every held-out series loaded) before any training."""
     settings = notebook_settings("06_forecasting", profile, pretrained=pretrained, pretrain_settings=pretrain_settings,
                                  benchmark=benchmark, fine_tune_steps=fine_tune_steps, n_paths=n_paths, run_name=run_name)  # fmt: skip
-    for name, low in (("n_origins", 1), ("fine_tune_steps", 0), ("n_paths", MIN_PATHS)):
-        value = n_origins if name == "n_origins" else settings[name]
+    counts = {"n_origins": (n_origins, 1), "fine_tune_steps": (settings["fine_tune_steps"], 0),
+              "n_paths": (settings["n_paths"], MIN_PATHS)}  # fmt: skip
+    for name, (value, low) in counts.items():
         if not (isinstance(value, int) and value >= low):
             raise ValueError(f"parameter {name}={value!r} must be an integer >= {low}")
     if not isinstance(settings["pretrain_settings"], dict):
