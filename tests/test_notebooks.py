@@ -17,7 +17,7 @@ import yaml
 
 from moelab.sweep.compare import comparison_spec
 from moelab.views.notebook import PROFILE_SETTINGS, notebook_settings, resolve_profile
-from moelab.config.presets import preset
+from moelab.config.presets import PRESETS, preset
 from moelab.views.pipeline import STAGES, LocalKernelManager, StageFailed, run_pipeline, training_mode
 from moelab.views.setup import training_setup
 
@@ -128,7 +128,7 @@ def test_notebook_settings_fill_only_what_the_user_left_as_none(monkeypatch, tmp
     nones = dict.fromkeys(PROFILE_SETTINGS["02_train"]["default"])
     settings = notebook_settings("02_train", None, **{**nones, "run_name": "X", "max_steps": 7})
     assert settings["run_name"] == "X" and settings["max_steps"] == 7  # passed values are kept as they are
-    assert settings["preset"] == "cpu" and settings["dataset"] == "machado" and settings["compare_tokens"] == 1_500_000
+    assert settings["preset"] == "cpu" and settings["dataset"] == preset("cpu").dataset and settings["compare_tokens"] == 1_500_000
     assert settings.from_profile == set(nones) - {"run_name", "max_steps"} and settings.profile == "default"
     assert list(settings) == list(nones)  # in the order passed: `a, b = notebook_settings(...).values()`
     assert "given: run_name='X', max_steps=7" in settings.summary()
@@ -153,16 +153,24 @@ def test_notebook_settings_fill_only_what_the_user_left_as_none(monkeypatch, tmp
     assert notebook_settings("03_expert_utilization", "default", **{**nones03, "run_name": "B"})["dataset"] == "machado-bpe512"
     assert notebook_settings("03_expert_utilization", "tiny", **{**nones03, "run_name": "new"})["dataset"] == "machado-tiny"
     nones01 = dict.fromkeys(PROFILE_SETTINGS["01_data_prep"]["tiny"])
-    bpe = {"tokenizer": "bpe", "vocab_size": 512}
-    assert notebook_settings("01_data_prep", "tiny", **nones01, context=bpe)["dataset"] == "machado-tiny-bpe512"
-    assert notebook_settings("01_data_prep", "default", **nones01)["dataset"] == "machado"
-    assert notebook_settings("01_data_prep", "tiny", **{**nones01, "dataset": "mine"}, context=bpe)["dataset"] == "mine"
+    bpe = {**nones01, "tokenizer": "bpe", "vocab_size": 512}
+    assert notebook_settings("01_data_prep", "tiny", **bpe)["dataset"] == "machado-tiny-bpe512"
+    assert notebook_settings("01_data_prep", "tiny", **nones01)["dataset"] == "machado-tiny"  # bytes
+    # the default profile prepares what notebook 02's default run trains on: the cpu preset's dataset
+    prepared = notebook_settings("01_data_prep", "default", **nones01)
+    assert prepared["dataset"] == notebook_settings("02_train", "default", **nones)["dataset"] == preset("cpu").dataset
+    monkeypatch.setitem(PRESETS["cpu"], "dataset", "machado-bpe2048")
+    prepared = notebook_settings("01_data_prep", "default", **nones01)
+    assert (prepared["tokenizer"], prepared["vocab_size"], prepared["dataset"]) == ("bpe", 2048, "machado-bpe2048")
+    assert notebook_settings("01_data_prep", "default", **{**nones01, "vocab_size": 512})["dataset"] == "machado-bpe512"
+    assert notebook_settings("01_data_prep", "default", **{**nones01, "tokenizer": "bytes"})["dataset"] == "machado"
+    assert notebook_settings("01_data_prep", "default", **{**nones01, "tokenizer": "bytes"})["vocab_size"] is None
+    assert notebook_settings("01_data_prep", "tiny", **{**bpe, "dataset": "mine"})["dataset"] == "mine"
     # your own text is named after its source: it never replaces the Machado dataset
-    own = {"source": "/home/me/mytexts/", "tokenizer": "bytes", "vocab_size": None}
-    assert notebook_settings("01_data_prep", "default", **nones01, context=own)["dataset"] == "mytexts"
-    assert notebook_settings("01_data_prep", "tiny", **nones01, context=own)["dataset"] == "mytexts-tiny"
-    table = {**own, "source": "letters.csv", "tokenizer": "bpe", "vocab_size": 512}
-    assert notebook_settings("01_data_prep", "default", **nones01, context=table)["dataset"] == "letters-bpe512"
+    own, mine = {"source": "/home/me/mytexts/"}, {**nones01, "tokenizer": "bytes"}
+    assert notebook_settings("01_data_prep", "default", **mine, context=own)["dataset"] == "mytexts"
+    assert notebook_settings("01_data_prep", "tiny", **mine, context=own)["dataset"] == "mytexts-tiny"
+    assert notebook_settings("01_data_prep", "default", **bpe, context={"source": "letters.csv"})["dataset"] == "letters-bpe512"
 
 
 def test_notebook_settings_refuse_unknown_and_missing_names_and_profiles(monkeypatch):

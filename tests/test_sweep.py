@@ -296,7 +296,9 @@ def test_variants_on_other_tokenizers_train_on_their_datasets_and_are_scored_on_
 
     variants = {"bytes": {}, "bpe": {"dataset": "toy-bpe", "vocab_size": 300}}
     with pytest.raises(SweepSpecError, match=r"variant 'bpe'.*bpe tokenizer \(300 tokens\).*vocab_size=300"):
-        load_spec(spec_dict(toy_dataset, name="t-tok", variants={"bytes": {}, "bpe": {"dataset": "toy-bpe"}}))
+        load_spec(spec_dict(toy_dataset, name="t-tok", variants={"bytes": {}, "bpe": {"dataset": "toy-bpe", "vocab_size": 256}}))
+    unset = load_spec(spec_dict(toy_dataset, name="t-tok", variants={"bytes": {}, "bpe": {"dataset": "toy-bpe"}}))
+    assert [unset.configs(v, 1)[0].vocab_size for v in ("bytes", "bpe")] == [256, load_dataset("toy-bpe").meta["vocab_size"]]
     with pytest.raises(SweepSpecError, match=r"variant 'bpe'.*no prepared dataset.*"
                        r'prepare_dataset\(<its source>, dataset="toy-bpe512", tokenizer="bpe", vocab_size=512\)'):
         load_spec(spec_dict(toy_dataset, name="t-tok", variants={"bpe": {"dataset": "toy-bpe512", "vocab_size": 512}}))

@@ -31,12 +31,15 @@ from moelab.data.dataset import (
     PreparedDataset,
     bytes_per_token,
     check_dataset_vocab,
+    dataset_vocab,
     load_dataset,
     load_split,
+    parse_dataset_name,
     tokenizer_name,
+    tokenized_name,
     with_dataset_vocab,
 )
-from moelab.data.prepare import check_tokenizer_choice, prepare_dataset, tokenized_name
+from moelab.data.prepare import check_tokenizer_choice, prepare_dataset
 from moelab.data.sources import (
     DECODE_POLICIES,
     MACHADO_BASE_URL,
@@ -85,7 +88,9 @@ __all__ = [
     "load_split",
     "bytes_per_token",
     "check_dataset_vocab",
+    "dataset_vocab",
     "check_tokenizer_choice",
+    "parse_dataset_name",
     "tokenized_name",
     "tokenizer_name",
     "load_works",

@@ -100,6 +100,14 @@ def check_dataset_vocab(prepared: "PreparedDataset", vocab_size: int) -> None:
         )
 
 
+def dataset_vocab(dataset: str) -> int:
+    """A dataset's vocabulary: its meta.json's once prepared, else what its default name says (bytes: 256)."""
+    folder = data_dir() / "processed" / dataset
+    if (folder / "meta.json").is_file():
+        return int(json.loads((folder / "meta.json").read_text()).get("vocab_size", 256))
+    return parse_dataset_name(dataset)[2] or 256
+
+
 def with_dataset_vocab(overrides: dict, dataset: str) -> dict:
     """``overrides`` with the dataset's ``vocab_size`` (bytes: 256) added when they set none."""
     if "vocab_size" in overrides:
@@ -118,16 +126,27 @@ def tokenizer_name(meta: dict) -> str:
     return str(meta.get("tokenizer", "bytes")).split()[0]
 
 
+def tokenized_name(name: str, tokenizer: str, vocab_size: int | None) -> str:
+    """A dataset's default folder name: ``name`` for bytes, ``<name>-bpe<vocab_size>`` for BPE."""
+    return f"{name}-bpe{vocab_size}" if tokenizer == "bpe" else name
+
+
+def parse_dataset_name(dataset: str) -> tuple[str, str, int | None]:
+    """What a default folder name says, the inverse of :func:`tokenized_name`: (name, tokenizer, vocab_size)."""
+    bpe = re.fullmatch(r"(.+)-bpe(\d+)", dataset)
+    return (bpe[1], "bpe", int(bpe[2])) if bpe else (dataset, "bytes", None)
+
+
 def load_dataset(dataset: str = "machado", data_root: str | os.PathLike | None = None) -> PreparedDataset:
     """Open a prepared dataset (run notebook 01 or prepare_dataset first)."""
     folder = (Path(data_root) if data_root is not None else data_dir()) / "processed" / dataset
     if not (folder / "meta.json").is_file():
-        bpe = re.fullmatch(r"(.+)-bpe(\d+)", dataset)
-        if dataset == "machado" or (bpe and bpe[1] == "machado"):
-            call = f'prepare_dataset("machado", tokenizer="bpe", vocab_size={bpe[2]})' if bpe else "prepare_dataset()"
+        name, tokenizer, vocab_size = parse_dataset_name(dataset)
+        bpe = f', tokenizer="bpe", vocab_size={vocab_size}' if tokenizer == "bpe" else ""
+        if name == "machado":
+            call = f'prepare_dataset("machado"{bpe})' if bpe else "prepare_dataset()"
         else:
-            tokenizer = f', tokenizer="bpe", vocab_size={bpe[2]}' if bpe else ""
-            call = f'prepare_dataset(<its source>, dataset="{dataset}"{tokenizer})'
+            call = f'prepare_dataset(<its source>, dataset="{dataset}"{bpe})'
         raise CorpusError(f"no prepared dataset at {folder}; run notebooks/01_data_prep.ipynb or moelab.data.{call}")
     meta = json.loads((folder / "meta.json").read_text())
     return PreparedDataset(folder, pd.read_parquet(folder / "catalog.parquet"), meta, rewritten=False)

@@ -16,7 +16,7 @@ from moelab.data.tokenizer import BPETokenizer, ByteTokenizer, check_bpe_vocab
 from moelab.data.cleaning import CLEANING_VERSION
 from moelab.data.sources import CorpusError, load_works
 from moelab.data.splits import SPLITS, assign_splits, build_catalog
-from moelab.data.dataset import SEPARATOR, PreparedDataset
+from moelab.data.dataset import SEPARATOR, PreparedDataset, tokenized_name
 
 
 def prepare_dataset(
@@ -127,11 +127,6 @@ def check_tokenizer_choice(tokenizer: str, vocab_size: int | None) -> None:
         raise ValueError(f"vocab_size: the bytes tokenizer has 256 tokens; got {vocab_size!r} (for more, use tokenizer='bpe')")
     if tokenizer == "bpe":
         check_bpe_vocab(vocab_size)
-
-
-def tokenized_name(name: str, tokenizer: str, vocab_size: int | None) -> str:
-    """A dataset's default folder name: ``name`` for bytes, ``<name>-bpe<vocab_size>`` for BPE."""
-    return f"{name}-bpe{vocab_size}" if tokenizer == "bpe" else name
 
 
 def _dataset_name(source: str | os.PathLike, dataset: str | None, tokenizer: str = "bytes", vocab_size=None) -> str:

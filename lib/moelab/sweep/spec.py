@@ -11,14 +11,14 @@
       fixed: {current_context_window: 64}
 
 ``base`` holds the preset (default ``cpu``), the dataset (default: the preset's) and any
-ModelConfig / TrainConfig field. The budget is ``max_steps``, ``max_tokens`` and/or
+ModelConfig / TrainConfig field; ``vocab_size``, unless set, is the dataset's. The budget is ``max_steps``, ``max_tokens`` and/or
 ``max_minutes`` in ``base`` (or a ``budget:`` mapping with ``steps``, ``tokens`` or
 ``minutes``): it replaces the preset's budget entirely. Steps and tokens do not depend on
 the machine's load; minutes do. Each variant is a dict of overrides on the base (a
 variant may change the budget, e.g. for an equal-wall-time comparison); the first
 variant is the reference the others are compared with. A variant may also set
-``dataset`` (and the ``vocab_size`` its tokenizer has), e.g. to compare tokenizers:
-``bpe-512: {dataset: machado-bpe512, vocab_size: 512}``. Seeds come from ``seeds``: the
+``dataset``, e.g. to compare tokenizers: ``bpe-512: {dataset: machado-bpe512, vocab_size: 512}``
+(the vocabulary follows the dataset; writing it down keeps the spec readable unprepared). Seeds come from ``seeds``: the
 base and the variants may not set ``seed``.
 
 Built-in studies live in ``moelab/sweep/studies/<name>.yaml``; :func:`load_spec` accepts their
@@ -43,6 +43,7 @@ import yaml
 from moelab.config.model import ModelConfig
 from moelab.config.train import BUDGET_FIELDS, TrainConfig
 from moelab.config.presets import build_configs, preset
+from moelab.data import dataset_vocab
 
 BUDGET_KINDS = {"steps": "max_steps", "tokens": "max_tokens", "minutes": "max_minutes"}
 SPEC_KEYS = ("name", "description", "base", "budget", "seeds", "variants")
@@ -65,9 +66,10 @@ class SweepSpec:
     run_names: dict[str, str] = field(default_factory=dict, compare=False)  # variant -> run-name part
 
     def configs(self, variant: str, seed: int) -> tuple[ModelConfig, TrainConfig]:
-        """The model and training configs of one run."""
-        overrides = {k: v for k, v in self.variants[variant].items() if k != "dataset"}
-        return build_configs(self.preset, {**self.base, **overrides, "seed": seed})
+        """The model and training configs of one run (``vocab_size``, unless set, the dataset's)."""
+        overrides = {**self.base, **{k: v for k, v in self.variants[variant].items() if k != "dataset"}}
+        overrides.setdefault("vocab_size", dataset_vocab(self.dataset_of(variant)))
+        return build_configs(self.preset, {**overrides, "seed": seed})
 
     def dataset_of(self, variant: str) -> str:
         """The prepared dataset a variant trains on: its own ``dataset`` or the base's."""

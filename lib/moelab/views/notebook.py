@@ -49,6 +49,22 @@ def _named_after_source(suffix: str = ""):
     return resolve
 
 
+def _tokenizer_of_preset(field: str):
+    """Notebook 01's tokenizer (``field`` "tokenizer") or BPE vocabulary ("vocab_size"): the default (cpu)
+    preset's, so that notebook 02's default run finds its dataset; bytes have no vocabulary to choose."""
+
+    def resolve(settings: dict[str, Any]) -> Any:
+        from moelab.config.presets import preset
+        from moelab.data import parse_dataset_name
+
+        _, tokenizer, vocab_size = parse_dataset_name(preset("cpu").dataset)
+        if field == "tokenizer":
+            return tokenizer
+        return vocab_size if settings["tokenizer"] == "bpe" and tokenizer == "bpe" else None
+
+    return resolve
+
+
 def _dataset_of_preset(settings: dict[str, Any]) -> str:
     """Notebook 02's dataset: the chosen preset's (the tokenizer is part of its recipe)."""
     from moelab.config.presets import preset
@@ -94,8 +110,9 @@ def _all_benchmark_series(settings: dict[str, Any]) -> list[str]:
 # computed from the other settings (so it follows a run name the user passed).
 PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "01_data_prep": {
-        "default": {"dataset": _named_after_source(), "max_works_per_category": None},
-        "tiny": {"dataset": _named_after_source("-tiny"), "max_works_per_category": 2},
+        "default": {"tokenizer": _tokenizer_of_preset("tokenizer"), "vocab_size": _tokenizer_of_preset("vocab_size"),
+                    "dataset": _named_after_source(), "max_works_per_category": None},
+        "tiny": {"tokenizer": "bytes", "vocab_size": None, "dataset": _named_after_source("-tiny"), "max_works_per_category": 2},
     },
     "02_train": {
         "default": {
@@ -202,7 +219,8 @@ def notebook_settings(notebook: str, profile: str | None, *, context: dict[str, 
     ``PROFILE_SETTINGS`` lists them); values that are not ``None`` come back unchanged.
     The result is ordered as passed, so ``a, b = notebook_settings(nb, p, a=a, b=b).values()``.
     ``context``: other parameters a profile's value is computed from (e.g. notebook 01's
-    ``tokenizer``, which names a BPE dataset), never changed and not returned.
+    ``source``, which names its dataset), never changed and not returned. Values computed from
+    other settings are computed in the order passed, so a later one sees an earlier one's.
     """
     if notebook not in PROFILE_SETTINGS:
         raise ValueError(f"notebook_settings: unknown notebook {notebook!r}; known: {', '.join(PROFILE_SETTINGS)}")
@@ -220,7 +238,7 @@ def notebook_settings(notebook: str, profile: str | None, *, context: dict[str, 
         )
     from_profile = {name for name, value in passed.items() if value is None}
     resolved = {name: table[name] if name in from_profile else value for name, value in passed.items()}
-    for name in from_profile:
+    for name in [n for n in passed if n in from_profile]:  # in the order passed: a value may follow an earlier one
         if callable(resolved[name]):
             resolved[name] = resolved[name]({**(context or {}), **resolved})
     return Settings(resolved, chosen, from_profile)

@@ -50,15 +50,16 @@ RUN_FIELDS = {
 
 
 def data_prep_settings(
-    profile: str | None, *, source: str, dataset: str | None, max_works_per_category: int | None, tokenizer: str,
-    vocab_size: int | None, decode_errors: str, val_fraction: float, test_fraction: float,
+    profile: str | None, *, source: str, dataset: str | None, max_works_per_category: int | None,
+    tokenizer: str | None, vocab_size: int | None, decode_errors: str, val_fraction: float, test_fraction: float,
 ) -> Settings:  # fmt: skip
-    """Notebook 01's settings (``dataset``, ``max_works_per_category``), after checking its parameters."""
-    check_tokenizer_choice(tokenizer, vocab_size)
+    """Notebook 01's settings (``tokenizer``, ``vocab_size``, ``dataset``, ``max_works_per_category``), after
+    checking its parameters."""
     settings = notebook_settings(
-        "01_data_prep", profile, dataset=dataset, max_works_per_category=max_works_per_category,
-        context={"source": source, "tokenizer": tokenizer, "vocab_size": vocab_size},  # named after its source
+        "01_data_prep", profile, tokenizer=tokenizer, vocab_size=vocab_size, dataset=dataset,
+        max_works_per_category=max_works_per_category, context={"source": source},  # the dataset is named after its source
     )  # fmt: skip
+    check_tokenizer_choice(settings["tokenizer"], settings["vocab_size"])
     check_choice("decode_errors", decode_errors, DECODE_POLICIES)
     check_range("val_fraction", val_fraction, 0, 0.5)
     check_range("test_fraction", test_fraction, 0, 0.5)
