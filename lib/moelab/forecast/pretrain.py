@@ -1,10 +1,11 @@
 """One forecaster pretrained on many series, used zero-shot or fine-tuned on a user's series.
 
 Pretraining follows the Chronos recipe at a CPU's scale (Ansari et al. 2024): every batch
-holds windows of ``context + horizon`` points, a ``synthetic_fraction`` of them KernelSynth
+holds windows of one length, drawn between ``min_window`` and ``context + horizon`` points
+so that short series count too, a ``synthetic_fraction`` of them KernelSynth
 series drawn on the fly and the rest TSMixup mixtures of the real series that ship inside
 installed packages (:mod:`moelab.forecast.corpus`; the benchmark's series are never among
-them). Each window is standardized by its first ``context`` points and quantized
+them). Each window is standardized by a random number (``min_context`` to ``context``) of its first points and quantized
 (:class:`~moelab.forecast.scaling.StandardQuantizer`), and moelab's Transformer learns the
 next bin at every position. A fixed set of windows from another seed validates, and the
 weights of the step with the lowest loss over the horizon positions are kept.
@@ -56,6 +57,9 @@ class PretrainConfig:
     context: int = 128  # points a forecast conditions on (at most)
     min_context: int = 16  # training standardizes each window by its first min_context to context points
     horizon: int = 64  # the longest forecast
+    # each batch's windows are min_window to context + horizon points long, so series shorter than the
+    # longest window (most quarterly ones) are read too
+    min_window: int = 64
     n_bins: int = 1024
     limit: float = 10.0  # bins span ±limit standard deviations of the context
     # KernelSynth windows; the rest TSMixup of the real series. 0.25 scored 0.95 (0.85-1.07) times 0.5's
@@ -78,6 +82,8 @@ class PretrainConfig:
             raise ValueError("give a pretraining budget: max_steps (--steps) or max_minutes (--minutes)")
         if not 2 <= self.min_context <= self.context:
             raise ValueError(f"min_context must be between 2 and context ({self.context}), got {self.min_context}")
+        if self.shortest_window < 2 * self.min_context:
+            raise ValueError(f"min_window must be at least 2 × min_context ({2 * self.min_context}), got {self.min_window}")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         self.quantizer()
@@ -87,6 +93,10 @@ class PretrainConfig:
     def window(self) -> int:
         return self.context + self.horizon
 
+    @property
+    def shortest_window(self) -> int:
+        return min(self.min_window, self.window)
+
     def quantizer(self) -> StandardQuantizer:
         return StandardQuantizer(self.n_bins, self.limit)
 
@@ -95,25 +105,33 @@ class PretrainConfig:
 
 
 class WindowSampler:
-    """Windows of ``config.window`` points: KernelSynth, or TSMixup of the series of ``pool`` at least a
-    window long (each source drawn as often as any other, whatever its number of series)."""
+    """Windows of ``length`` points (``config.window`` unless told): KernelSynth, or TSMixup of the series of
+    ``pool`` at least that long (each source drawn as often as any other, whatever its number of series)."""
 
     def __init__(self, config: PretrainConfig, pool: dict[str, list[np.ndarray]], rng: np.random.Generator) -> None:
-        self.config, self.rng = config, rng
-        sources = [long for series in pool.values() if (long := [s for s in series if len(s) >= config.window])]
-        self.series = [s for series in sources for s in series]
-        self.weights = np.concatenate([np.full(len(s), 1 / (len(s) * len(sources))) for s in sources]) if sources else None
-        if not self.series and config.synthetic_fraction < 1:
+        self.config, self.rng, self.pool = config, rng, pool
+        self._choices: dict[int, tuple[list[np.ndarray], np.ndarray | None]] = {}
+        if not self.candidates(config.window)[0] and config.synthetic_fraction < 1:
             raise ValueError(f"no real series of at least {config.window} points to mix; use synthetic_fraction=1")
 
-    def window(self) -> np.ndarray:
-        if self.rng.random() < self.config.synthetic_fraction:
-            return kernel_synth(self.rng, self.config.window)
-        picks = self.rng.choice(len(self.series), size=self.config.max_mixed, p=self.weights)
-        return ts_mixup(self.rng, [self.series[i] for i in picks], self.config.window, self.config.max_mixed)
+    def candidates(self, length: int) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """The series at least ``length`` points long and the chance of drawing each."""
+        if length not in self._choices:
+            sources = [long for series in self.pool.values() if (long := [s for s in series if len(s) >= length])]
+            weights = np.concatenate([np.full(len(s), 1 / (len(s) * len(sources))) for s in sources]) if sources else None
+            self._choices[length] = ([s for series in sources for s in series], weights)
+        return self._choices[length]
 
-    def batch(self, n: int) -> np.ndarray:
-        return np.stack([self.window() for _ in range(n)])
+    def window(self, length: int | None = None) -> np.ndarray:
+        length = length or self.config.window
+        if self.rng.random() < self.config.synthetic_fraction:
+            return kernel_synth(self.rng, length)
+        series, weights = self.candidates(length)
+        picks = self.rng.choice(len(series), size=self.config.max_mixed, p=weights)
+        return ts_mixup(self.rng, [series[i] for i in picks], length, self.config.max_mixed)
+
+    def batch(self, n: int, length: int | None = None) -> np.ndarray:
+        return np.stack([self.window(length) for _ in range(n)])
 
 
 def tokenize(windows: np.ndarray, quantizer: StandardQuantizer, context: int | np.ndarray) -> torch.Tensor:
@@ -182,8 +200,8 @@ class PretrainedForecaster:
 def pretrain(config: PretrainConfig, device: str = "cpu", progress: bool = True,
              pool: dict[str, list[np.ndarray]] | None = None) -> PretrainedForecaster:  # fmt: skip
     """Pretrain a forecaster on KernelSynth and TSMixup windows (``pool``: the real series by source,
-    default every :data:`~moelab.forecast.corpus.PRETRAINING` series at least a window long)."""
-    pool = pretraining_series(config.window) if pool is None else pool
+    default every :data:`~moelab.forecast.corpus.PRETRAINING` series at least the shortest window long)."""
+    pool = pretraining_series(config.shortest_window) if pool is None else pool
     quantizer, device = config.quantizer(), resolve_device(device)
     held = WindowSampler(config, pool, np.random.default_rng([config.seed, 1])).batch(config.val_windows)
     held = tokenize(held, quantizer, config.context).to(device)
@@ -192,9 +210,10 @@ def pretrain(config: PretrainConfig, device: str = "cpu", progress: bool = True,
     model = Transformer(config.model_config()).to(device)
     contexts = np.random.default_rng([config.seed, 2])
 
-    def draw() -> torch.Tensor:  # each window standardized by a random number of its first points, as short histories are
-        lengths = contexts.integers(config.min_context, config.context + 1, size=config.batch_size)
-        return tokenize(sampler.batch(config.batch_size), quantizer, lengths).to(device)
+    def draw() -> torch.Tensor:  # windows of a random length, each standardized by a random number of its first points
+        length = int(contexts.integers(config.shortest_window, config.window + 1))
+        lengths = contexts.integers(config.min_context, min(config.context, length - config.min_context) + 1, size=config.batch_size)
+        return tokenize(sampler.batch(config.batch_size, length), quantizer, lengths).to(device)
 
     settings = FitSettings(config.lr, config.max_steps, config.max_minutes, config.warmup_steps, config.eval_every,
                            config.optimizer)  # fmt: skip
