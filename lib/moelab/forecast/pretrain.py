@@ -2,13 +2,13 @@
 
 Pretraining follows the Chronos recipe at a CPU's scale (Ansari et al. 2024): every batch
 holds windows of one length, drawn between ``min_window`` and ``context + horizon`` points
-so that short series count too, a ``synthetic_fraction`` of them KernelSynth
-series drawn on the fly and the rest TSMixup mixtures of the real series that ship inside
-installed packages (:mod:`moelab.forecast.corpus`; the benchmark's series are never among
-them). Each window is standardized by a random number (``min_context`` to ``context``) of its first points and quantized
-(:class:`~moelab.forecast.scaling.StandardQuantizer`), and moelab's Transformer learns the
-next bin at every position. A fixed set of windows from another seed validates, and the
-weights of the step with the lowest loss over the horizon positions are kept.
+so that short series count too, a ``synthetic_fraction`` of them KernelSynth series drawn on
+the fly and the rest TSMixup mixtures of the real series that ship inside installed packages
+(:mod:`moelab.forecast.corpus`; the benchmark's series are never among them). Each window is
+standardized by a random number (``min_context`` to ``context``) of its first points and
+quantized (:class:`~moelab.forecast.scaling.StandardQuantizer`), and moelab's Transformer
+learns the next bin at every position. A fixed set of windows from another seed validates,
+and the weights of the step with the lowest loss over the horizon positions are kept.
 
 A forecast conditions on the last ``context`` points of a history (fewer if that is all
 there is), samples ``n_paths`` futures and maps them back to values: the median is the
@@ -83,7 +83,9 @@ class PretrainConfig:
         if not 2 <= self.min_context <= self.context:
             raise ValueError(f"min_context must be between 2 and context ({self.context}), got {self.min_context}")
         if self.shortest_window < 2 * self.min_context:
-            raise ValueError(f"min_window must be at least 2 × min_context ({2 * self.min_context}), got {self.min_window}")
+            raise ValueError(
+                f"min_window must be at least 2 × min_context ({2 * self.min_context}), got {self.min_window}"
+            )
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         self.quantizer()
@@ -118,8 +120,8 @@ class WindowSampler:
         """The series at least ``length`` points long and the chance of drawing each."""
         if length not in self._choices:
             sources = [long for series in self.pool.values() if (long := [s for s in series if len(s) >= length])]
-            weights = np.concatenate([np.full(len(s), 1 / (len(s) * len(sources))) for s in sources]) if sources else None
-            self._choices[length] = ([s for series in sources for s in series], weights)
+            weights = [np.full(len(s), 1 / (len(s) * len(sources))) for s in sources]
+            self._choices[length] = ([s for series in sources for s in series], np.concatenate(weights) if sources else None)
         return self._choices[length]
 
     def window(self, length: int | None = None) -> np.ndarray:
@@ -212,7 +214,8 @@ def pretrain(config: PretrainConfig, device: str = "cpu", progress: bool = True,
 
     def draw() -> torch.Tensor:  # windows of a random length, each standardized by a random number of its first points
         length = int(contexts.integers(config.shortest_window, config.window + 1))
-        lengths = contexts.integers(config.min_context, min(config.context, length - config.min_context) + 1, size=config.batch_size)
+        longest = min(config.context, length - config.min_context)
+        lengths = contexts.integers(config.min_context, longest + 1, size=config.batch_size)
         return tokenize(sampler.batch(config.batch_size, length), quantizer, lengths).to(device)
 
     settings = FitSettings(config.lr, config.max_steps, config.max_minutes, config.warmup_steps, config.eval_every,

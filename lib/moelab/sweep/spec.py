@@ -11,15 +11,16 @@
       fixed: {current_context_window: 64}
 
 ``base`` holds the preset (default ``cpu``), the dataset (default: the preset's) and any
-ModelConfig / TrainConfig field; ``vocab_size``, unless set, is the dataset's. The budget is ``max_steps``, ``max_tokens`` and/or
-``max_minutes`` in ``base`` (or a ``budget:`` mapping with ``steps``, ``tokens`` or
-``minutes``): it replaces the preset's budget entirely. Steps and tokens do not depend on
-the machine's load; minutes do. Each variant is a dict of overrides on the base (a
-variant may change the budget, e.g. for an equal-wall-time comparison); the first
-variant is the reference the others are compared with. A variant may also set
-``dataset``, e.g. to compare tokenizers: ``bpe-512: {dataset: machado-bpe512, vocab_size: 512}``
-(the vocabulary follows the dataset; writing it down keeps the spec readable unprepared). Seeds come from ``seeds``: the
-base and the variants may not set ``seed``.
+ModelConfig / TrainConfig field; ``vocab_size``, unless set, is the dataset's. The budget is
+``max_steps``, ``max_tokens`` and/or ``max_minutes`` in ``base`` (or a ``budget:`` mapping
+with ``steps``, ``tokens`` or ``minutes``): it replaces the preset's budget entirely. Steps
+and tokens do not depend on the machine's load; minutes do. Each variant is a dict of
+overrides on the base (a variant may change the budget, e.g. for an equal-wall-time
+comparison); the first variant is the reference the others are compared with. A variant may
+also set ``dataset``, e.g. to compare tokenizers: ``bpe-512: {dataset: machado-bpe512,
+vocab_size: 512}`` (the vocabulary follows the dataset; writing it down keeps the spec
+readable unprepared). Seeds come from ``seeds``: the base and the variants may not set
+``seed``.
 
 Built-in studies live in ``moelab/sweep/studies/<name>.yaml``; :func:`load_spec` accepts their
 names as well as paths.

@@ -57,7 +57,7 @@ def data_prep_settings(
     checking its parameters."""
     settings = notebook_settings(
         "01_data_prep", profile, tokenizer=tokenizer, vocab_size=vocab_size, dataset=dataset,
-        max_works_per_category=max_works_per_category, context={"source": source},  # the dataset is named after its source
+        max_works_per_category=max_works_per_category, context={"source": source},  # its dataset is named after it
     )  # fmt: skip
     check_tokenizer_choice(settings["tokenizer"], settings["vocab_size"])
     check_choice("decode_errors", decode_errors, DECODE_POLICIES)
