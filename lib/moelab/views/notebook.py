@@ -49,20 +49,21 @@ def _named_after_source(suffix: str = ""):
     return resolve
 
 
-def _tokenizer_of_preset(field: str):
-    """Notebook 01's tokenizer (``field`` "tokenizer") or BPE vocabulary ("vocab_size"): the default (cpu)
-    preset's, so that notebook 02's default run finds its dataset; bytes have no vocabulary to choose."""
+def _preset_tokenizer(settings: dict[str, Any]) -> str:
+    """Notebook 01's tokenizer: the default (cpu) preset's dataset's, so notebook 02's default run finds it."""
+    from moelab.config.presets import preset
+    from moelab.data import parse_dataset_name
 
-    def resolve(settings: dict[str, Any]) -> Any:
-        from moelab.config.presets import preset
-        from moelab.data import parse_dataset_name
+    return parse_dataset_name(preset("cpu").dataset)[1]
 
-        _, tokenizer, vocab_size = parse_dataset_name(preset("cpu").dataset)
-        if field == "tokenizer":
-            return tokenizer
-        return vocab_size if settings["tokenizer"] == "bpe" and tokenizer == "bpe" else None
 
-    return resolve
+def _preset_bpe_vocab(settings: dict[str, Any]) -> int | None:
+    """Notebook 01's BPE vocabulary: the cpu preset's when both are BPE; bytes have none to choose."""
+    from moelab.config.presets import preset
+    from moelab.data import parse_dataset_name
+
+    _, tokenizer, vocab_size = parse_dataset_name(preset("cpu").dataset)
+    return vocab_size if settings["tokenizer"] == tokenizer == "bpe" else None
 
 
 def _dataset_of_preset(settings: dict[str, Any]) -> str:
@@ -110,9 +111,10 @@ def _all_benchmark_series(settings: dict[str, Any]) -> list[str]:
 # computed from the other settings (so it follows a run name the user passed).
 PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "01_data_prep": {
-        "default": {"tokenizer": _tokenizer_of_preset("tokenizer"), "vocab_size": _tokenizer_of_preset("vocab_size"),
-                    "dataset": _named_after_source(), "max_works_per_category": None},
-        "tiny": {"tokenizer": "bytes", "vocab_size": None, "dataset": _named_after_source("-tiny"), "max_works_per_category": 2},
+        "default": {"tokenizer": _preset_tokenizer, "vocab_size": _preset_bpe_vocab, "dataset": _named_after_source(),
+                    "max_works_per_category": None},
+        "tiny": {"tokenizer": "bytes", "vocab_size": None, "dataset": _named_after_source("-tiny"),
+                 "max_works_per_category": 2},
     },
     "02_train": {
         "default": {
