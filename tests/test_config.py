@@ -140,6 +140,7 @@ def _presets_at_6f3e1e7():
 
 # issue 16: the design-lr study, then the 10-minute (cpu) and 60-minute (long) runs re-measured
 ADOPTED_SINCE = {"cpu": {"optimizer": "muon", "lr": 8e-3}, "long": {"optimizer": "muon", "lr": 8e-3}}
+ADOPTED_MODEL_SINCE = {"cpu": {"vocab_size": 2048}}  # with its dataset, machado-bpe2048
 
 
 def test_presets_keep_their_values():
@@ -147,6 +148,7 @@ def test_presets_keep_their_values():
     assert list(PRESETS) == list(old)
     for name, (model, train) in old.items():
         train = TrainConfig.from_dict({**train.to_dict(), **ADOPTED_SINCE.get(name, {})})
+        model = model.replace(**ADOPTED_MODEL_SINCE.get(name, {}))
         p = preset(name)
         assert p.model == model and p.train == train, name
         assert config_diff(p.model, model) == {} and config_diff(p.train, train) == {}, name
@@ -171,9 +173,7 @@ def test_a_preset_names_its_dataset_and_the_train_command_sweeps_and_notebook_02
     from moelab.train.cli import main
     from moelab.views.notebook import notebook_settings
 
-    assert {name: preset(name).dataset for name in PRESETS} == dict.fromkeys(PRESETS, DEFAULT_DATASET)
-    monkeypatch.setitem(PRESETS["cpu"], "dataset", "machado-bpe2048")
-    assert preset("cpu").dataset == "machado-bpe2048" and preset("tiny").dataset == DEFAULT_DATASET
+    assert {name: preset(name).dataset for name in PRESETS} == {**dict.fromkeys(PRESETS, DEFAULT_DATASET), "cpu": "machado-bpe2048"}
     spec = {"name": "s", "base": {"preset": "cpu", "max_steps": 1}, "seeds": [1], "variants": {"a": {}}}
     assert load_spec(spec, check_dataset=False).dataset == "machado-bpe2048"
     assert load_spec({**spec, "base": {"preset": "cpu", "dataset": "other", "max_steps": 1}}, check_dataset=False).dataset == "other"
