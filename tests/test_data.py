@@ -424,6 +424,25 @@ def test_bpe_dataset_holds_the_same_text_as_the_bytes_dataset(tmp_path):
     assert prepare_dataset(source, tokenizer="bpe", vocab_size=300, **settings).path.name == "corpus-bpe300"
 
 
+def test_a_missing_dataset_names_the_command_that_prepares_it(tmp_path, monkeypatch):
+    import re
+    import shlex
+
+    from moelab.data import load_dataset
+    from moelab.data.cli import main
+
+    source, root = _toy_corpus(tmp_path), tmp_path / "data"
+    monkeypatch.setenv("MOELAB_DATA_DIR", str(root))
+    with pytest.raises(CorpusError, match=r"`moelab prepare machado --tokenizer bpe --vocab-size 2048`"):
+        load_dataset("machado-bpe2048")
+    with pytest.raises(CorpusError) as missing:
+        load_dataset("toy-bpe300")
+    command = re.search(r"`(moelab prepare [^`]+)`", str(missing.value))[1].replace("<its source>", str(source))
+    assert command.endswith("--dataset toy-bpe300 --tokenizer bpe --vocab-size 300")
+    assert main([*shlex.split(command)[2:], "--val-fraction", "0.1", "--test-fraction", "0.1", "--no-progress"]) == 0
+    assert load_dataset("toy-bpe300").meta["vocab_size"] == 300  # the command made the dataset the name asked for
+
+
 def test_a_bpe_vocabulary_larger_than_the_corpus_allows_is_refused(tmp_path):
     source = write_tree(tmp_path / "corpus", {f"c{i % 3}/w{i}.txt": f"abc {i}" for i in range(6)})
     with pytest.raises(CorpusError, match=r"only enough repeated pairs for a BPE vocabulary of \d+ tokens, not 5000"):

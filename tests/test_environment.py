@@ -117,3 +117,15 @@ def test_the_readme_is_a_front_page_and_every_link_in_it_and_docs_resolves():
                 resolved = (page.parent / target).resolve()
                 assert resolved.exists(), f"{page.name} links {target}, which does not exist"
                 assert ROOT in resolved.parents or resolved == ROOT, f"{page.name} links {target}, outside the repository"
+
+
+def test_the_python_on_the_front_page_and_in_training_docs_runs(capsys):
+    """README's "From Python" block and the library-in-a-few-lines block of docs/training.md need no
+    data: both must run as printed (a preset change that breaks them fails here)."""
+    blocks = {page: re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)[0]
+              for page in ("README.md", "docs/training.md")}  # fmt: skip
+    assert blocks["README.md"] == blocks["docs/training.md"]
+    names = {}
+    exec(compile(blocks["README.md"], "README.md", "exec"), names)
+    assert capsys.readouterr().out.startswith("A vida é ")  # the prompt, then 50 sampled tokens
+    assert names["model"].config.vocab_size == names["tok"].vocab_size  # the model reads the tokenizer's ids

@@ -137,17 +137,25 @@ def parse_dataset_name(dataset: str) -> tuple[str, str, int | None]:
     return (bpe[1], "bpe", int(bpe[2])) if bpe else (dataset, "bytes", None)
 
 
+def _how_to_prepare(dataset: str) -> str:
+    """The notebook, shell command and Python call that prepare ``dataset``, as its name implies."""
+    name, tokenizer, vocab_size = parse_dataset_name(dataset)
+    bpe = f', tokenizer="bpe", vocab_size={vocab_size}' if tokenizer == "bpe" else ""
+    flags = f" --tokenizer bpe --vocab-size {vocab_size}" if tokenizer == "bpe" else ""
+    if name == "machado":
+        call = f'prepare_dataset("machado"{bpe})' if bpe else "prepare_dataset()"
+        command = f"moelab prepare machado{flags}"
+    else:
+        call = f'prepare_dataset(<its source>, dataset="{dataset}"{bpe})'
+        command = f"moelab prepare <its source> --dataset {dataset}{flags}"
+    return f"run notebooks/01_data_prep.ipynb, `{command}` or moelab.data.{call}"
+
+
 def load_dataset(dataset: str = "machado", data_root: str | os.PathLike | None = None) -> PreparedDataset:
     """Open a prepared dataset (run notebook 01 or prepare_dataset first)."""
     folder = (Path(data_root) if data_root is not None else data_dir()) / "processed" / dataset
     if not (folder / "meta.json").is_file():
-        name, tokenizer, vocab_size = parse_dataset_name(dataset)
-        bpe = f', tokenizer="bpe", vocab_size={vocab_size}' if tokenizer == "bpe" else ""
-        if name == "machado":
-            call = f'prepare_dataset("machado"{bpe})' if bpe else "prepare_dataset()"
-        else:
-            call = f'prepare_dataset(<its source>, dataset="{dataset}"{bpe})'
-        raise CorpusError(f"no prepared dataset at {folder}; run notebooks/01_data_prep.ipynb or moelab.data.{call}")
+        raise CorpusError(f"no prepared dataset at {folder}; {_how_to_prepare(dataset)}")
     meta = json.loads((folder / "meta.json").read_text())
     return PreparedDataset(folder, pd.read_parquet(folder / "catalog.parquet"), meta, rewritten=False)
 
