@@ -90,6 +90,7 @@ def test_widget_generates_deterministically_and_colors_by_expert(runs):
     ui = SamplerUI(default_run="good", threaded=False)
     assert set(list_runs()) == {"good", "broken"} and ui.run.value == "good"
     assert "4 experts top-2" in ui.status.value
+    assert (ui.max_new_tokens.description, ui.color.description) == ("max new bytes", "color bytes by top-1 expert")
     ui.prompt.value, ui.max_new_tokens.value, ui.seed.value = "Capitu", 30, 3
     ui.generate_button.click()
     first = ui.output.value
@@ -193,6 +194,7 @@ def test_widget_samples_a_bpe_checkpoint_with_its_own_tokenizer(bpe, tmp_path, m
     save_checkpoint(tmp_path / "checkpoints" / "bpe" / "ckpt_0000010.pt", model, extra={"tokenizer": tokenizer_record(bpe)})
     ui = SamplerUI(default_run="bpe", threaded=False)
     assert "context 16 tokens" in ui.status.value
+    assert (ui.max_new_tokens.description, ui.color.description) == ("max new tokens", "color tokens by top-1 expert")
     ui.prompt.value, ui.max_new_tokens.value, ui.seed.value = "Capitu", 12, 3
     ui.generate_button.click()
     assert "done: 12 tokens at" in ui.status.value

@@ -70,7 +70,7 @@ def plot_benchmark(result: BenchmarkResult, metric: str = "MASE") -> plt.Figure:
     right.set_xscale("log")
     right.set_yticks(range(len(methods)), methods)
     right.invert_yaxis()
-    right.set(title=f"Geometric mean over {len(order)} series, 95% CI", xlabel=f"relative {metric} (log scale)")
+    right.set(title=f"Geometric mean over {len(order)} series\n(95% CI)", xlabel=f"relative {metric} (log scale)")
     fig.tight_layout()
     return fig
 

@@ -23,7 +23,7 @@ def plot_training_curves(metrics: pd.DataFrame, title: str = "Training", ax: plt
     ax.set(title=title, xlabel="tokens seen (millions)", ylabel="bits per byte")
     window_axis = ax.twinx()
     window_axis.step(tokens, metrics["window"], where="post", color="tab:gray", ls="--", lw=1.2, label="context window")
-    window_axis.set_ylabel("context window (bytes)", color="tab:gray")
+    window_axis.set_ylabel("context window (tokens)", color="tab:gray")
     window_axis.set_ylim(0, metrics["window"].max() * 1.15)
     window_axis.grid(False)
     lines = ax.get_legend_handles_labels()

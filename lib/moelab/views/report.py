@@ -104,9 +104,11 @@ def _headline(facts: dict) -> list[str]:
     lines = [facts["stamp"]] if facts.get("stamp") else []
     if "params" in facts:
         m = facts["model"]
+        vocab = m.get("vocab_size", 256)  # 256: a byte-level model, whose tokens are bytes
+        context = f"{m['context_window']} bytes" if vocab == 256 else f"{m['context_window']} tokens, vocabulary {vocab:,}"
         lines.append(
             f"Model: {m['n_layers']} layers × {m['n_embd']}, {m['n_experts']} experts top-{m['top_k']} "
-            f"+ {m['n_common_experts']} common, context {m['context_window']} bytes; "
+            f"+ {m['n_common_experts']} common, context {context}; "
             f"{facts['params']['total']:,} parameters, {facts['params']['active']:,} active per token."
         )
     if "steps" in facts:
@@ -117,7 +119,9 @@ def _headline(facts: dict) -> list[str]:
         )
     if "val_split" in facts:
         split = facts["val_split"]
-        lines.append(f"The whole validation split ({split['bytes']:,} bytes, every byte scored once, stride {split['stride']}): "
+        tokens = split.get("tokens", split["bytes"])
+        scored = ", every byte" if tokens == split["bytes"] else f" in {tokens:,} tokens, every token"
+        lines.append(f"The whole validation split ({split['bytes']:,} bytes{scored} scored once, stride {split['stride']}): "
                      f"{split['bits_per_byte']:.4f} bits per byte.")  # fmt: skip
     if facts.get("stages"):
         times = " · ".join(f"{name} {duration(seconds)}" for name, seconds in facts["stages"].items())

@@ -128,13 +128,14 @@ class SamplerUI:
         except (CheckpointError, OSError) as err:
             self._say(html.escape(str(err)), "error")
             return
-        config = model.config
+        config, unit = model.config, self._unit()
         self.layer.max = max(config.n_layers - 1, 0)
         self.color.disabled = self.layer.disabled = not config.is_moe
+        self.max_new_tokens.description, self.color.description = f"max new {unit}", f"color {unit} by top-1 expert"
         counts = config.param_counts()
         self._say(
             f"{html.escape(self.run.value)}: {config.n_layers} layers × {config.n_embd}, "
-            f"{config.n_experts} experts top-{config.top_k}, context {config.context_window} {self._unit()}, "
+            f"{config.n_experts} experts top-{config.top_k}, context {config.context_window} {unit}, "
             f"{counts['active'] / 1e6:.2f} M active / {counts['total'] / 1e6:.2f} M parameters"
         )
 
