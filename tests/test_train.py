@@ -155,7 +155,8 @@ def test_resume_restores_the_balance_biases(toy_dataset):
 
 def test_sweeps_and_overrides_drive_the_routing_fields(toy_dataset):
     overrides = {"balance": "bias", "gate": "sigmoid", "expert_granularity": 4, "max_steps": 3, "max_minutes": None,
-                 "batch_size": 4, "log_every": 1, "eval_every": 3, "eval_windows": 4, "precision": "fp32"}
+                 "batch_size": 4, "log_every": 1, "eval_every": 3, "eval_windows": 4, "precision": "fp32",
+                 "vocab_size": 256}  # the cpu preset's model on the toy dataset's bytes
     model, train = build_configs("cpu", overrides)
     trainer = Trainer(model, train, "routing-fields", dataset=toy_dataset, progress=False)
     metrics = trainer.fit().metrics
