@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="moelab sweep",
         description="Train a sweep (variants × seeds, one run at a time, resumable) and summarize it with "
-        "95%% confidence intervals into reports/sweeps/<name>/.",
+        "95% confidence intervals into reports/sweeps/<name>/.",
     )
     parser.add_argument("spec", help=f"a spec file (.yaml) or a built-in study: {', '.join(builtin_studies())}")
     parser.add_argument("--overwrite", action="store_true", help="retrain every run of the sweep from scratch")
