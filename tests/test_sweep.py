@@ -14,7 +14,7 @@ from moelab.config.train import TrainConfig
 from moelab.paths import project_root, reports_dir
 from moelab.runs.files import run_reports_dir
 from moelab.stats import SUMMARY_COLUMNS, conclusions, holm, summarize, t_interval
-from moelab.sweep.runner import SweepError, collect, main, plan, run_sweep, sweep_dir
+from moelab.sweep.runner import SweepError, collect, main, plan, run_sweep, sweep_dir, write_readme
 from moelab.sweep.spec import SweepSpecError, builtin_studies, load_spec
 from moelab.train.trainer import Trainer
 
@@ -197,6 +197,13 @@ def test_sweep_trains_seed_major_summarizes_and_never_retrains(toy_dataset):
     more = run_sweep({**spec, "seeds": [1, 2, 3]}, progress=False, figures=False)
     assert more.trained == [f"t-run-{v}-s3" for v in ("schedule", "fixed", "control")]
     assert json.loads((run_reports_dir("t-run-fixed-s3") / "config.json").read_text())["train"]["seed"] == 3
+    # a sweep resumed on another machine says how many runs each machine trained
+    config_path = run_reports_dir("t-run-fixed-s3") / "config.json"
+    recorded = json.loads(config_path.read_text())
+    here = f"{recorded['hardware']['cpu']} ({recorded['hardware']['threads']} threads)"
+    config_path.write_text(json.dumps({**recorded, "hardware": {"cpu": "Other CPU", "threads": 4, "gpu": None}}))
+    readme = write_readme(collect(load_spec({**spec, "seeds": [1, 2, 3]}))).read_text()
+    assert f"9 runs: 8 on {here}, 1 on Other CPU (4 threads); torch" in readme
 
 
 def test_a_saved_spec_trains_the_same_configs_after_a_preset_changes(toy_dataset, monkeypatch):

@@ -338,17 +338,22 @@ def _score_sections(folder: Path, variants: list[str]) -> list[str]:
 
 
 def _where_and_how_long(result: SweepResult) -> str:
-    """One sentence: the runs' CPU (or GPU), torch, commit, and the sweep's span of wall time."""
+    """One sentence: the runs' CPU (or GPU) with how many runs each, torch, commit, and the sweep's span of wall time."""
     runs = [run_reports_dir(run) for run in result.results["run"]]
-    config = json.loads((runs[0] / "config.json").read_text())
+    configs = [json.loads((folder / "config.json").read_text()) for folder in runs]
     statuses = [read_status(folder) for folder in runs]
     start = min(pd.Timestamp(s["started"]) for s in statuses if s.get("started"))
     end = max(pd.Timestamp(s["ended"]) for s in statuses if s.get("ended"))
-    machine = config.get("hardware") or {}
-    device = machine.get("gpu") or f"{machine.get('cpu')} ({machine.get('threads')} threads)"
-    return (f"{len(runs)} runs on {device}, torch {config.get('torch')}, moelab {config.get('git_commit')}: "
+    devices = pd.Series([_device(config) for config in configs]).value_counts(sort=False)
+    where = f" on {devices.index[0]}" if len(devices) == 1 else ": " + ", ".join(f"{n} on {d}" for d, n in devices.items())
+    return (f"{len(runs)} runs{where}; torch {configs[0].get('torch')}, moelab {configs[0].get('git_commit')}: "
             f"{(end - start).total_seconds() / 60:.1f} minutes from the first start to the last end "
             f"({result.results['wall_s'].sum() / 60:.1f} of them training).")  # fmt: skip
+
+
+def _device(config: dict) -> str:
+    machine = config.get("hardware") or {}
+    return machine.get("gpu") or f"{machine.get('cpu')} ({machine.get('threads')} threads)"
 
 
 def main(argv: list[str] | None = None) -> int:
