@@ -2,7 +2,10 @@
 
 The fixture was written before the library was split into packages: 20 steps of the
 ``tiny`` preset (fp32, a fixed seed) on the toy corpus, every training loss and every
-validation loss. Refactoring must reproduce them bit for bit on a CPU.
+validation loss. Refactoring must reproduce them on a CPU to within 1e-5 relative: the CPU
+that wrote them reproduces them bit for bit, but another CPU's fp32 kernels round otherwise
+(a Xeon with AMX differs from the AVX-512 EPYC in the 7th digit after 6 steps), while a
+change of the arithmetic moves them by far more.
 To rewrite it (only for an intended change of the arithmetic):
 ``MOELAB_WRITE_TRACE=1 python -m pytest tests/test_loss_trace.py``.
 """
@@ -31,7 +34,9 @@ def test_tiny_preset_reproduces_the_committed_loss_trace(toy_dataset):
         FIXTURE.write_text(json.dumps(trace, indent=1) + "\n")
     expected = json.loads(FIXTURE.read_text())
     assert len(trace["loss"]) == 20 and len(trace["val_loss"]) >= 1
-    assert trace == expected  # float equality: bit-identical in fp32
+    for key in ("loss", "val_loss"):
+        worst = max(abs(a / b - 1) for a, b in zip(trace[key], expected[key], strict=True))
+        assert worst <= 1e-5, f"{key} drifted from the committed trace by {worst:.1e} relative"
 
 
 def test_a_checkpoint_written_before_the_packages_resumes_to_the_same_losses(toy_dataset):
