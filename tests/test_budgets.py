@@ -72,6 +72,9 @@ def test_the_figure_has_a_panel_per_choice_on_a_log_token_axis():
     assert "below 0: better" in axes[0].get_ylabel()
     line = axes[0].lines[0]  # the differences joined across budgets
     assert list(line.get_xdata()) == [600_001.5, 2_000_001.5]
+    fig.canvas.draw()  # the budgets label the axis, and no minor tick adds a number between them
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["600 k", "2.0 M"]
+    assert not any(t.get_text() for t in axes[0].get_xticklabels(minor=True))
 
 
 def test_the_study_loads_from_its_sweep_folders_and_names_a_missing_one(tmp_path, monkeypatch):

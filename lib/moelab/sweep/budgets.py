@@ -112,6 +112,10 @@ def plot_budget_transfer(table: pd.DataFrame, title: str = "Each choice against 
         low, high = ax.get_ylim()
         ax.set_ylim(min(low, -0.01), max(high, 0.01))
         ax.set_xscale("log")
+        # ticks at the budgets themselves: the log axis's own minor labels overlap between 10^6 and 10^7
+        budgets = sorted(set(table["budget_tokens"]))
+        ax.set_xticks(budgets, [_tokens_label(t).removesuffix(" tokens") for t in budgets])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set(title=variant, xlabel="training tokens (log scale)")
     for row in axes:
         row[0].set_ylabel(f"difference from the reference,\n{unit} (below 0: better)")
