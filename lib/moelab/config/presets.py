@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "description": "The default: learns visibly in a few minutes on a 2-core CPU.",
         # byte-level BPE of 2,048 tokens: at this preset's budget (5.94 M tokens, 4 seeds) it beat
-        # bytes by -0.199 bits per byte, Holm-adjusted p < 0.001 (reports/reference/experiments)
+        # bytes by -0.195 bits per byte, Holm-adjusted p 0.0015 (reports/reference/experiments)
         "dataset": "machado-bpe2048",
         "model": {"vocab_size": 2048, "n_common_experts": 1, "expert_hidden": 256, "pos_encoding": "rope"},
         # Muon at 8e-3: the design-lr study (3 seeds, 1.5 M tokens: -0.30 bits per byte against
