@@ -204,6 +204,11 @@ def test_sweep_trains_seed_major_summarizes_and_never_retrains(toy_dataset):
     config_path.write_text(json.dumps({**recorded, "hardware": {"cpu": "Other CPU", "threads": 4, "gpu": None}}))
     readme = write_readme(collect(load_spec({**spec, "seeds": [1, 2, 3]}))).read_text()
     assert f"9 runs: 8 on {here}, 1 on Other CPU (4 threads); torch" in readme
+    # a variant without a router (a dense model) has no MaxVio: left out of that comparison, not "no difference"
+    result = collect(load_spec({**spec, "seeds": [1, 2, 3]}))
+    result.results.loc[result.results["variant"] == "control", "maxvio"] = float("nan")
+    balance = write_readme(result).read_text().split("MaxVio at the end (mean over layers")[1].split("##")[0]
+    assert "| fixed" in balance and "control" not in balance
 
 
 def test_a_saved_spec_trains_the_same_configs_after_a_preset_changes(toy_dataset, monkeypatch):

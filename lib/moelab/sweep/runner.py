@@ -304,12 +304,13 @@ def write_readme(result: SweepResult) -> Path:
         lines += [_where_and_how_long(result), "", "## Summary", "",
                   shown_summary(result.summary).to_markdown(index=False, floatfmt=".4f"), ""]  # fmt: skip
         for column, what in (("val_bpb", "validation bits per byte"), ("maxvio", "MaxVio at the end"),
-                             ("tokens", "training tokens (they differ: a time budget)")):  # fmt: skip
+                             ("tokens", "training tokens (not the same for every run)")):  # fmt: skip
             per_seed = result.results.pivot(index="seed", columns="variant", values=column)
             if per_seed.notna().any().any() and (column != "tokens" or result.results["tokens"].nunique() > 1):
                 lines += [f"Per seed, {what}:", "", per_seed[[v for v in spec.variants if v in per_seed]].to_markdown(floatfmt=".4f"), ""]
-        if result.results["maxvio"].notna().sum() >= 2:  # the balance, compared the same way
-            imbalance = summarize(result.results, metric="maxvio", variants=list(spec.variants))
+        routed = [v for v in spec.variants if result.results.loc[result.results["variant"] == v, "maxvio"].notna().any()]
+        if len(routed) >= 2 and routed[0] == next(iter(spec.variants)):  # the balance, compared the same way
+            imbalance = summarize(result.results, metric="maxvio", variants=routed)  # a dense variant has none
             lines += ["MaxVio at the end (mean over layers; 0 = every expert equally loaded), compared the same way:", "",
                       imbalance.to_markdown(index=False, floatfmt=".4f"), ""]  # fmt: skip
         lines += ["## What the numbers say", "", *(f"- {line}" for line in result.conclusions()), ""]
