@@ -190,6 +190,28 @@ def test_pretraining_batches_vary_in_length(monkeypatch):
     assert all(32 <= n <= 56 for n in seen) and len(set(seen[1:])) > 1
 
 
+def test_full_window_batches_are_standardized_as_a_forecast_reads_the_model(monkeypatch):
+    import moelab.forecast.pretrain as pretrain_module
+
+    seen, original = [], pretrain_module.tokenize
+
+    def record(windows, quantizer, context):
+        seen.append((windows.shape[1], np.broadcast_to(np.asarray(context), (len(windows),)).tolist()))
+        return original(windows, quantizer, context)
+
+    monkeypatch.setattr(pretrain_module, "tokenize", record)
+    config = tiny_config(context=48, min_window=32, max_steps=8, eval_every=4, val_windows=8, full_window_fraction=0.5)
+    pretrain(config, progress=False, pool=sine_pool())
+    batches = seen[1:]  # the first is the validation windows
+    full = [(n, c) for n, c in batches if n == config.window and set(c) == {config.context}]
+    assert 0 < len(full) < len(batches)  # some batches as a forecast reads them, the rest of random length and context
+    pretrain(tiny_config(context=48, min_window=32, max_steps=4, eval_every=4, val_windows=8, full_window_fraction=1.0),
+             progress=False, pool=sine_pool())  # fmt: skip
+    assert all(n == config.window and set(c) == {config.context} for n, c in seen[len(batches) + 2 :])
+    with pytest.raises(ValueError, match="full_window_fraction must be in"):
+        tiny_config(full_window_fraction=1.5)
+
+
 def test_a_forecast_samples_paths_and_survives_a_save_and_load(tiny_forecaster, tmp_path):
     history = 10 + np.sin(2 * np.pi * np.arange(60) / 12)
     fc = tiny_forecaster.forecast(history, 8, n_paths=30, seed=3)

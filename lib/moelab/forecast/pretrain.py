@@ -66,6 +66,9 @@ class PretrainConfig:
     # benchmark MASE, paired by series: no detectable difference, the lower point estimate kept
     synthetic_fraction: float = 0.25
     max_mixed: int = 3  # TSMixup mixes 1 to max_mixed series
+    # batches drawn as a forecast reads the model (full windows standardized by the whole context); a
+    # quarter lowered the held-out loss on 2 seeds but not the benchmark's MASE: 1.007 (0.957-1.06) times 0
+    full_window_fraction: float = 0.0
     batch_size: int = 32
     optimizer: str = "muon"  # Muon for the hidden matrices, AdamW for the rest (the cpu preset's recipe)
     lr: float = 8e-3
@@ -86,8 +89,9 @@ class PretrainConfig:
             raise ValueError(
                 f"min_window must be at least 2 × min_context ({2 * self.min_context}), got {self.min_window}"
             )
-        if not 0.0 <= self.synthetic_fraction <= 1.0:
-            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+        for name in ("synthetic_fraction", "full_window_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         self.quantizer()
         self.model_config()
 
@@ -210,9 +214,12 @@ def pretrain(config: PretrainConfig, device: str = "cpu", progress: bool = True,
     sampler = WindowSampler(config, pool, np.random.default_rng([config.seed, 0]))
     torch.manual_seed(config.seed)
     model = Transformer(config.model_config()).to(device)
-    contexts = np.random.default_rng([config.seed, 2])
+    contexts, shapes = np.random.default_rng([config.seed, 2]), np.random.default_rng([config.seed, 3])
 
-    def draw() -> torch.Tensor:  # windows of a random length, each standardized by a random number of its first points
+    def draw() -> torch.Tensor:
+        if shapes.random() < config.full_window_fraction:  # as a forecast reads it
+            return tokenize(sampler.batch(config.batch_size), quantizer, config.context).to(device)
+        # windows of a random length, each standardized by a random number of its first points
         length = int(contexts.integers(config.shortest_window, config.window + 1))
         longest = min(config.context, length - config.min_context)
         lengths = contexts.integers(config.min_context, longest + 1, size=config.batch_size)
