@@ -1,5 +1,10 @@
 """The benchmark's arithmetic, against counts taken from the modules, and a short run of it."""
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -166,3 +171,14 @@ def test_where_nothing_compiles_the_benchmark_leaves_the_compiled_rows_out(monke
     measures = [row["measure"] for row in rows]
     assert "sampling B/s past the window (slide) cpu model, 40 bytes" in measures
     assert not [m for m in measures if "compiled" in m]  # the uncompiled speed is not shown as the compiled one
+
+
+def test_muon_precision_benchmark_times_both_newton_schulz_precisions():
+    """tools/muon_bench.py --smoke: one line per model, with both step times and their ratio."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "tools" / "muon_bench.py"), "--smoke", "--repeats", "1"],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(root / "lib"), "PATH": ""}, check=True)  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert "Muon iterates in" in lines[0]
+    rows = [re.search(r"in bf16 (\d+) ms, in float32 (\d+) ms; bf16 / float32 ([\d.]+)", line) for line in lines[1:]]
+    assert len(rows) == 2 and all(rows), done.stdout

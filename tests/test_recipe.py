@@ -17,7 +17,16 @@ from moelab import KVCache, ModelConfig, TrainConfig, Transformer, load_model
 from moelab.nn.moe.experts import Experts
 from moelab.generate.next_token import sample_next_token
 from moelab.nn.model import decay_groups
-from moelab.train.optim import Muon, MuonWithAdamW, hidden_matrices, load_optimizer_state, make_optimizer
+from moelab.train.optim import (
+    Muon,
+    MuonWithAdamW,
+    hidden_matrices,
+    load_optimizer_state,
+    make_optimizer,
+    newton_schulz_dtype,
+    orthogonalize,
+)
+from moelab.train.precision import bf16_support
 from moelab.config.presets import build_configs
 from moelab.train.trainer import Trainer
 from moelab.generate.loop import generate
@@ -289,7 +298,8 @@ def test_muon_is_torch_muon_on_every_matrix(shape, row_blocks, device):
     rows, cols = shape[-2] // row_blocks, shape[-1]
     stacked = nn.Parameter(torch.randn(shape, device=device) * 0.1)
     slices = [nn.Parameter(m.clone()) for m in stacked.detach().reshape(-1, rows, cols)]
-    ours = Muon([{"params": [stacked], "row_blocks": row_blocks}], lr=0.02, weight_decay=0.1)
+    # torch iterates in bf16 on every device; ours does where the device has native bf16 products
+    ours = Muon([{"params": [stacked], "row_blocks": row_blocks}], lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16)
     reference = torch.optim.Muon(slices, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     start = stacked.detach().clone()
     for step in range(4):
@@ -307,6 +317,26 @@ def test_muon_is_torch_muon_on_every_matrix(shape, row_blocks, device):
     tolerance = 0.03 * (stacked.detach() - start).abs().max().item()
     for mine, theirs in zip(stacked.detach().reshape(-1, rows, cols), slices):
         torch.testing.assert_close(mine, theirs.detach(), rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_orthogonalize_keeps_the_singular_vectors_and_pulls_the_values_towards_one(dtype):
+    """Against the SVD G = U S V^T: the output is U S' V^T with every S' within Newton–Schulz's band around 1."""
+    torch.manual_seed(0)
+    g = torch.randn(3, 12, 20) * torch.logspace(-2, 1, 20)  # singular values over three decades
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    out = orthogonalize(g, dtype=dtype).float()
+    inner = u.mT @ out @ vh.mT  # diagonal exactly when out shares g's singular vectors
+    diagonal = torch.diagonal(inner, dim1=-2, dim2=-1)
+    off = inner - torch.diag_embed(diagonal)
+    assert off.abs().max() < (1e-4 if dtype == torch.float32 else 0.02), off.abs().max()
+    assert ((0.6 < diagonal) & (diagonal < 1.25)).all(), diagonal
+
+
+def test_newton_schulz_runs_in_bf16_only_where_the_device_multiplies_it_natively():
+    native = bf16_support(torch.device("cpu"))[0]
+    assert newton_schulz_dtype(torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+    assert orthogonalize(torch.randn(4, 6)).dtype == newton_schulz_dtype(torch.device("cpu"))
 
 
 def test_muon_update_has_about_adamws_rms():
