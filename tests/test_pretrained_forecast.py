@@ -326,11 +326,18 @@ def test_the_advice_names_the_better_method_and_warns_below_seasonal_naive():
 
     worse = advice(scores_of({"moelab": [1.3, 1.1, 1.2], "seasonal naive": [1.0, 0.9, 1.1], "AutoETS": [0.8, 0.7, 0.9]}), "moelab", "s")
     assert "use AutoETS for this series" in worse and "do not use its forecast" in worse
+    assert "--fine-tune" not in worse
+    hinted = advice(scores_of({"moelab": [1.3, 1.1, 1.2], "seasonal naive": [1.0, 0.9, 1.1], "AutoETS": [0.8, 0.7, 0.9]}),
+                    "moelab", "s", suggest_fine_tune=True)  # fmt: skip
+    assert "`--fine-tune` fine-tunes it on this series first" in hinted
     d = np.array([1.3, 1.1, 1.2]) - np.array([0.8, 0.7, 0.9])
     low, high = stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d))
     assert f"95% CI {low:+.3f} to {high:+.3f}" in worse
     better = advice(scores_of({"moelab": [0.5, 0.6], "seasonal naive": [1.0, 0.9], "AutoETS": [0.8, 0.7]}), "moelab", "s")
     assert "moelab has the lowest mean MASE (0.550; next AutoETS 0.750)" in better and "do not use" not in better
+    better_hinted = advice(scores_of({"moelab": [0.5, 0.6], "seasonal naive": [1.0, 0.9], "AutoETS": [0.8, 0.7]}), "moelab",
+                           "s", suggest_fine_tune=True)  # fmt: skip
+    assert "--fine-tune" not in better_hinted  # only when moelab is worse than seasonal naive
 
 
 def test_the_cli_forecasts_a_csv_with_the_pretrained_model(tiny_forecaster, tmp_path, capsys):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from moelab.device import resolve_device
 from moelab.forecast.forecaster import MIN_PATHS, ForecastConfig, evaluate, series_config
-from moelab.forecast.pretrain import PretrainConfig, PretrainedForecaster, default_path
+from moelab.forecast.pretrain import FINE_TUNE_STEPS, PretrainConfig, PretrainedForecaster, default_path
 from moelab.forecast.series import BUILTIN, load_series
 
 
@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--season", type=int, help="the seasonal period, 1 for none (built-in series: their own)")
     p.add_argument("--origins", type=int, default=5, help="rolling-origin blocks of horizon points (default 5)")
     p.add_argument("--pretrained", type=Path, help=f"the pretrained forecaster (default {default_path()}, if it exists)")
-    p.add_argument("--fine-tune", nargs="?", const=200, type=int, metavar="STEPS",
-                   help="fine-tune the pretrained forecaster on the series (default 200 steps); kept only if it "
+    p.add_argument("--fine-tune", nargs="?", const=FINE_TUNE_STEPS, type=int, metavar="STEPS",
+                   help=f"fine-tune the pretrained forecaster on the series (default {FINE_TUNE_STEPS} steps); kept only if it "
                    "scores better on held-out windows of the series")  # fmt: skip
     p.add_argument("--from-scratch", action="store_true", help="train a model on this series alone")
     p.add_argument("--context", type=int, default=48, help="from scratch: points the model conditions on (default 48)")

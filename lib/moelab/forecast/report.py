@@ -41,12 +41,13 @@ def forecast_series(series: pd.Series, config: ForecastConfig, forecaster: Pretr
     print(f"\nrolling origin ({config.n_origins} × {config.horizon} points; mean over origins; lower is better):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print()
-    print(advice(scores, label, name))
+    print(advice(scores, label, name, suggest_fine_tune=not fine_tune_steps))
     return 0
 
 
-def advice(scores: pd.DataFrame, moelab: str, name: str) -> str:
-    """Which method to use for this series, from the mean MASE over origins (with moelab's paired interval)."""
+def advice(scores: pd.DataFrame, moelab: str, name: str, suggest_fine_tune: bool = False) -> str:
+    """Which method to use for this series, from the mean MASE over origins (with moelab's paired interval);
+    ``suggest_fine_tune``: when moelab is worse than seasonal naive, point to ``--fine-tune``."""
     table = scores.groupby("method", sort=False)["MASE"].mean()
     best, runner_up = table.idxmin(), table.drop(moelab).idxmin()
     if best == moelab:
@@ -56,6 +57,9 @@ def advice(scores: pd.DataFrame, moelab: str, name: str) -> str:
     if table[moelab] > table[REFERENCE]:
         lines.append(f"{moelab} is worse here than repeating the last season (seasonal naive, {table[REFERENCE]:.3f}): "
                      "do not use its forecast for this series.")  # fmt: skip
+        if suggest_fine_tune:
+            lines.append("`--fine-tune` fine-tunes it on this series first, and keeps that only if it scores better on "
+                         "held-out windows of the series.")  # fmt: skip
     other = best if best != moelab else runner_up
     per_origin = scores.pivot_table(index="origin", columns="method", values="MASE")
     diff, _, low, high = stats.t_interval((per_origin[moelab] - per_origin[other]).to_numpy())

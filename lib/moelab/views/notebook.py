@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from moelab.forecast.pretrain import FINE_TUNE_STEPS
+
 PROFILES = ("default", "tiny")
 PROFILE_ENV = "MOELAB_PROFILE"
 
@@ -167,7 +169,7 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "pretrained": _pretrained_path("pretrained.pt"),  # what `moelab forecast pretrain` writes
             "pretrain_settings": {},  # PretrainConfig's defaults: 12 minutes
             "benchmark": _all_benchmark_series,
-            "fine_tune_steps": 30,
+            "fine_tune_steps": FINE_TUNE_STEPS,
             "n_paths": 100,
             "run_name": "default",
         },
