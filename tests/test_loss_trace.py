@@ -54,5 +54,9 @@ def test_a_checkpoint_written_before_the_packages_resumes_to_the_same_losses(toy
     shutil.copy(FIXTURE.parent / "checkpoint_before_packages.pt", folder / "ckpt_0000010.pt")
     metrics = Trainer(model, train, "resume-old-checkpoint", dataset=toy_dataset, progress=False).fit(resume=True).metrics
     assert metrics["step"].tolist() == expected["steps"]
-    assert [float(v) for v in metrics["loss"]] == expected["loss"]  # bit-identical: weights, optimizer, biases, RNG, data
-    assert [float(v) for v in metrics["val_loss"].dropna()] == expected["val_loss"]
+    # Bit-identical on the CPU that wrote the fixture; another CPU's fp32 kernels round otherwise (an AMD
+    # EPYC with AVX2 only: 1e-7 relative from step 13 on). A lost optimizer state, bias, RNG or data
+    # position moves the losses by far more than the tolerance.
+    for key, got in (("loss", metrics["loss"]), ("val_loss", metrics["val_loss"].dropna())):
+        worst = max(abs(float(a) / b - 1) for a, b in zip(got, expected[key], strict=True))
+        assert worst <= 1e-5, f"{key} after resuming differs from the uninterrupted run by {worst:.1e} relative"
