@@ -460,6 +460,10 @@ def test_notebook_06_figures_show_what_their_titles_say(tiny_forecaster):
     left, right = fig.axes
     assert left.get_xscale() == "log" and [t.get_text() for t in left.get_yticklabels()] == ["s"]
     assert [c.get_offsets()[0][0] for c in left.collections] == pytest.approx([0.5, 0.25])  # moelab and AutoETS over naive
+    fig.canvas.draw()
+    for ax in (left, right):  # ratios read as plain numbers, not as 3×10⁻¹ beside 4×10⁻¹
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert "1" in labels and all(float(text) > 0 for text in labels), labels
     fig = plot_forecasts(result, {"s": values})
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.lines}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FixedLocator, NullFormatter, StrMethodFormatter
 
 from moelab.forecast.benchmark import REFERENCE, BenchmarkResult
 from moelab.forecast.pretrain import PretrainedForecaster
@@ -58,7 +59,7 @@ def plot_benchmark(result: BenchmarkResult, metric: str = "MASE") -> plt.Figure:
     for i, method in enumerate(methods):
         left.scatter(relative.loc[order, method], range(len(order)), s=18, color=f"C{i}", label=method, zorder=3)
     left.axvline(1, color="grey", lw=1)
-    left.set_xscale("log")
+    _ratio_axis(left)
     left.set_yticks(range(len(order)), order, fontsize=7)
     left.set(title=f"{metric} relative to seasonal naive, per held-out series", xlabel=f"relative {metric} (log scale; below 1: better)")
     left.legend(fontsize=8)
@@ -67,12 +68,27 @@ def plot_benchmark(result: BenchmarkResult, metric: str = "MASE") -> plt.Figure:
         mean, low, high = (summary.loc[method, f"relative {metric}{s}"] for s in ("", " low", " high"))
         right.errorbar(mean, i, xerr=[[mean - low], [high - mean]], fmt="o", color=f"C{i}", capsize=4)
     right.axvline(1, color="grey", lw=1)
-    right.set_xscale("log")
+    _ratio_axis(right)
     right.set_yticks(range(len(methods)), methods)
     right.invert_yaxis()
     right.set(title=f"Geometric mean over {len(order)} series\n(95% CI)", xlabel=f"relative {metric} (log scale)")
     fig.tight_layout()
     return fig
+
+
+# ratio ticks far enough apart on a log axis: coarse ones for a wide span, fine ones for a narrow one
+COARSE_RATIOS, FINE_RATIOS = (0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10), (0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.2, 1.5, 2)
+
+
+def _ratio_axis(ax: plt.Axes) -> None:
+    """A log-scaled x axis of ratios labelled as plain numbers (0.5, 1, 2), so that its labels never
+    run into each other as ``3×10⁻¹`` beside ``4×10⁻¹`` did."""
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ticks = COARSE_RATIOS if high / low > 3 else FINE_RATIOS
+    ax.xaxis.set_major_locator(FixedLocator([t for t in ticks if low <= t <= high]))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_forecasts(result: BenchmarkResult, values: dict[str, np.ndarray], show: int = 36) -> plt.Figure:
