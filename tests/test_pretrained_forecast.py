@@ -268,6 +268,22 @@ def test_fine_tuning_keeps_the_pretrained_weights_unless_a_step_scores_better(ti
         fine_tune(tiny_forecaster, series[:20], 8, progress=False)
 
 
+def test_one_fine_tuning_seed_gives_one_model_whatever_the_global_generator_holds(tiny_forecaster):
+    series = 10 + np.sin(2 * np.pi * np.arange(120) / 12)
+    assert tiny_forecaster.model.config.router_noise  # the noise draws from torch's global generator
+    tune = lambda seed: fine_tune(tiny_forecaster, series, 8, steps=4, lr=1e-2, val_blocks=0, seed=seed, progress=False)  # noqa: E731
+    torch.manual_seed(0)
+    first = tune(3).model.state_dict()
+    torch.rand(1000)  # another global state: the router's noise must not depend on it
+    again, other = tune(3), tune(4)
+    assert again.best_step == other.best_step == 4  # no validation blocks: the last step's weights
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in first.items())
+    assert not all(torch.equal(v, other.model.state_dict()[k]) for k, v in first.items())
+    state = torch.get_rng_state()
+    tune(3)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is where it was
+
+
 # ----------------------------------------------------------------------------- scores and baselines
 def test_the_wql_of_a_point_forecast_is_the_absolute_error_over_the_absolute_values():
     actual, point = np.array([3.0, -1.0, 4.0, 1.0]), np.array([2.0, 0.0, 6.0, 1.0])

@@ -252,7 +252,8 @@ def fine_tune(forecaster: PretrainedForecaster, train: np.ndarray, horizon: int,
               lr: float = 3e-4, val_blocks: int = 2, seed: int = 1, progress: bool = True) -> PretrainedForecaster:  # fmt: skip
     """A copy of ``forecaster`` trained ``steps`` more on windows of ``train``; it keeps the pretrained
     weights (``best_step`` 0) unless a fine-tuned step has a lower loss on the held-out windows whose
-    targets are the last ``val_blocks × horizon`` points of ``train``."""
+    targets are the last ``val_blocks × horizon`` points of ``train``. ``seed`` fixes the batches and the
+    router's noise: the same seed on the same machine gives the same weights."""
     c = forecaster.config
     length = min(c.window, len(train) - val_blocks * horizon - horizon + 1)
     if length < horizon + 2:
@@ -270,6 +271,10 @@ def fine_tune(forecaster: PretrainedForecaster, train: np.ndarray, horizon: int,
     generator = torch.Generator().manual_seed(seed)
     draw = lambda: fit_tokens[torch.randint(len(fit_tokens), (c.batch_size,), generator=generator).to(device)]  # noqa: E731
     settings = FitSettings(lr, steps, None, min(20, steps // 5), max(1, steps // 10))
-    result = fit(tuned.model, draw, held, horizon, settings, progress, desc="fine-tuning")
+    # the router's training noise draws from torch's global generator: seed it here, so that one seed
+    # gives one fine-tuned model, and restore it after, so that the caller's draws do not move
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        result = fit(tuned.model, draw, held, horizon, settings, progress, desc="fine-tuning")
     tuned.losses, tuned.train_seconds, tuned.best_step = result.losses, result.seconds, result.best_step
     return tuned
