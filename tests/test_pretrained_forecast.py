@@ -428,6 +428,36 @@ def test_the_benchmark_keeps_every_forecast_and_each_series_fine_tuned_step(tiny
         assert row.MASE == pytest.approx(mase(values[row.origin : row.origin + 8], fc.point, values[: row.origin], 4))
 
 
+def test_the_benchmark_scores_the_last_points_at_another_horizon_and_refuses_what_cannot_run(tiny_forecaster, monkeypatch):
+    from moelab.forecast import benchmark as bench
+
+    values = 10 + np.sin(2 * np.pi * np.arange(120) / 4) + 0.01 * np.arange(120)
+    spec = PublicSeries("sine", "monthly", 4, 8, "a sine")
+    monkeypatch.setattr(bench, "benchmark_series", lambda names: [(spec, values)])
+    cut = bench.run_benchmark(tiny_forecaster, n_origins=3, n_paths=20, progress=False, horizon=5, last=40)
+    tail = values[-40:]
+    assert sorted(set(cut.scores["origin"])) == [25, 30, 35]  # origins counted within the last 40 points
+    for row in cut.scores.itertuples():
+        fc = cut.forecasts[(row.series, row.method, row.origin)]
+        assert len(fc.point) == 5
+        assert row.MASE == pytest.approx(mase(tail[row.origin : row.origin + 5], fc.point, tail[: row.origin], 4))
+    with pytest.raises(ValueError, match="pretrained for horizons of 1 to 8"):
+        bench.run_benchmark(tiny_forecaster, progress=False, horizon=9)
+    with pytest.raises(ValueError, match=r"sine \(12 points\): 3 origins × horizon 5 need more than 12 points"):
+        bench.run_benchmark(tiny_forecaster, progress=False, horizon=5, last=12)
+
+
+def test_the_benchmark_command_refuses_a_horizon_the_forecaster_cannot_reach(tiny_forecaster, tmp_path, capsys):
+    from moelab.forecast.report import benchmark_main
+
+    path = tiny_forecaster.save(tmp_path / "tiny.pt")
+    assert benchmark_main(["--pretrained", str(path), "--frequency", "quarterly", "--horizon", "9"]) == 2
+    assert "error: horizon 9: the forecaster was pretrained for horizons of 1 to 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse names the frequencies the benchmark holds
+        benchmark_main(["--frequency", "yearly"])
+    assert "invalid choice: 'yearly' (choose from" in capsys.readouterr().err
+
+
 def test_the_findings_follow_the_intervals():
     from moelab.forecast.report import benchmark_findings
 
@@ -437,6 +467,8 @@ def test_the_findings_follow_the_intervals():
         naive = rng.uniform(0.5, 2)
         factors = {"moelab": rng.uniform(1.3, 1.5), "moelab fine-tuned": rng.uniform(0.9, 1.6), "seasonal naive": 1.0,
                    "AutoETS": rng.uniform(0.6, 0.7)}  # fmt: skip
+        if i in (3, 7):
+            factors["moelab fine-tuned"] = 0.8
         rows += [{"series": f"s{i}", "frequency": "monthly", "method": m, "origin": 0, "MASE": naive * f, "WQL": f}
                  for m, f in factors.items()]  # fmt: skip
     steps = {f"s{i}": (i % 2) * 3 for i in range(10)} | {"s8": None}
@@ -449,6 +481,10 @@ def test_the_findings_follow_the_intervals():
     paired = result.paired("moelab", "AutoETS")
     assert f"moelab / AutoETS, MASE paired by series: {paired['ratio']:.3f}" in "\n".join(lines) and paired["verdict"] == "worse"
     assert any(line.startswith("moelab fine-tuned / moelab,") for line in lines)
+    naive = {r["series"]: r["MASE"] for r in rows if r["method"] == "seasonal naive"}
+    assert "moelab: below seasonal naive's mean MASE on 0 of 10 series." in lines
+    below = sum(r["MASE"] < naive[r["series"]] for r in rows if r["method"] == "moelab fine-tuned")
+    assert below >= 2 and f"moelab fine-tuned: below seasonal naive's mean MASE on {below} of 10 series." in lines
     assert ("Fine-tuning kept a fine-tuned step on 5 of 10 series; on 4 no fine-tuned step scored better on their "
             "held-out windows; 1 had too little history to fine-tune (those keep the pretrained weights).") in lines
     assert lines[-1].startswith("Lowest aggregate relative MASE: AutoETS")

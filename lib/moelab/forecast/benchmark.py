@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from moelab import stats
-from moelab.forecast.corpus import benchmark_series
+from moelab.forecast.corpus import PublicSeries, benchmark_series
 from moelab.forecast.evaluation import Forecast, auto_ets, auto_theta, ets, mase, rolling_origins, seasonal_naive
 from moelab.forecast.evaluation import weighted_quantile_loss
 from moelab.forecast.pretrain import PretrainedForecaster, fine_tune
@@ -82,29 +82,52 @@ def _geometric(ratios: pd.Series, name: str, confidence: float) -> dict:
 
 
 def run_benchmark(forecaster: PretrainedForecaster, names: list[str] | None = None, n_origins: int = 3,
-                  n_paths: int = 100, fine_tune_steps: int = 0, progress: bool = True) -> BenchmarkResult:  # fmt: skip
+                  n_paths: int = 100, fine_tune_steps: int = 0, progress: bool = True,
+                  horizon: int | None = None, last: int | None = None) -> BenchmarkResult:  # fmt: skip
     """Score ``forecaster`` (zero-shot, and fine-tuned on each series' history before its first
     origin when ``fine_tune_steps`` > 0) and the baselines on the held-out series. A series with
     too little history to fine-tune (``fine_tune`` needs two validation blocks and a training
-    window) keeps the pretrained weights as its fine-tuned model."""
+    window) keeps the pretrained weights as its fine-tuned model. ``horizon`` replaces each
+    series' own (its frequency's M4 horizon) and ``last`` keeps only its last points, to score
+    the series as a user's shorter CSV forecast with ``moelab forecast`` would be."""
     from tqdm.auto import tqdm
 
+    series = benchmark_protocol(forecaster, benchmark_series(names), n_origins, horizon, last)
     frames, forecasts, kept = [], {}, {}
-    for spec, values in tqdm(benchmark_series(names), desc="benchmark", unit="series", disable=not progress):
+    for spec, values, length in tqdm(series, desc="benchmark", unit="series", disable=not progress):
         models = {"moelab": forecaster}
         if fine_tune_steps:
-            first = rolling_origins(len(values), spec.horizon, n_origins)[0]
+            first = rolling_origins(len(values), length, n_origins)[0]
             try:
-                tuned = fine_tune(forecaster, values[:first], spec.horizon, fine_tune_steps, progress=False)
+                tuned = fine_tune(forecaster, values[:first], length, fine_tune_steps, progress=False)
             except ValueError:  # too little history before the first origin: it keeps the pretrained weights
                 tuned = None
             models["moelab fine-tuned"] = tuned or forecaster
             kept[spec.name] = tuned.best_step if tuned else None
-        scores, by_origin = score_series(values, spec.horizon, spec.season, models, n_origins, n_paths)
+        scores, by_origin = score_series(values, length, spec.season, models, n_origins, n_paths)
         frames.append(scores.assign(series=spec.name, frequency=spec.frequency))
         forecasts.update({(spec.name, method, origin): fc for (method, origin), fc in by_origin.items()})
     scores = pd.concat(frames, ignore_index=True)[["series", "frequency", "method", "origin", *METRICS]]
     return BenchmarkResult(scores, forecasts, kept)
+
+
+def benchmark_protocol(forecaster: PretrainedForecaster, series: list[tuple[PublicSeries, np.ndarray]], n_origins: int,
+                       horizon: int | None = None, last: int | None = None) -> list[tuple[PublicSeries, np.ndarray, int]]:  # fmt: skip
+    """Each series (its last ``last`` points) with its horizon, checked before any forecast: the
+    forecaster must reach the horizon and each series must hold its origins."""
+    if last is not None and last < 2:
+        raise ValueError(f"last must keep at least 2 points of each series, got {last}")
+    out = []
+    for spec, values in series:
+        length, values = horizon or spec.horizon, values[-last:] if last else values
+        if not 1 <= length <= forecaster.config.horizon:
+            raise ValueError(f"horizon {length}: the forecaster was pretrained for horizons of 1 to {forecaster.config.horizon}")
+        try:
+            rolling_origins(len(values), length, n_origins)
+        except ValueError as exc:
+            raise ValueError(f"{spec.name} ({len(values)} points): {exc}") from None
+        out.append((spec, values, length))
+    return out
 
 
 def score_series(values: np.ndarray, horizon: int, season: int, models: dict[str, PretrainedForecaster],

@@ -15,6 +15,7 @@ import pandas as pd
 
 from moelab import stats
 from moelab.forecast.benchmark import REFERENCE, BenchmarkResult, run_benchmark, score_series
+from moelab.forecast.corpus import BENCHMARK
 from moelab.forecast.evaluation import rolling_origins
 from moelab.forecast.forecaster import ForecastConfig
 from moelab.forecast.pretrain import PretrainedForecaster, default_path, fine_tune
@@ -75,16 +76,26 @@ def benchmark_main(argv: list[str]) -> int:
     p.add_argument("--pretrained", type=Path, default=default_path(), help=f"the forecaster (default {default_path()})")
     p.add_argument("--origins", type=int, default=3, help="rolling origins per series (default 3)")
     p.add_argument("--fine-tune", type=int, default=0, metavar="STEPS", help="also score it fine-tuned on each series")
+    p.add_argument("--frequency", choices=sorted({s.frequency for s, _ in BENCHMARK.values()}),
+                   help="only the held-out series of this frequency")
+    p.add_argument("--horizon", type=int, help="forecast this many points at each origin (default: each series' "
+                   "frequency's M4 horizon: monthly 18, quarterly 8, weekly 13, daily 14)")  # fmt: skip
+    p.add_argument("--last", type=int, metavar="N", help="keep only each series' last N points, as a shorter CSV would hold")
     p.add_argument("--out", type=Path, help="a folder for scores.csv and summary.csv")
     args = p.parse_args(argv)
+    names = [n for n, (s, _) in BENCHMARK.items() if s.frequency == args.frequency] if args.frequency else None
     try:
         forecaster = PretrainedForecaster.load(args.pretrained)
+        result = run_benchmark(forecaster, names, args.origins, fine_tune_steps=args.fine_tune,
+                               progress=sys.stderr.isatty(), horizon=args.horizon, last=args.last)  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = run_benchmark(forecaster, n_origins=args.origins, fine_tune_steps=args.fine_tune, progress=sys.stderr.isatty())
     summary = result.aggregate()
-    print(f"{summary['series'].iloc[0]} held-out series, {args.origins} origins each; geometric means relative to seasonal naive:")
+    horizon = f"{args.horizon} points" if args.horizon else "each frequency's horizon"
+    cut = f", at most the last {args.last} points of each" if args.last else ""
+    print(f"{summary['series'].iloc[0]} held-out series{cut}, {args.origins} origins × {horizon}; "
+          "geometric means relative to seasonal naive:")  # fmt: skip
     print(summary.drop(columns="series").to_string(float_format=lambda v: f"{v:.3f}"))
     print()
     print("\n".join(benchmark_findings(result)))
@@ -109,6 +120,10 @@ def benchmark_findings(result: BenchmarkResult) -> list[str]:
         lines.append(f"{method}: relative MASE {mean:.3f} (95% CI {low:.3f} to {high:.3f} over "
                      f"{summary.loc[method, 'series']} series): {relation}.")  # fmt: skip
     ours = [m for m in result.methods if m.startswith("moelab")]
+    relative = result.relative()
+    for method in ours:
+        below = int((relative[method] < 1).sum())
+        lines.append(f"{method}: below seasonal naive's mean MASE on {below} of {len(relative)} series.")
     pairs = [(m, "AutoETS") for m in ours if "AutoETS" in result.methods] + [(m, ours[0]) for m in ours[1:]]
     for method, other in pairs:
         c = result.paired(method, other)
